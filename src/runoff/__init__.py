@@ -1,0 +1,34 @@
+"""runoff: provable defenses against data poisoning.
+
+Partition ensembles (DPA, FA, DPA*) aggregated by plurality vote or Run-Off Election, with a
+certificate for every prediction: the number of training samples an attacker could insert or
+remove without changing it. Importing runoff never imports torch.
+"""
+
+from .certify import METHODS, Certification, certified_accuracy, certify
+from .errors import (
+    CheckpointError,
+    InvalidLabelsError,
+    InvalidParameterError,
+    InvalidScoresError,
+    LogitsFileError,
+    RunDirectoryError,
+    RunoffError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "Certification",
+    "certify",
+    "certified_accuracy",
+    "RunoffError",
+    "InvalidScoresError",
+    "InvalidLabelsError",
+    "InvalidParameterError",
+    "LogitsFileError",
+    "RunDirectoryError",
+    "CheckpointError",
+    "__version__",
+]

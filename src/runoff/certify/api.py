@@ -1,0 +1,149 @@
+"""Public entry points: :func:`certify` and :func:`certified_accuracy`."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validate
+from .dpa import certify_dpa, certify_dpa_roe
+from .fa import certify_fa, certify_fa_roe
+
+__all__ = ["Certification", "certify", "certified_accuracy"]
+
+# Test points per chunk are chosen so a chunk's logits hold about this many values: the
+# temporaries stay within a few times the chunk, whatever the size of the whole array.
+_CHUNK_VALUES = 1 << 21
+
+
+@dataclass(frozen=True)
+class Certification:
+    """Predictions and certificates of one aggregation method.
+
+    Attributes
+    ----------
+    method : str
+        ``"dpa"``, ``"dpa-roe"``, ``"fa"`` or ``"fa-roe"``.
+    predictions : ndarray of shape (N,), int64
+        Aggregated class of each test point.
+    certificates : ndarray of shape (N,), int64
+        Number of training samples an attacker may insert or remove without changing the
+        prediction (>= 0); independent of the labels.
+    d : int
+        Models per bucket (1 for DPA).
+    spread : list of int or None
+        Shifts used by FA; None for DPA.
+    """
+
+    method: str
+    predictions: np.ndarray
+    certificates: np.ndarray
+    d: int = 1
+    spread: list | None = field(default=None)
+
+    def certified_accuracy(self, labels, budgets) -> np.ndarray:
+        """Fraction of points predicted correctly with certificate >= B, for each budget B."""
+        return certified_accuracy(self.predictions, self.certificates, labels, budgets)
+
+
+def _compute(scores: np.ndarray, method: str, d: int, spread, n_jobs: int) -> tuple[np.ndarray, np.ndarray]:
+    n, m, c = scores.shape
+    if method == "dpa":
+        fn = certify_dpa
+    elif method == "dpa-roe":
+        fn = certify_dpa_roe
+    elif method == "fa":
+        fn = lambda s: certify_fa(s, spread, d)  # noqa: E731
+    else:
+        fn = lambda s: certify_fa_roe(s, spread, d)  # noqa: E731
+    step = max(1, _CHUNK_VALUES // (m * c))
+    chunks = [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    pred = np.empty(n, dtype=np.int64)
+    cert = np.empty(n, dtype=np.int64)
+
+    def run(sl):
+        pred[sl], cert[sl] = fn(scores[sl])
+
+    workers = min(n_jobs, len(chunks))
+    if workers <= 1:
+        for sl in chunks:
+            run(sl)
+    else:  # numpy releases the GIL in its kernels, so threads share the cores
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, chunks))
+    return pred, cert
+
+
+def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None = None) -> Certification:
+    """Aggregate an ensemble's logits and certify every prediction against poisoning.
+
+    Parameters
+    ----------
+    scores : array-like of shape (N, M, C)
+        Logits of M base models on N test points over C classes (numpy or torch).
+    method : {"dpa", "dpa-roe", "fa", "fa-roe"}
+        Plurality vote ("dpa", "fa") or Run-Off Election ("-roe") over a DPA ensemble (one
+        model per partition) or a Finite Aggregation ensemble (M = k*d models).
+    d : int, default 1
+        FA only: models per bucket; must divide M.
+    spread : sequence of int, optional
+        FA only: the d distinct shifts in [0, M); by default the reference pipeline's
+        (:func:`runoff.spread.reference_spread`), so its logit files certify the same.
+    n_jobs : int, optional
+        Threads to use; all cores by default.
+
+    Returns
+    -------
+    Certification
+        ``predictions`` and ``certificates``, int64 arrays of shape (N,).
+
+    Raises
+    ------
+    InvalidScoresError, InvalidParameterError
+        Wrong shape, non-finite logits, unknown method, bad ``d`` or ``spread``.
+    """
+    method = _validate.check_method(method)
+    arr = _validate.check_scores(scores)
+    d, shifts = _validate.check_fa(method, arr.shape[1], d, spread)
+    jobs = (os.cpu_count() or 1) if n_jobs is None else int(n_jobs)
+    if jobs < 1:
+        raise _validate.InvalidParameterError(f"n_jobs must be >= 1; got {n_jobs}")
+    pred, cert = _compute(arr, method, d, shifts, jobs)
+    return Certification(
+        method=method,
+        predictions=pred,
+        certificates=cert,
+        d=d,
+        spread=None if shifts is None else shifts.tolist(),
+    )
+
+
+def certified_accuracy(predictions, certificates, labels, budgets) -> np.ndarray:
+    """Certified accuracy at each budget.
+
+    Parameters
+    ----------
+    predictions, certificates, labels : array-like of shape (N,)
+    budgets : int or array-like of shape (B,)
+        Numbers of poisoned samples (>= 0).
+
+    Returns
+    -------
+    ndarray of shape (B,), float64
+        Fraction of points with ``prediction == label`` and ``certificate >= budget``.
+    """
+    pred = _validate.as_numpy(predictions)
+    if pred.ndim != 1 or pred.size == 0:
+        raise _validate.InvalidParameterError(f"predictions must be a non-empty 1-D array; got shape {pred.shape}")
+    cert = _validate.as_numpy(certificates)
+    if cert.shape != pred.shape:
+        raise _validate.InvalidParameterError(
+            f"certificates must have the shape of predictions {pred.shape}; got {cert.shape}"
+        )
+    lab = _validate.check_labels(labels, pred.shape[0])
+    b = _validate.check_budgets(budgets)
+    correct = pred == lab
+    return (correct[None, :] & (cert[None, :] >= b[:, None])).mean(axis=1)

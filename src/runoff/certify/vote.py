@@ -1,0 +1,96 @@
+"""Aggregation of an ensemble's logits: plurality counts and the Run-Off Election.
+
+All functions work on a batch of test points at once. Shapes: ``scores`` is (N, M, C)
+(test points, base models, classes); ``votes`` is (N, M); ``counts`` is (N, C).
+
+Tie rules (all "ties go to the smaller class index", as in the paper):
+
+- a model's round-1 vote is the argmax of its logits, the smaller index on equal logits;
+- plurality and round-1 rankings prefer the smaller index on equal counts;
+- in round 2 a model votes for the finalist with the larger logit, and for the smaller
+  index when the two logits are equal (the same rule as its argmax, so with two classes
+  ROE and plurality agree exactly);
+- the round-2 winner is the finalist with more votes, the smaller index on equal votes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "round1_votes",
+    "vote_counts",
+    "gaps",
+    "plurality",
+    "top_two",
+    "prefers",
+    "preferred_counts",
+    "roe_finalists",
+]
+
+
+def round1_votes(scores: np.ndarray) -> np.ndarray:
+    """Each model's vote: argmax over classes. (N, M, C) -> (N, M) int64."""
+    return np.argmax(scores, axis=2)
+
+
+def vote_counts(votes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Votes per class. ``votes`` (N, M) ints in [0, C) -> (N, C) int64."""
+    n = votes.shape[0]
+    flat = votes + (np.arange(n, dtype=np.int64) * n_classes)[:, None]
+    return np.bincount(flat.ravel(), minlength=n * n_classes).reshape(n, n_classes)
+
+
+def gaps(counts: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """gap(ref, c) = N_ref - N_c + [c > ref] for every class c. -> (N, C) int64.
+
+    ``ref`` beats ``c`` exactly when the gap is positive; gap(ref, ref) = 0.
+    """
+    n, c = counts.shape
+    own = np.take_along_axis(counts, ref[:, None], axis=1)
+    return own - counts + (np.arange(c)[None, :] > ref[:, None])
+
+
+def plurality(counts: np.ndarray) -> np.ndarray:
+    """Class with the most votes, the smaller index on ties. (N, C) -> (N,)."""
+    return np.argmax(counts, axis=1)
+
+
+def top_two(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two finalists of round 1: (first, second), each (N,)."""
+    first = np.argmax(counts, axis=1)
+    masked = counts.copy()
+    masked[np.arange(counts.shape[0]), first] = -1
+    return first, np.argmax(masked, axis=1)
+
+
+def prefers(scores: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether each model prefers class ``a[n]`` to class ``b[n]`` in a two-way vote.
+
+    (N, M, C), (N,), (N,) -> (N, M) bool. A model prefers ``a`` when its logit for ``a``
+    is larger, or equal and ``a < b``.
+    """
+    sa = np.take_along_axis(scores, a[:, None, None], axis=2)[:, :, 0]
+    sb = np.take_along_axis(scores, b[:, None, None], axis=2)[:, :, 0]
+    return (sa > sb) | ((sa == sb) & (a < b)[:, None])
+
+
+def preferred_counts(scores: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """How many models prefer each class c to ``ref[n]`` in a two-way vote. -> (N, C) int64.
+
+    The count for ``c = ref`` is 0.
+    """
+    sr = np.take_along_axis(scores, ref[:, None, None], axis=2)
+    lower = np.arange(scores.shape[2])[None, :] < ref[:, None]  # c wins a tie when c < ref
+    return (scores > sr).sum(axis=1) + ((scores == sr) & lower[:, None, :]).sum(axis=1)
+
+
+def roe_finalists(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run-Off Election: the winner and the losing finalist, each (N,)."""
+    first, second = top_two(counts)
+    n_first = prefers(scores, first, second).sum(axis=1)
+    n_second = scores.shape[1] - n_first
+    first_wins = (n_first - n_second + (second > first)) > 0
+    winner = np.where(first_wins, first, second)
+    loser = np.where(first_wins, second, first)
+    return winner, loser
