@@ -1,0 +1,489 @@
+"""Partition plans: which training samples each base model of a DPA / FA ensemble sees.
+
+A plan is built from the *content* of the training set alone, never from indices or from
+Python's randomised ``hash()``, so that the same training set gives the same plan in any
+order, process or machine:
+
+1. **Canonical order.** The training samples are sorted lexicographically by
+   ``(label, pixel bytes)`` (:func:`content_order`). Every index stored in a plan is an index
+   into this canonical order, so a shuffled copy of the data set gives the identical plan.
+2. **Bucket.** Each sample gets a bucket in ``[0, k*d)`` from a content hash
+   (:func:`hash_samples`):
+
+   ``"pixelsum"``
+       The reference pipeline's hash: the sum of the sample's uint8 pixel values (all
+       channels, as loaded) modulo ``k*d``. It reproduces the published partitions. An
+       attacker who crafts a poison can choose its bucket (and so which base models it
+       reaches) by adjusting a few pixels.
+   ``"sha256"``
+       SHA-256 of the sample's shape, label and pixel bytes, as a big-endian integer modulo
+       ``k*d``. Without a preimage attack on SHA-256 the attacker cannot steer a poison to a
+       chosen bucket: the bucket is effectively random, so poisons cannot be concentrated on
+       a few models on purpose, and every new poison is a fresh random draw.
+
+   Both are sound: certificates hold for *any* assignment of samples to buckets, including
+   one chosen by the attacker, because each inserted or removed sample reaches at most the
+   ``d`` models of its bucket. The stronger hash only removes the attacker's control over
+   *which* models.
+3. **Spread.** A sample in bucket ``h`` is used by base models ``(h + s) mod (k*d)`` for
+   every shift ``s`` of the spread (:func:`runoff.spread.reference_spread` by default);
+   ``d = 1`` is DPA.
+4. **Per-subset normalisation.** Each base model normalises its inputs with the per-channel
+   mean and standard deviation of its own subset (pixel values scaled to ``[0, 1]``).
+
+Plans are saved as ``plan.json`` in a run directory (:meth:`PartitionPlan.save`) and
+validated on load (:meth:`PartitionPlan.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset
+from .errors import InvalidParameterError, RunDirectoryError
+from .spread import bucket_models, reference_spread, validate_spread
+
+__all__ = [
+    "HASHES",
+    "PLAN_FILE",
+    "PartitionPlan",
+    "content_order",
+    "dataset_fingerprint",
+    "hash_samples",
+    "make_plan",
+]
+
+#: Known content hashes (see the module docstring for what each means for an attacker).
+HASHES = ("pixelsum", "sha256")
+#: File name of a plan inside a run directory.
+PLAN_FILE = "plan.json"
+_FORMAT = "runoff-plan"
+_VERSION = 1
+
+
+def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum") -> np.ndarray:
+    """Bucket of every sample under a content hash.
+
+    Parameters
+    ----------
+    images : numpy.ndarray of uint8, shape (n, H, W, C)
+        Images as loaded.
+    labels : numpy.ndarray of int, shape (n,)
+        Labels (used by ``"sha256"`` only).
+    n_buckets : int
+        Number of buckets, ``k*d``.
+    method : {"pixelsum", "sha256"}
+        ``"pixelsum"``: sum of the uint8 pixel values modulo ``n_buckets`` (the reference).
+        ``"sha256"``: SHA-256 of ``b"runoff-sha256-v1"``, the image shape ``(H, W, C)`` and
+        the label (little-endian int64 each) and the pixel bytes (C order), read as a
+        big-endian integer, modulo ``n_buckets``.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n,)
+        Buckets in ``[0, n_buckets)``.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    n_buckets = int(n_buckets)
+    if n_buckets < 1:
+        raise InvalidParameterError(f"n_buckets must be >= 1; got {n_buckets}")
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise InvalidParameterError(f"images must be uint8 (n, H, W, C); got {images.dtype} {images.shape}")
+    n = images.shape[0]
+    if method == "pixelsum":
+        return images.reshape(n, -1).sum(axis=1, dtype=np.int64) % n_buckets
+    if method == "sha256":
+        header = b"runoff-sha256-v1" + np.asarray(images.shape[1:], dtype="<i8").tobytes()
+        labels = labels.astype("<i8")
+        flat = np.ascontiguousarray(images).reshape(n, -1)
+        out = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            h = hashlib.sha256(header)
+            h.update(labels[i].tobytes())
+            h.update(flat[i].tobytes())
+            out[i] = int.from_bytes(h.digest(), "big") % n_buckets
+        return out
+    raise InvalidParameterError(f"unknown hash {method!r}; known hashes: {', '.join(HASHES)}")
+
+
+def content_order(images, labels) -> np.ndarray:
+    """Permutation that sorts samples lexicographically by ``(label, pixel bytes)``.
+
+    Parameters
+    ----------
+    images : numpy.ndarray of uint8, shape (n, H, W, C)
+    labels : numpy.ndarray of int, shape (n,)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n,)
+        ``order`` such that ``images[order]`` is in content order. Identical samples keep
+        their relative order (stable sort); being identical, their order does not matter.
+    """
+    images = np.ascontiguousarray(images)
+    n = images.shape[0]
+    labels = np.asarray(labels).astype(np.int64)
+    # Big-endian label with its sign bit flipped sorts like the signed integer as bytes.
+    lab = (labels.astype(">i8").view(">u8") ^ np.uint64(1 << 63)).astype(">u8")
+    keys = np.concatenate([lab.view(np.uint8).reshape(n, 8), images.reshape(n, -1)], axis=1)
+    keys = np.ascontiguousarray(keys)
+    void = keys.view(np.dtype((np.void, keys.shape[1]))).ravel()
+    return np.argsort(void, kind="stable").astype(np.int64)
+
+
+def dataset_fingerprint(images, labels) -> str:
+    """SHA-256 (hex) of a training set's content, independent of sample order.
+
+    The samples are put in content order (:func:`content_order`) and the digest covers the
+    image shape, the labels and the pixel bytes.
+    """
+    images = np.ascontiguousarray(images)
+    labels = np.asarray(labels).astype(np.int64)
+    order = content_order(images, labels)
+    h = hashlib.sha256(b"runoff-trainset-v1")
+    h.update(np.asarray(images.shape, dtype="<i8").tobytes())
+    h.update(labels[order].astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(images[order]).tobytes())
+    return h.hexdigest()
+
+
+def _subset_stats(images_canon, buckets, spread, n_models):
+    """Exact per-subset, per-channel mean and std (population) of pixel values / 255."""
+    n = images_canon.shape[0]
+    c = images_canon.shape[3]
+    pix = images_canon.reshape(n, -1, c).astype(np.int64)
+    s1 = pix.sum(axis=1)  # (n, C) exact
+    s2 = (pix * pix).sum(axis=1)
+    b1 = np.zeros((n_models, c), dtype=np.int64)
+    b2 = np.zeros((n_models, c), dtype=np.int64)
+    cnt = np.bincount(buckets, minlength=n_models).astype(np.int64)
+    np.add.at(b1, buckets, s1)
+    np.add.at(b2, buckets, s2)
+    per_image = images_canon.shape[1] * images_canon.shape[2]
+    mean = np.zeros((n_models, c))
+    std = np.ones((n_models, c))
+    for m in range(n_models):
+        src = [(m - s) % n_models for s in spread]
+        count = int(cnt[src].sum()) * per_image
+        if count == 0:
+            continue
+        for ch in range(c):
+            t1 = int(b1[src, ch].sum())
+            t2 = int(b2[src, ch].sum())
+            # Exact integer arithmetic, then one rounding: identical on every machine.
+            mean[m, ch] = t1 / (255 * count)
+            var_num = t2 * count - t1 * t1  # = count^2 * 255^2 * var
+            if var_num > 0:
+                std[m, ch] = float(np.sqrt(var_num / (count * count * 65025)))
+    return mean, std
+
+
+@dataclass(eq=False)
+class PartitionPlan:
+    """Which training samples each base model uses, and how it normalises its inputs.
+
+    All sample indices refer to the training set in *canonical* (content) order; use
+    :meth:`canonical` to put a training set in that order.
+
+    Attributes
+    ----------
+    dataset : str
+        Name of the data set (informative).
+    k, d : int
+        Partitions and spread degree; there are ``n_models = k*d`` base models.
+    spread : tuple of int, length d
+        Shifts: bucket ``h`` feeds models ``(h + s) mod (k*d)``.
+    hash : str
+        ``"pixelsum"`` or ``"sha256"``.
+    n_classes : int
+    image_shape : tuple (H, W, C)
+    fingerprint : str
+        :func:`dataset_fingerprint` of the training set.
+    buckets : numpy.ndarray of int64, shape (n_train,)
+        Bucket of each sample in canonical order.
+    mean, std : numpy.ndarray of float64, shape (n_models, C)
+        Per-subset, per-channel mean and (population) std of pixel values / 255; an empty
+        subset or a constant channel gets std 1.
+    training : dict or None
+        Free-form JSON-serialisable description of how the ensemble is trained (recipe,
+        model, seeds), recorded by the pipeline so that a run directory names its run.
+    """
+
+    dataset: str
+    k: int
+    d: int
+    spread: tuple
+    hash: str
+    n_classes: int
+    image_shape: tuple
+    fingerprint: str
+    buckets: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    training: dict | None = None
+    _subsets: list | None = field(default=None, repr=False)
+
+    @property
+    def n_models(self) -> int:
+        """Number of base models, ``k*d``."""
+        return self.k * self.d
+
+    @property
+    def n_train(self) -> int:
+        """Number of training samples."""
+        return int(self.buckets.shape[0])
+
+    @property
+    def subsets(self) -> list[np.ndarray]:
+        """Training subset of each base model.
+
+        Returns
+        -------
+        list of numpy.ndarray of int64, length n_models
+            Model ``j``'s canonical sample indices, ascending (hence in content order).
+        """
+        if self._subsets is None:
+            m = self.n_models
+            members = [[] for _ in range(m)]
+            idx = np.arange(self.n_train, dtype=np.int64)
+            for s in self.spread:
+                target = (self.buckets + s) % m
+                order = np.argsort(target, kind="stable")
+                bounds = np.searchsorted(target[order], np.arange(m + 1))
+                for j in range(m):
+                    members[j].append(idx[order[bounds[j]:bounds[j + 1]]])
+            self._subsets = [np.sort(np.concatenate(p)) for p in members]
+        return self._subsets
+
+    def models_of_bucket(self, bucket: int) -> list[int]:
+        """Base models that a sample in ``bucket`` reaches: ``(bucket + s) mod (k*d)``."""
+        return bucket_models(int(bucket), self.spread, self.n_models)
+
+    # ------------------------------------------------------------------ data set checks
+    def check_dataset(self, train: Dataset) -> None:
+        """Raise :class:`RunDirectoryError` unless ``train`` is the training set of this plan."""
+        if tuple(train.image_shape) != tuple(self.image_shape) or len(train) != self.n_train:
+            raise RunDirectoryError(
+                f"the plan was made for a training set of {self.n_train} images of shape "
+                f"{tuple(self.image_shape)}; got {len(train)} images of shape {train.image_shape}"
+            )
+        fp = dataset_fingerprint(train.images, train.labels)
+        if fp != self.fingerprint:
+            raise RunDirectoryError(
+                "the plan was made for another training set (fingerprint "
+                f"{self.fingerprint[:16]}..., this one has {fp[:16]}...)"
+            )
+
+    def canonical(self, train: Dataset, *, check: bool = True) -> Dataset:
+        """``train`` in canonical (content) order, after checking it is this plan's set."""
+        if check:
+            self.check_dataset(train)
+        return train.subset(content_order(train.images, train.labels))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """JSON-serialisable description (the content of ``plan.json``)."""
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "dataset": self.dataset,
+            "n_train": self.n_train,
+            "n_classes": int(self.n_classes),
+            "image_shape": [int(s) for s in self.image_shape],
+            "fingerprint": self.fingerprint,
+            "k": int(self.k),
+            "d": int(self.d),
+            "n_models": self.n_models,
+            "spread": [int(s) for s in self.spread],
+            "hash": self.hash,
+            "training": self.training,
+            "mean": [[float(v) for v in row] for row in self.mean],
+            "std": [[float(v) for v in row] for row in self.std],
+            "buckets": [int(b) for b in self.buckets],
+        }
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, PartitionPlan):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    @classmethod
+    def from_dict(cls, obj, *, source: str = "plan") -> "PartitionPlan":
+        """Build and validate a plan from :meth:`to_dict`'s output.
+
+        Raises
+        ------
+        RunDirectoryError
+            When a field is missing, has the wrong type, or is inconsistent.
+        """
+
+        def bad(msg):
+            return RunDirectoryError(f"{source}: {msg}")
+
+        if not isinstance(obj, dict):
+            raise bad("not a JSON object")
+        if obj.get("format") != _FORMAT:
+            raise bad(f"not a runoff plan (format {obj.get('format')!r})")
+        if obj.get("version") != _VERSION:
+            raise bad(f"unsupported plan version {obj.get('version')!r}")
+        required = {
+            "dataset": str, "n_train": int, "n_classes": int, "image_shape": list,
+            "fingerprint": str, "k": int, "d": int, "n_models": int, "spread": list,
+            "hash": str, "mean": list, "std": list, "buckets": list,
+        }
+        for key, typ in required.items():
+            if key not in obj:
+                raise bad(f"missing field {key!r}")
+            val = obj[key]
+            if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+                raise bad(f"field {key!r} must be {typ.__name__}; got {type(val).__name__}")
+        k, d, m = obj["k"], obj["d"], obj["n_models"]
+        if k < 1 or d < 1 or m != k * d:
+            raise bad(f"inconsistent k={k}, d={d}, n_models={m}")
+        if obj["hash"] not in HASHES:
+            raise bad(f"unknown hash {obj['hash']!r}")
+        try:
+            spread = validate_spread(obj["spread"], n_models=m, d=d)
+        except InvalidParameterError as exc:
+            raise bad(str(exc)) from None
+        shape = obj["image_shape"]
+        if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise bad(f"bad image_shape {shape!r}")
+        if obj["n_classes"] < 1:
+            raise bad("n_classes must be >= 1")
+        try:
+            buckets = np.asarray(obj["buckets"], dtype=np.int64)
+            mean = np.asarray(obj["mean"], dtype=np.float64)
+            std = np.asarray(obj["std"], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise bad("buckets, mean and std must be numeric arrays") from None
+        if buckets.shape != (obj["n_train"],) or (buckets.size and (buckets.min() < 0 or buckets.max() >= m)):
+            raise bad(f"buckets must be {obj['n_train']} integers in [0, {m})")
+        if mean.shape != (m, shape[2]) or std.shape != (m, shape[2]):
+            raise bad(f"mean and std must have shape ({m}, {shape[2]})")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+            raise bad("mean must be finite and std finite and positive")
+        if len(obj["fingerprint"]) != 64:
+            raise bad("bad fingerprint")
+        training = obj.get("training")
+        if training is not None and not isinstance(training, dict):
+            raise bad("field 'training' must be an object or null")
+        return cls(
+            dataset=obj["dataset"], k=k, d=d, spread=tuple(int(s) for s in spread),
+            hash=obj["hash"], n_classes=obj["n_classes"], image_shape=tuple(shape),
+            fingerprint=obj["fingerprint"], buckets=buckets, mean=mean, std=std,
+            training=training,
+        )
+
+    def save(self, run_dir) -> Path:
+        """Write ``plan.json`` into ``run_dir`` (created if needed), atomically."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / PLAN_FILE
+        tmp = run_dir / (PLAN_FILE + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, run_dir, *, train: Dataset | None = None) -> "PartitionPlan":
+        """Read and validate ``run_dir/plan.json``.
+
+        Parameters
+        ----------
+        run_dir : path-like
+        train : Dataset, optional
+            When given, the plan must have been made for this training set (same
+            fingerprint), and its buckets must match the hash recomputed on it.
+
+        Raises
+        ------
+        RunDirectoryError
+            Missing or unreadable file, missing or inconsistent fields, another training set.
+        """
+        path = Path(run_dir) / PLAN_FILE
+        if not path.is_file():
+            raise RunDirectoryError(f"no {PLAN_FILE} in {run_dir}")
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirectoryError(f"{path}: not a readable JSON file ({exc})") from None
+        plan = cls.from_dict(obj, source=str(path))
+        if train is not None:
+            plan.check_dataset(train)
+            canon = plan.canonical(train, check=False)
+            expected = hash_samples(canon.images, canon.labels, n_buckets=plan.n_models, method=plan.hash)
+            if not np.array_equal(expected, plan.buckets):
+                raise RunDirectoryError(f"{path}: buckets do not match the {plan.hash} hash of the training set")
+        return plan
+
+
+def make_plan(
+    train: Dataset,
+    *,
+    k: int,
+    d: int = 1,
+    spread=None,
+    hash: str = "pixelsum",
+    training: dict | None = None,
+) -> PartitionPlan:
+    """Build the partition plan of a training set.
+
+    Parameters
+    ----------
+    train : Dataset
+        Training set, in any order.
+    k : int
+        Number of partitions, ``1 <= k <= len(train)``.
+    d : int, default 1
+        Spread degree (1 for DPA, > 1 for FA); ``k*d`` base models.
+    spread : sequence of int, optional
+        ``d`` distinct shifts in ``[0, k*d)``; default :func:`runoff.spread.reference_spread`.
+    hash : {"pixelsum", "sha256"}, default "pixelsum"
+        Content hash (see the module docstring).
+    training : dict, optional
+        Recorded in the plan as is (see :class:`PartitionPlan`).
+
+    Returns
+    -------
+    PartitionPlan
+        Identical for any order of ``train``.
+
+    Raises
+    ------
+    InvalidParameterError
+        For k, d, spread or hash out of range.
+    """
+    for name, val in (("k", k), ("d", d)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
+            raise InvalidParameterError(f"{name} must be an integer; got {val!r}")
+    k, d = int(k), int(d)
+    if d < 1:
+        raise InvalidParameterError(f"d must be >= 1; got {d}")
+    if k < 1 or k > len(train):
+        raise InvalidParameterError(
+            f"k must lie in [1, {len(train)}] (the training set has {len(train)} samples); got {k}"
+        )
+    if hash not in HASHES:
+        raise InvalidParameterError(f"unknown hash {hash!r}; known hashes: {', '.join(HASHES)}")
+    m = k * d
+    spread = reference_spread(k, d) if spread is None else spread
+    spread = tuple(int(s) for s in validate_spread(spread, n_models=m, d=d))
+    order = content_order(train.images, train.labels)
+    images = np.ascontiguousarray(train.images[order])
+    labels = train.labels[order]
+    buckets = hash_samples(images, labels, n_buckets=m, method=hash)
+    mean, std = _subset_stats(images, buckets, spread, m)
+    name = train.name.split("/")[0]
+    return PartitionPlan(
+        dataset=name, k=k, d=d, spread=spread, hash=hash, n_classes=train.n_classes,
+        image_shape=tuple(train.image_shape), fingerprint=dataset_fingerprint(images, labels),
+        buckets=buckets, mean=mean, std=std, training=training,
+    )
