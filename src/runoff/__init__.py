@@ -5,7 +5,7 @@ certificate for every prediction: the number of training samples an attacker cou
 remove without changing it. Importing runoff never imports torch.
 """
 
-from .certify import METHODS, Certification, certified_accuracy, certify
+from .certificates import METHODS, Certification, certified_accuracy, certify
 from .errors import (
     CheckpointError,
     InvalidLabelsError,

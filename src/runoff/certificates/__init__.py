@@ -1,4 +1,4 @@
-"""Aggregation and certificates: pure numpy, vectorised over test points."""
+"""Aggregation and certificates: pure numpy, vectorised over test points (``runoff.certify`` is the entry point)."""
 
 from ._validate import METHODS
 from .api import Certification, certified_accuracy, certify
