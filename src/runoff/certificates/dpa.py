@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vote import gaps, plurality, preferred_counts, roe_finalists, round1_votes, vote_counts
+from .vote import class_major, gaps, plurality, preferred_counts, roe_finalists, round1_votes, vote_counts
 
 __all__ = ["dpa_1v1", "dpa_2v1", "certify_dpa", "certify_dpa_roe"]
 
@@ -71,7 +71,7 @@ def certify_dpa_roe(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, sec = roe_finalists(scores, counts)
 
     # Round 2: c must first overtake `sec` in round 1, then beat `pred` in the run-off.
-    wins_c = preferred_counts(scores, pred)
+    wins_c = preferred_counts(class_major(scores), pred)
     run_off_gap = (m - wins_c) - wins_c + (np.arange(c)[None, :] > pred[:, None])
     r2 = np.maximum(dpa_1v1(gaps(counts, sec)), dpa_1v1(run_off_gap))
     r2[rows, pred] = _NO_BOUND

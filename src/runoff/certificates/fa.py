@@ -5,21 +5,22 @@ feeds the ``d`` models ``(b + s) mod kd`` for the shifts ``s`` of the spread, so
 sample (one bucket) can change the outputs of ``d`` models at once.
 
 Every certificate here is an instance of the greedy bound of Lemma E.3: if poisoning bucket
-``b`` can lower a gap by at most ``pw[b]`` (its *power*), then with ``t`` poisons the gap drops
-by at most the sum of the ``t`` largest powers, and the certificate is the largest ``t`` whose
+``b`` can lower a gap by at most ``pw[b]`` (its *power*), then ``t`` poisons lower the gap by
+at most the sum of the ``t`` largest powers, and the certificate is the largest ``t`` whose
 top-``t`` sum stays below the gap (``-1`` when the gap is not positive).
 
-Costs scale with the classes that actually received votes: every class without a round-1
-vote has an all-zero bucket histogram, so all such classes share their bucket powers and
-differ only in the +1 tie term of their gaps. Pairs of rivals are evaluated only when a cheap
-exact lower bound says they could lower the certificate.
+Speed comes from exact pruning. A 1v1 power is ``d + H_ref[b] - H_c[b]`` (``H_x[b]``: models of
+bucket ``b`` voting ``x``), so ``d + H_ref[b]`` bounds it for every rival ``c`` at once; a
+single sort per point then gives a lower bound of every 1v1 certificate, exact for rivals
+without votes. Exact values are computed only for the (point, rival) pairs whose lower bound
+is below the best certificate found so far, which cannot change the minimum.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .vote import gaps, plurality, preferred_counts, roe_finalists, round1_votes, vote_counts
+from .vote import class_major, gaps, plurality, preferred_counts, roe_finalists, round1_votes, vote_counts
 
 __all__ = ["greedy_certificate", "bucket_sums", "certify_fa", "certify_fa_roe"]
 
@@ -84,175 +85,209 @@ def greedy_certificate(pw: np.ndarray, gap: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shared_greedy(pw: np.ndarray, gap: np.ndarray) -> np.ndarray:
-    """Greedy certificate for one power row per point and several gaps: (N, B), (N, G) -> (N, G)."""
-    ranked = np.sort(pw, axis=1, kind="stable")[:, ::-1]
-    run = np.cumsum(ranked, axis=1, dtype=np.int64)
-    out = np.empty(gap.shape, dtype=np.int64)
-    for j in range(gap.shape[1]):
-        g = gap[:, j]
-        out[:, j] = np.where(g > 0, (run < g[:, None]).sum(axis=1), -1)
-    return out
+class _SharedGreedy:
+    """Greedy certificates of one power row per point against many gaps.
+
+    ``pw`` (N, B): sorted and summed once; ``__call__(n_idx, gap)`` answers each query with a
+    binary search (``-1`` for non-positive gaps).
+    """
+
+    def __init__(self, pw: np.ndarray):
+        n, b = pw.shape
+        run = np.cumsum(np.sort(pw, axis=1, kind="stable")[:, ::-1], axis=1, dtype=np.int64)
+        # One flat sorted array: row r's prefix sums shifted by r * stride stay in their own range.
+        self._stride = int(run[:, -1].max(initial=0)) + 1
+        self._flat = (run + np.arange(n, dtype=np.int64)[:, None] * self._stride).ravel()
+        self._b = b
+
+    def __call__(self, n_idx: np.ndarray, gap: np.ndarray) -> np.ndarray:
+        g = np.minimum(gap, self._stride)  # a gap beyond every prefix sum counts them all
+        pos = np.searchsorted(self._flat, g + n_idx * self._stride, side="left")
+        return np.where(gap > 0, pos - n_idx * self._b, -1)
 
 
 class _Buckets:
-    """Bucket histograms of round-1 votes, computed only where a class has votes."""
+    """Bucket histograms of round-1 votes, computed on demand and cached.
+
+    ``hist(n_idx, c_idx)`` gives ``H[b]`` = number of models of bucket ``b`` voting ``c`` for
+    each requested (point, class); classes without votes share an all-zero row.
+    """
 
     def __init__(self, votes: np.ndarray, counts: np.ndarray, spread: np.ndarray, d: int):
         self.votes, self.counts, self.spread, self.d = votes, counts, spread, d
         self.dtype = _small_int(d)
-        self.n, self.n_classes = counts.shape
+        self._rows = np.zeros((1, votes.shape[1]), dtype=self.dtype)  # row 0: no votes
+        self._slot = np.where(counts > 0, -1, 0)  # -1: not computed yet
+
+    def hist(self, n_idx: np.ndarray, c_idx: np.ndarray) -> np.ndarray:
+        """Histogram rows for the (point, class) pairs given: (R, kd)."""
+        todo = self._slot[n_idx, c_idx] < 0
+        if todo.any():
+            key = np.unique(n_idx[todo] * self.counts.shape[1] + c_idx[todo])
+            i, c = np.divmod(key, self.counts.shape[1])
+            new = bucket_sums((self.votes[i] == c[:, None]).astype(self.dtype), self.spread)
+            self._slot[i, c] = self._rows.shape[0] + np.arange(key.size)
+            self._rows = np.concatenate([self._rows, new])
+        return self._rows[self._slot[n_idx, c_idx]]
 
     def of(self, cls: np.ndarray) -> np.ndarray:
         """Histogram rows of class ``cls[n]`` for every point: (N, kd)."""
-        return bucket_sums((self.votes == cls[:, None]).astype(self.dtype), self.spread)
-
-    def rows(self, n_idx: np.ndarray, c_idx: np.ndarray) -> np.ndarray:
-        """Histogram rows for the (point, class) pairs given: (R, kd)."""
-        return bucket_sums((self.votes[n_idx] == c_idx[:, None]).astype(self.dtype), self.spread)
+        return self.hist(np.arange(cls.size), cls)
 
 
-def _one_vs_all(buckets: _Buckets, ref: np.ndarray, h_ref: np.ndarray, exclude: np.ndarray):
-    """1v1 certificates of ``ref`` against every class: (N, C) int64 (``exclude[n]`` -> no bound).
+class _OneVsAll:
+    """1v1 certificates of ``ref[n]`` against every class (Lemma 3.7), evaluated lazily.
 
-    Power of bucket b against c: sum over its models of 2*[vote = ref] + [vote not in {ref, c}]
-    = d + H_ref[b] - H_c[b]. Classes without votes share H_c = 0.
+    ``lower`` (N, C) bounds every certificate from below (exact for classes without votes and
+    for ``ref`` itself, where it is -1); ``exact(n_idx, c_idx)`` computes and caches values.
+    Power of bucket b against c: 2*[vote = ref] + [vote not in {ref, c}] summed over its
+    models = d + H_ref[b] - H_c[b].
     """
-    n, n_classes = buckets.counts.shape
-    rows = np.arange(n)
-    g = gaps(buckets.counts, ref)
-    out = np.empty((n, n_classes), dtype=np.int64)
-    base = (buckets.d + h_ref).astype(buckets.dtype)
-    # Classes without votes: only the tie term of the gap differs.
-    own = buckets.counts[rows, ref]
-    shared = _shared_greedy(base, np.stack([own, own + 1], axis=1))
-    higher = np.arange(n_classes)[None, :] > ref[:, None]
-    out[:] = np.where(higher, shared[:, 1:2], shared[:, 0:1])
-    voted = buckets.counts > 0
-    voted[rows, ref] = False
-    n_idx, c_idx = np.nonzero(voted)
+
+    def __init__(self, buckets: _Buckets, ref: np.ndarray):
+        self.buckets = buckets
+        n, n_classes = buckets.counts.shape
+        self.h_ref = buckets.of(ref)
+        self.base = (buckets.d + self.h_ref).astype(buckets.dtype)
+        self.gap = gaps(buckets.counts, ref)
+        rows = np.repeat(np.arange(n), n_classes)
+        self.lower = _SharedGreedy(self.base)(rows, self.gap.ravel()).reshape(n, n_classes)
+        self.known = buckets.counts == 0
+        self.known[np.arange(n), ref] = True
+        self.value = np.where(self.known, self.lower, -2)
+
+    def exact(self, n_idx: np.ndarray, c_idx: np.ndarray) -> np.ndarray:
+        todo = ~self.known[n_idx, c_idx]
+        if todo.any():
+            i, c = n_idx[todo], c_idx[todo]
+            key = np.unique(i * self.gap.shape[1] + c)  # a pair may be asked for twice
+            i, c = np.divmod(key, self.gap.shape[1])
+            pw = self.base[i] - self.buckets.hist(i, c)
+            self.value[i, c] = greedy_certificate(pw, self.gap[i, c])
+            self.known[i, c] = True
+        return self.value[n_idx, c_idx]
+
+
+def _min_over_rivals(one: _OneVsAll, exclude: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """min(upper, min over c != exclude of the exact 1v1), touching only promising rivals."""
+    best = upper.copy()
+    n = best.size
+    lower = one.lower.copy()
+    lower[np.arange(n), exclude] = _NO_BOUND
+    # Start from the rival with the weakest bound, then everything that could still beat it.
+    first = np.argmin(lower, axis=1)
+    best = np.minimum(best, one.exact(np.arange(n), first))
+    n_idx, c_idx = np.nonzero(lower < best[:, None])
     if n_idx.size:
-        pw = base[n_idx] - buckets.rows(n_idx, c_idx)
-        out[n_idx, c_idx] = greedy_certificate(pw, g[n_idx, c_idx])
-    out[rows, ref] = -1  # gap(ref, ref) = 0
-    out[rows, exclude] = _NO_BOUND
-    return out
+        np.minimum.at(best, n_idx, one.exact(n_idx, c_idx))
+    return best
 
 
 def certify_fa(scores: np.ndarray, spread: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     """Plurality prediction and FA certificate: min over rivals of the greedy 1v1 bound."""
-    c = scores.shape[2]
     votes = round1_votes(scores)
-    counts = vote_counts(votes, c)
+    counts = vote_counts(votes, scores.shape[2])
     pred = plurality(counts)
-    buckets = _Buckets(votes, counts, spread, d)
-    one = _one_vs_all(buckets, pred, buckets.of(pred), exclude=pred)
-    return pred, one.min(axis=1)
+    one = _OneVsAll(_Buckets(votes, counts, spread, d), pred)
+    return pred, _min_over_rivals(one, pred, np.full(pred.size, _NO_BOUND))
 
 
-def _run_off_bound(scores, buckets, pred, sec, r1_sec):
-    """Round-2 part of Theorem 3.4: min over c of max(1v1 round 1 (sec vs c), 1v1 run-off (pred vs c))."""
-    n, kd, n_classes = scores.shape
+def _run_off_bound(by_class, buckets, spread, pred, sec):
+    """Round-2 part of Theorem 3.4: min over c != pred of max(1v1 round 1 (sec vs c), 1v1 run-off (pred vs c)).
+
+    ``by_class``: logits in the class-major (N, C, kd) layout.
+    """
+    n, n_classes, kd = by_class.shape
     d, rows = buckets.d, np.arange(n)
-    cls = np.arange(n_classes)[None, :]
-    # Models preferring c to pred, in total: enough for the gap and a lower bound.
-    wins_c = preferred_counts(scores, pred)
-    g2 = (kd - wins_c) - wins_c + (cls > pred[:, None])
-    # A bucket holds d models, each of which moves the run-off gap by at most 2.
-    lower = np.where(g2 > 0, -((-g2) // (2 * d)) - 1, -1)
 
-    def run_off_rows(n_idx, c_idx):
-        sc, sp = scores[n_idx, :, c_idx], scores[n_idx, :, pred[n_idx]]  # (R, kd) each
+    def run_off(n_idx, c_idx):
+        # Binary models g^c vote c when they prefer c to pred; a bucket's power is 2 per
+        # model of it that votes pred.
+        sc, sp = by_class[n_idx, c_idx], by_class[n_idx, pred[n_idx]]  # (R, kd) each
         pref = ((sc > sp) | ((sc == sp) & (c_idx < pred[n_idx])[:, None])).astype(buckets.dtype)
-        pw = (2 * (d - bucket_sums(pref, buckets.spread))).astype(buckets.dtype)
-        return greedy_certificate(pw, g2[n_idx, c_idx])
+        wins_c = pref.sum(axis=1, dtype=np.int64)
+        gap = (kd - wins_c) - wins_c + (c_idx > pred[n_idx])
+        pw = (2 * (d - bucket_sums(pref, spread))).astype(buckets.dtype)
+        return greedy_certificate(pw, gap)
 
     # c = sec needs no round-1 help (its round-1 term is -1): an upper bound to prune with.
-    best = run_off_rows(rows, sec)
-    cand = np.maximum(r1_sec, lower) < best[:, None]
-    cand[rows, pred] = False
-    cand[rows, sec] = False
-    n_idx, c_idx = np.nonzero(cand)
+    best = run_off(rows, sec)
+    # Lower bounds: each bucket moves the run-off gap by at most 2 per model, 2d in all.
+    wins_c = preferred_counts(by_class, pred)
+    g2 = (kd - wins_c) - wins_c + (np.arange(n_classes)[None, :] > pred[:, None])
+    lower2 = np.where(g2 > 0, -((-g2) // (2 * d)) - 1, -1)
+    sec_vs = _OneVsAll(buckets, sec)
+    lower = np.maximum(sec_vs.lower, lower2)
+    lower[rows, pred] = _NO_BOUND
+    lower[rows, sec] = _NO_BOUND
+    n_idx, c_idx = np.nonzero(lower < best[:, None])
+    r1 = np.maximum(sec_vs.exact(n_idx, c_idx), lower2[n_idx, c_idx])
+    keep = r1 < best[n_idx]
+    n_idx, c_idx, r1 = n_idx[keep], c_idx[keep], r1[keep]
     if n_idx.size:
-        val = np.maximum(r1_sec[n_idx, c_idx], run_off_rows(n_idx, c_idx))
-        np.minimum.at(best, n_idx, val)
+        np.minimum.at(best, n_idx, np.maximum(r1, run_off(n_idx, c_idx)))
     return best
 
 
-def _elimination_bound(buckets, pred, h_pred, one_pred, upper):
-    """Round-1 part: min over rival pairs of the 2v1 bound (Lemma 3.8), where it is < ``upper``.
+def _rival_pairs(n_idx: np.ndarray, c_idx: np.ndarray):
+    """All pairs of entries that share a point; ``n_idx`` must be sorted. -> (left, right) indices."""
+    last = np.searchsorted(n_idx, n_idx, side="right")
+    reps = last - np.arange(n_idx.size) - 1  # partners after this entry
+    left = np.repeat(np.arange(n_idx.size), reps)
+    right = left + 1 + np.arange(left.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    return left, right
+
+
+def _elimination_bound(buckets, pred, one: _OneVsAll, upper):
+    """Round-1 part: min(upper, min over rival pairs of the 2v1 bound of Lemma 3.8).
 
     2v1(c1, c2) = max(1v1(c1), 1v1(c2), greedy(pw+, gap1 + gap2)) with
     pw+[b] = sum over its models of 3*[vote = pred] + [vote not in {pred, c1, c2}]
            = d + 2 H_pred[b] - H_c1[b] - H_c2[b].
-    The combined gap is the plain sum: clipping a negative gap at 0 would overstate it.
+    The combined gap is the plain sum: clipping a negative gap at 0 (as the paper writes it)
+    would overstate the certificate when a rival already beats ``pred``.
     """
     counts, d = buckets.counts, buckets.d
     n, n_classes = counts.shape
-    rows = np.arange(n)
-    g = gaps(counts, pred)
-    base = (d + 2 * h_pred).astype(buckets.dtype)
+    rows, cls = np.arange(n), np.arange(n_classes)
     best = upper.copy()
-    cls = np.arange(n_classes)
-
-    voted = counts > 0
-    voted[rows, pred] = False
-    silent = ~voted
+    base = (d + 2 * one.h_ref).astype(buckets.dtype)
+    plus_lower = _SharedGreedy(base)  # pw+ <= base: a lower bound for every pair
+    # Rivals without votes share their powers and differ only by the +1 tie term, so the two
+    # with the smallest gaps stand for all of them. Rivals whose own 1v1 bound is already
+    # >= best cannot help either.
+    silent = counts == 0
     silent[rows, pred] = False
-    # Rivals without votes share powers; the two with the smallest gaps (lowest indices) dominate.
-    order = np.argsort(np.where(silent, g * n_classes + cls, _NO_BOUND), axis=1, kind="stable")
+    order = np.argsort(np.where(silent, one.gap * n_classes + cls, _NO_BOUND), axis=1, kind="stable")
     n_silent = silent.sum(axis=1)
-    z1, z2 = order[:, 0], order[:, 1] if n_classes > 1 else order[:, 0]
-
-    def consider(n_idx, a, b, pw_fn):
-        # Evaluate pairs (a, b) at points n_idx only where their 1v1 parts are below the best.
-        lo = np.maximum(one_pred[n_idx, a], one_pred[n_idx, b])
-        keep = lo < best[n_idx]
-        n_idx, a, b, lo = n_idx[keep], a[keep], b[keep], lo[keep]
-        if n_idx.size:
-            val = np.maximum(lo, greedy_certificate(pw_fn(n_idx, a, b), g[n_idx, a] + g[n_idx, b]))
-            np.minimum.at(best, n_idx, val)
-
-    # Two silent rivals.
-    pts = np.flatnonzero(n_silent >= 2)
-    consider(pts, z1[pts], z2[pts], lambda i, a, b: base[i])
-    # A voted rival with the best silent partner.
-    v_n, v_c = np.nonzero(voted)
-    h_voted = buckets.rows(v_n, v_c) if v_n.size else np.zeros((0, base.shape[1]), base.dtype)
-    slot = np.full((n, n_classes), -1, dtype=np.int64)
-    slot[v_n, v_c] = np.arange(v_n.size)
-    has_partner = n_silent[v_n] >= 1
-    idx = np.flatnonzero(has_partner)
-    consider(v_n[idx], v_c[idx], z1[v_n[idx]], lambda i, a, b: base[i] - h_voted[slot[i, a]])
-    # Two voted rivals.
-    if v_n.size:
-        first = np.searchsorted(v_n, v_n, side="left")
-        last = np.searchsorted(v_n, v_n, side="right")
-        per = last - first  # voted rivals at this row's point
-        reps = np.maximum(per - (np.arange(v_n.size) - first) - 1, 0)  # partners after this one
-        left = np.repeat(np.arange(v_n.size), reps)
-        offs = np.arange(left.size) - np.repeat(np.cumsum(reps) - reps, reps)
-        right = left + 1 + offs
-        consider(
-            v_n[left],
-            v_c[left],
-            v_c[right],
-            lambda i, a, b: base[i] - h_voted[slot[i, a]] - h_voted[slot[i, b]],
-        )
+    keep = (counts > 0) | ((cls[None, :] == order[:, :1]) & (n_silent >= 1)[:, None])
+    keep |= (cls[None, :] == order[:, 1:2]) & (n_silent >= 2)[:, None]
+    keep[rows, pred] = False
+    keep &= one.lower < best[:, None]
+    p_n, p_c = np.nonzero(keep)
+    left, right = _rival_pairs(p_n, p_c)
+    i, a, b = p_n[left], p_c[left], p_c[right]
+    g_plus = one.gap[i, a] + one.gap[i, b]
+    low = np.maximum(np.maximum(one.lower[i, a], one.lower[i, b]), plus_lower(i, g_plus))
+    sel = low < best[i]
+    i, a, b, g_plus = i[sel], a[sel], b[sel], g_plus[sel]
+    # Exact 1v1 parts next (cached), then the combined bound only where still promising.
+    low = np.maximum(np.maximum(one.exact(i, a), one.exact(i, b)), low[sel])
+    sel = low < best[i]
+    i, a, b, g_plus, low = i[sel], a[sel], b[sel], g_plus[sel], low[sel]
+    if i.size:
+        pw = base[i] - buckets.hist(i, a) - buckets.hist(i, b)
+        np.minimum.at(best, i, np.maximum(low, greedy_certificate(pw, g_plus)))
     return best
 
 
 def certify_fa_roe(scores: np.ndarray, spread: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     """Run-Off Election prediction and FA+ROE certificate (Theorem 3.4, Lemmas 3.7-3.8)."""
-    c = scores.shape[2]
     votes = round1_votes(scores)
-    counts = vote_counts(votes, c)
+    counts = vote_counts(votes, scores.shape[2])
     pred, sec = roe_finalists(scores, counts)
     buckets = _Buckets(votes, counts, spread, d)
-    r1_sec = _one_vs_all(buckets, sec, buckets.of(sec), exclude=pred)
-    cert = _run_off_bound(scores, buckets, pred, sec, r1_sec)
-    if c >= 3:
-        h_pred = buckets.of(pred)
-        one_pred = _one_vs_all(buckets, pred, h_pred, exclude=pred)
-        cert = _elimination_bound(buckets, pred, h_pred, one_pred, cert)
+    cert = _run_off_bound(class_major(scores), buckets, spread, pred, sec)
+    if scores.shape[2] >= 3:
+        cert = _elimination_bound(buckets, pred, _OneVsAll(buckets, pred), cert)
     return pred, cert

@@ -24,6 +24,7 @@ __all__ = [
     "plurality",
     "top_two",
     "prefers",
+    "class_major",
     "preferred_counts",
     "roe_finalists",
 ]
@@ -75,14 +76,21 @@ def prefers(scores: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (sa > sb) | ((sa == sb) & (a < b)[:, None])
 
 
-def preferred_counts(scores: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def class_major(scores: np.ndarray) -> np.ndarray:
+    """(N, M, C) -> contiguous (N, C, M): one class's logits over all models in a row."""
+    return np.ascontiguousarray(np.swapaxes(scores, 1, 2))
+
+
+def preferred_counts(by_class: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """How many models prefer each class c to ``ref[n]`` in a two-way vote. -> (N, C) int64.
 
-    The count for ``c = ref`` is 0.
+    ``by_class`` is the class-major (N, C, M) layout of :func:`class_major`, in which the
+    count is a fast reduction over the last axis. The count for ``c = ref`` is 0.
     """
-    sr = np.take_along_axis(scores, ref[:, None, None], axis=2)
-    lower = np.arange(scores.shape[2])[None, :] < ref[:, None]  # c wins a tie when c < ref
-    return (scores > sr).sum(axis=1) + ((scores == sr) & lower[:, None, :]).sum(axis=1)
+    n, n_classes, _ = by_class.shape
+    sr = by_class[np.arange(n), ref][:, None, :]
+    lower = np.arange(n_classes)[None, :] < ref[:, None]  # c wins a tie when c < ref
+    return (by_class > sr).sum(axis=2) + ((by_class == sr) & lower[:, :, None]).sum(axis=2)
 
 
 def roe_finalists(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
