@@ -1,0 +1,114 @@
+"""Reading ensemble logits and writing certificates.
+
+Logits files hold ``scores`` (N, M, C) and, optionally, ``labels`` (N,):
+
+- ``.npz`` (numpy): arrays named ``scores`` and ``labels``, the format runoff writes;
+- ``.pth`` / ``.pt`` (the reference pipeline): a dict saved with ``torch.save`` holding the
+  tensors ``scores`` and ``labels``. Reading it needs PyTorch, imported only then.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LogitsFileError
+
+__all__ = ["load_logits", "save_certificates"]
+
+_TORCH_SUFFIXES = (".pth", ".pt")
+
+
+def _load_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise LogitsFileError(f"cannot read {path} as a .npz file: {exc}") from exc
+
+
+def _load_pth(path: Path) -> dict:
+    try:
+        import torch
+    except ImportError as exc:
+        raise LogitsFileError(
+            f"reading {path.name} needs PyTorch; install it (pip install torch) or convert the file to .npz"
+        ) from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise LogitsFileError(f"cannot read {path} with torch.load: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise LogitsFileError(f"{path} holds a {type(obj).__name__}; expected a dict with 'scores' and 'labels'")
+    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in obj.items()}
+
+
+def load_logits(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read ``(scores, labels)`` from a ``.npz`` or reference ``.pth`` file.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    scores : ndarray of shape (N, M, C)
+    labels : ndarray of shape (N,), or None when the file has none
+
+    Raises
+    ------
+    LogitsFileError
+        Missing or unreadable file, or no ``scores`` array in it. Shapes and values are
+        checked later, by :func:`runoff.certify`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LogitsFileError(f"no such file: {path}")
+    if path.is_dir():
+        raise LogitsFileError(f"{path} is a folder; expected a .npz or .pth logits file")
+    if not os.access(path, os.R_OK):
+        raise LogitsFileError(f"cannot read {path}: permission denied")
+    if path.suffix.lower() in _TORCH_SUFFIXES:
+        data = _load_pth(path)
+    elif path.suffix.lower() == ".npz":
+        data = _load_npz(path)
+    else:
+        raise LogitsFileError(f"unsupported file type {path.suffix!r} for {path}; use .npz or .pth")
+    if "scores" not in data:
+        raise LogitsFileError(f"{path} has no 'scores' array; found: {', '.join(sorted(data)) or 'nothing'}")
+    return data["scores"], data.get("labels")
+
+
+def save_certificates(path, results: dict, *, labels=None, budgets=None, accuracy=None) -> Path:
+    """Write predictions and certificates of several methods to one ``.npz`` file.
+
+    Keys: ``methods`` (names), and per method ``m`` (with ``-`` written ``_``):
+    ``{m}_predictions`` and ``{m}_certificates`` (N,) int64; with labels also ``labels``,
+    ``budgets`` and ``{m}_certified_accuracy``. The file is written to a temporary name and
+    renamed, so an interrupted write never leaves a truncated file behind.
+    """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    arrays = {"methods": np.array(list(results))}
+    for method, res in results.items():
+        key = method.replace("-", "_")
+        arrays[f"{key}_predictions"] = res.predictions
+        arrays[f"{key}_certificates"] = res.certificates
+        if accuracy is not None:
+            arrays[f"{key}_certified_accuracy"] = np.asarray(accuracy[method])
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels)
+    if budgets is not None:
+        arrays["budgets"] = np.asarray(budgets)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LogitsFileError(f"cannot write {path}: {exc}") from exc
+    return path

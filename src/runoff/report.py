@@ -1,0 +1,78 @@
+"""Certified-accuracy summaries: budgets, tables and JSON-ready dictionaries."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .certificates import Certification, certified_accuracy
+
+__all__ = ["default_budgets", "summarize", "accuracy_table", "table_caption"]
+
+
+def default_budgets(results: dict[str, Certification], labels=None, *, n_budgets: int = 8) -> np.ndarray:
+    """About ``n_budgets`` evenly spaced integer budgets from 0 to the largest useful certificate.
+
+    "Useful" means on a correctly predicted point when labels are given (a larger budget
+    would only show 0%), otherwise on any point.
+    """
+    top = 0
+    for res in results.values():
+        cert = res.certificates
+        if labels is not None:
+            cert = cert[res.predictions == np.asarray(labels)]
+        if cert.size:
+            top = max(top, int(cert.max()))
+    return np.unique(np.round(np.linspace(0, top, n_budgets + 1)).astype(np.int64))
+
+
+def summarize(results: dict[str, Certification], labels, budgets) -> dict:
+    """JSON-ready summary: per method clean accuracy, certified accuracy per budget, and
+    certificate statistics (over all points, labels aside)."""
+    budgets = np.asarray(budgets, dtype=np.int64)
+    out = {"budgets": budgets.tolist(), "methods": {}}
+    for method, res in results.items():
+        entry = {
+            "median_certificate": float(np.median(res.certificates)),
+            "max_certificate": int(res.certificates.max()),
+        }
+        if labels is not None:
+            acc = certified_accuracy(res.predictions, res.certificates, labels, budgets)
+            entry["clean_accuracy"] = float(np.mean(res.predictions == np.asarray(labels)))
+            entry["certified_accuracy"] = {int(b): float(a) for b, a in zip(budgets, acc)}
+        else:
+            frac = (res.certificates[None, :] >= budgets[:, None]).mean(axis=1)
+            entry["certified_fraction"] = {int(b): float(f) for b, f in zip(budgets, frac)}
+        out["methods"][method] = entry
+    return out
+
+
+def accuracy_table(summary: dict):
+    """A rich Table: one row per budget, one column per method, values in percent.
+
+    With labels the first row is the clean accuracy (which equals certified accuracy at B = 0,
+    since certificates are never negative).
+    """
+    from rich.table import Table
+
+    methods = summary["methods"]
+    labelled = all("certified_accuracy" in m for m in methods.values())
+    key = "certified_accuracy" if labelled else "certified_fraction"
+    table = Table()
+    table.add_column("budget B", justify="right")
+    for method in methods:
+        table.add_column(method, justify="right")
+    if labelled:
+        table.add_row("clean", *(f"{100 * m['clean_accuracy']:.2f}%" for m in methods.values()))
+    for b in summary["budgets"]:
+        if labelled and b == 0:
+            continue  # the clean row already says it
+        table.add_row(str(b), *(f"{100 * m[key][b]:.2f}%" for m in methods.values()))
+    table.add_row("median cert.", *(f"{m['median_certificate']:g}" for m in methods.values()))
+    return table
+
+
+def table_caption(summary: dict) -> str:
+    """What the numbers of :func:`accuracy_table` mean."""
+    if all("certified_accuracy" in m for m in summary["methods"].values()):
+        return "certified accuracy at budget B: predicted correctly with certificate >= B poisoned samples"
+    return "no labels in the file: fraction of points with certificate >= B poisoned samples"
