@@ -83,11 +83,11 @@ def _cmd_certify(args) -> int:
 
         title = f"{args.file}: {n} points, {m} models, {c} classes" + (f", d={args.d}" if args.d != 1 else "")
         console = Console()
-        console.print(title)
+        console.print(title, soft_wrap=True)
         console.print(accuracy_table(summary))
-        console.print(table_caption(summary))
+        console.print(table_caption(summary), soft_wrap=True)
         if args.out:
-            console.print(f"wrote {summary['out']}")
+            console.print(f"wrote {summary['out']}", soft_wrap=True)
     return 0
 
 
