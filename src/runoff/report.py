@@ -6,7 +6,7 @@ import numpy as np
 
 from .certificates import Certification, certified_accuracy
 
-__all__ = ["default_budgets", "summarize", "accuracy_table", "table_caption"]
+__all__ = ["default_budgets", "summarize", "accuracy_table", "table_caption", "plot_certified_accuracy"]
 
 
 def default_budgets(results: dict[str, Certification], labels=None, *, n_budgets: int = 8) -> np.ndarray:
@@ -76,3 +76,35 @@ def table_caption(summary: dict) -> str:
     if all("certified_accuracy" in m for m in summary["methods"].values()):
         return "certified accuracy at budget B: predicted correctly with certificate >= B poisoned samples"
     return "no labels in the file: fraction of points with certificate >= B poisoned samples"
+
+
+def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, title: str | None = None):
+    """Save a PNG of certified accuracy (%) against budget, one curve per method.
+
+    Each curve runs from budget 0 to the largest certificate of a correct prediction, at every
+    integer budget. Needs matplotlib (imported here, with the non-interactive Agg backend).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    top = int(default_budgets(results, labels)[-1])
+    budgets = np.arange(top + 2)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method, res in results.items():
+        acc = certified_accuracy(res.predictions, res.certificates, labels, budgets)
+        ax.step(budgets, 100 * acc, where="post", label=method)
+    ax.set_xlabel("budget B (poisoned training samples)")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(0, budgets[-1])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
