@@ -1,0 +1,213 @@
+"""From a data set to test-set logits in one run directory: the functions the CLI calls.
+
+A run directory holds ``plan.json`` (partition plan + training recipe and seeds),
+``checkpoints/`` (one file per chunk of base models) and ``logits.npz`` (``scores`` float32
+``(N, M, C)``, ``labels`` int64 ``(N,)``). :func:`train_run` creates it, or resumes it when
+it already holds the same plan, and refuses to touch a directory that holds anything else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_dataset
+from .errors import InvalidParameterError, LogitsFileError, RunDirectoryError
+from .partition import PLAN_FILE, PartitionPlan, make_plan
+
+__all__ = ["RunResult", "LOGITS_FILE", "CHECKPOINT_DIR", "train_run", "load_logits", "save_logits"]
+
+LOGITS_FILE = "logits.npz"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class RunResult:
+    """What :func:`train_run` produced.
+
+    Attributes
+    ----------
+    run_dir : pathlib.Path
+    plan : PartitionPlan
+    scores : numpy.ndarray of float32, shape (N, k*d, n_classes)
+        Raw test-set logits of every base model.
+    labels : numpy.ndarray of int64, shape (N,)
+    """
+
+    run_dir: Path
+    plan: PartitionPlan
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def logits_path(self) -> Path:
+        return self.run_dir / LOGITS_FILE
+
+
+def save_logits(path, scores, labels) -> Path:
+    """Write ``scores`` (float32) and ``labels`` (int64) to an ``.npz`` file, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, scores=np.asarray(scores, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64))
+    os.replace(tmp, path)
+    return path
+
+
+def load_logits(run_dir) -> tuple[np.ndarray, np.ndarray]:
+    """Read the logits of a run.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run directory (reads its ``logits.npz``) or an ``.npz`` file.
+
+    Returns
+    -------
+    scores : numpy.ndarray of float32, shape (N, M, C)
+    labels : numpy.ndarray of int64, shape (N,)
+
+    Raises
+    ------
+    LogitsFileError
+        Missing or unreadable file, missing arrays, or inconsistent shapes.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / LOGITS_FILE
+    if not path.is_file():
+        raise LogitsFileError(f"no logits file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "scores" not in z or "labels" not in z:
+                raise LogitsFileError(f"{path}: needs arrays 'scores' and 'labels'; has {sorted(z.files)}")
+            scores = np.asarray(z["scores"])
+            labels = np.asarray(z["labels"])
+    except LogitsFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoding failure
+        raise LogitsFileError(f"{path}: cannot read ({exc})") from None
+    if scores.ndim != 3 or labels.shape != (scores.shape[0],):
+        raise LogitsFileError(f"{path}: scores must be (N, M, C) and labels (N,); got {scores.shape}, {labels.shape}")
+    return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
+
+
+def _plan_diff(old: PartitionPlan, new: PartitionPlan) -> str:
+    a, b = old.to_dict(), new.to_dict()
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    parts = []
+    for k in keys:
+        if k in ("buckets", "mean", "std", "fingerprint"):
+            parts.append(k)
+        else:
+            parts.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return "; ".join(parts)
+
+
+def train_run(
+    run_dir,
+    *,
+    dataset: str = "digits",
+    k: int,
+    d: int = 1,
+    epochs: int | None = None,
+    seed_version: int = 1,
+    hash: str = "pixelsum",
+    device: str = "cpu",
+    progress: bool = True,
+    chunk_size: int | None = None,
+    data_root=None,
+    spread=None,
+    recipe=None,
+    checkpoint_every: int = 1,
+) -> RunResult:
+    """Partition, train every base model (batched) and write test logits into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Created if missing. If it holds a ``plan.json`` of the same plan (same data, k, d,
+        hash, spread, recipe, seed version), the run resumes from its checkpoints; a finished
+        run just returns its logits.
+    dataset : str, default "digits"
+        Registered data set name (:data:`runoff.data.DATASETS`).
+    k : int
+        Partitions, ``1 <= k <= `` training set size.
+    d : int, default 1
+        Spread degree (1: DPA; > 1: FA with ``k*d`` models).
+    epochs : int, optional
+        Overrides the recipe's epochs (milestones scaled in proportion).
+    seed_version : int, default 1
+        Model ``j`` is seeded with ``(j+1) * v * v``.
+    hash : {"pixelsum", "sha256"}, default "pixelsum"
+    device : {"cpu", "cuda", "cuda:N"}, default "cpu"
+    progress : bool, default True
+        Rich progress bar while training.
+    chunk_size : int, optional
+        Models per batched computation (default: as many as fit memory).
+    data_root : path-like, optional
+        Data folder of data sets that need one.
+    spread : sequence of int, optional
+        FA shifts (default: the reference spread).
+    recipe : runoff.train.Recipe, optional
+        Training recipe (default: the data set's, see :data:`runoff.train.RECIPES`).
+    checkpoint_every : int, default 1
+        Epochs between checkpoints.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown data set, k / d / hash / spread out of range, CUDA asked without CUDA.
+    RunDirectoryError
+        ``run_dir`` holds another plan, or files but no plan.
+    CheckpointError
+        A checkpoint in ``run_dir`` is corrupt.
+    """
+    from .train import recipe_for, resolve_device, train_ensemble, collect_logits
+
+    resolve_device(device)
+    if isinstance(seed_version, bool) or not isinstance(seed_version, (int, np.integer)) or seed_version < 1:
+        raise InvalidParameterError(f"seed_version must be an integer >= 1; got {seed_version!r}")
+    train, test = load_dataset(dataset, root=data_root)
+    if recipe is None:
+        recipe = recipe_for(dataset, epochs=epochs)
+    elif epochs is not None:
+        raise InvalidParameterError("give either recipe or epochs, not both")
+    training = {
+        "recipe": recipe.to_dict(),
+        "seed_version": int(seed_version),
+        "seed_rule": "(j+1)*v*v",
+    }
+    plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir} exists and is not a directory")
+    if (run_dir / PLAN_FILE).exists():
+        old = PartitionPlan.load(run_dir)
+        if old != plan:
+            raise RunDirectoryError(
+                f"{run_dir} holds a run of another plan ({_plan_diff(old, plan)}); "
+                "choose another output folder"
+            )
+        old.check_dataset(train)
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunDirectoryError(f"{run_dir} is not empty and holds no {PLAN_FILE}; refusing to write into it")
+    else:
+        plan.save(run_dir)
+
+    logits_path = run_dir / LOGITS_FILE
+    models = train_ensemble(
+        plan, train, recipe=recipe, seed_version=int(seed_version), device=device,
+        chunk_size=chunk_size, checkpoint_dir=run_dir / CHECKPOINT_DIR,
+        checkpoint_every=checkpoint_every, progress=progress,
+    )
+    scores, labels = collect_logits(models, plan, test, device=device)
+    save_logits(logits_path, scores, labels)
+    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels)

@@ -1,0 +1,631 @@
+"""Batched ensemble training: many base models in one computation, each exactly as if alone.
+
+All base models of an ensemble (or a chunk of them) are trained in the same step as one
+batched computation (:class:`runoff.models.BatchedNet`: grouped convolutions, per-model
+BatchNorm channels, batched classifier). Each model still has
+
+* its own subset of the training set (from the :class:`~runoff.partition.PartitionPlan`),
+* its own seed: model ``j`` of ensemble version ``v`` uses ``(j + 1) * v * v`` (the
+  reference's rule) for a private ``torch.Generator`` that draws its initial weights and then,
+  at the start of every epoch, its batch order and augmentation (:func:`draw_epoch`),
+* its own normalisation (its subset's per-channel mean and std),
+* its own learning-rate schedule, momentum buffers and weight decay (a batched SGD with
+  Nesterov momentum, written out here, that leaves a model untouched at a step where it has
+  no sample).
+
+Subsets have different sizes, so at a step some models have a full batch, some a short last
+batch and some none. Every model's batch is padded to the recipe's batch size with rows that
+are masked: masked rows are zero at every layer, carry no loss, touch no BatchNorm statistic,
+and a model without any real row at a step gets no update at all (parameters, momentum and
+BatchNorm running statistics unchanged). Array shapes never depend on the data, only on the
+chunk's model count and the batch size. So a model's trajectory is a function of its own
+subset and seed alone: changing, inserting or removing a training sample changes exactly the
+models whose subsets hold it (tested bit for bit).
+
+Checkpoints (one file per chunk, written atomically after every ``checkpoint_every`` epochs)
+hold parameters, BatchNorm statistics, momentum buffers and every model's generator state,
+so an interrupted run resumes where it stopped and gives the same models bit for bit (on the
+same hardware and thread count). A corrupt checkpoint raises :class:`CheckpointError` naming
+the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset
+from .errors import CheckpointError, InvalidParameterError
+from .models import BatchedNet, architecture
+from .partition import PartitionPlan
+
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "recipe_for",
+    "model_seed",
+    "draw_epoch",
+    "augment_batch",
+    "train_ensemble",
+    "collect_logits",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_device",
+    "plan_key",
+]
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every base model is trained.
+
+    Parameters
+    ----------
+    model : str
+        Architecture name (:func:`runoff.models.architecture`).
+    epochs : int
+        Passes over each model's own subset.
+    batch_size : int
+        Samples per step and model (the last batch of an epoch may be shorter).
+    lr : float
+        Initial learning rate.
+    momentum : float
+    nesterov : bool
+    weight_decay : float
+        L2 penalty added to the gradient of every parameter (as ``torch.optim.SGD``).
+    milestones : tuple of int
+        The learning rate is multiplied by ``gamma`` from each of these (0-based) epochs on.
+    gamma : float
+    augment : {"none", "crop", "crop-flip"}
+        Random crop of the image padded with zeros by ``crop_padding`` pixels, and (for
+        ``"crop-flip"``) a horizontal flip with probability 1/2.
+    crop_padding : int
+    """
+
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: tuple = ()
+    gamma: float = 0.2
+    augment: str = "none"
+    crop_padding: int = 4
+
+    def __post_init__(self):
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if int(self.epochs) < 1:
+            raise InvalidParameterError(f"epochs must be >= 1; got {self.epochs}")
+        if int(self.batch_size) < 1:
+            raise InvalidParameterError(f"batch_size must be >= 1; got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InvalidParameterError(f"lr must be positive; got {self.lr}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise InvalidParameterError("momentum must lie in [0, 1) and weight_decay be >= 0")
+        if self.augment not in AUGMENTATIONS:
+            raise InvalidParameterError(f"augment must be one of {AUGMENTATIONS}; got {self.augment!r}")
+        if int(self.crop_padding) < 0:
+            raise InvalidParameterError("crop_padding must be >= 0")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate during (0-based) ``epoch``."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        return cls(**d)
+
+
+_PAPER = Recipe(model="nin", epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+                weight_decay=5e-4, milestones=(60, 120, 160), gamma=0.2)
+
+#: Default recipe of each data set. ``"digits"`` is a fast recipe for the embedded data set
+#: (small network, 40 epochs); the others are the paper's recipe (NiN, SGD lr 0.1, momentum
+#: 0.9 Nesterov, weight decay 5e-4, batch 128, 200 epochs, lr x0.2 after epochs 60/120/160),
+#: with crop + flip augmentation for CIFAR-10.
+RECIPES: dict[str, Recipe] = {
+    "paper": _PAPER,
+    "cifar10": replace(_PAPER, augment="crop-flip", crop_padding=4),
+    "mnist": _PAPER,
+    "gtsrb": _PAPER,
+    "digits": Recipe(model="small", epochs=40, batch_size=16, lr=0.05, momentum=0.9, nesterov=True,
+                     weight_decay=5e-4, milestones=(20, 30), gamma=0.2),
+}
+
+
+def recipe_for(dataset: str, *, epochs: int | None = None) -> Recipe:
+    """Default :class:`Recipe` of a data set, optionally with another number of epochs.
+
+    When ``epochs`` is given, the learning-rate milestones are scaled in proportion.
+    """
+    base = RECIPES.get(dataset, _PAPER)
+    if epochs is None:
+        return base
+    epochs = int(epochs)
+    if epochs < 1:
+        raise InvalidParameterError(f"epochs must be >= 1; got {epochs}")
+    ms = tuple(sorted({max(1, round(m * epochs / base.epochs)) for m in base.milestones if m * epochs / base.epochs < epochs}))
+    return replace(base, epochs=epochs, milestones=ms)
+
+
+def model_seed(j: int, version: int = 1) -> int:
+    """Seed of base model ``j`` (0-based) of ensemble version ``version``: ``(j+1)*v*v``."""
+    return (int(j) + 1) * int(version) * int(version)
+
+
+def resolve_device(device) -> torch.device:
+    """``torch.device`` for ``device`` ("cpu", "cuda", "cuda:1", ...), checked to exist."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameterError(
+                f"device {device!r} asked for, but CUDA is not available "
+                "(no GPU, or this torch build has no CUDA support); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidParameterError(f"device {device!r}: only {torch.cuda.device_count()} GPUs")
+    elif dev.type != "cpu":
+        raise InvalidParameterError(f"device must be 'cpu' or 'cuda'; got {device!r}")
+    return dev
+
+
+# ---------------------------------------------------------------------------- randomness
+def draw_epoch(generator: torch.Generator, n: int, recipe: Recipe):
+    """One model's randomness for one epoch, drawn from its own generator.
+
+    Parameters
+    ----------
+    generator : torch.Generator (CPU)
+    n : int
+        Size of the model's subset.
+    recipe : Recipe
+
+    Returns
+    -------
+    perm : torch.Tensor of int64, shape (n,)
+        Order in which the subset is visited.
+    offsets : torch.Tensor of int64, shape (n, 2)
+        Crop offsets (row, column) in ``[0, 2*padding]`` per visited position (zeros when
+        the recipe does not crop).
+    flips : torch.Tensor of bool, shape (n,)
+        Horizontal flip per visited position.
+    """
+    perm = torch.randperm(n, generator=generator)
+    offsets = torch.zeros(n, 2, dtype=torch.int64)
+    flips = torch.zeros(n, dtype=torch.bool)
+    if recipe.augment in ("crop", "crop-flip"):
+        offsets = torch.randint(0, 2 * recipe.crop_padding + 1, (n, 2), generator=generator)
+    if recipe.augment == "crop-flip":
+        flips = torch.randint(0, 2, (n,), generator=generator).bool()
+    return perm, offsets, flips
+
+
+def augment_batch(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random crop (zero padding) and horizontal flip, one draw per image.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N, C, H, W)
+    offsets : torch.Tensor of int64, shape (N, 2)
+        Top-left corner of the crop in the padded image.
+    flips : torch.Tensor of bool, shape (N,)
+    padding : int
+
+    Returns
+    -------
+    torch.Tensor, shape (N, C, H, W)
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    offsets = offsets.to(dev)
+    flips = flips.to(dev)
+    xp = F.pad(x, (padding, padding, padding, padding))
+    rows = offsets[:, :1] + torch.arange(h, device=dev)[None, :]
+    cols = offsets[:, 1:] + torch.arange(w, device=dev)[None, :]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    nidx = torch.arange(n, device=dev)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[nidx, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+_MAGIC = b"RUNOFFCK1\n"
+
+
+def save_checkpoint(path, obj: dict) -> None:
+    """Write a checkpoint atomically: temp file, fsync, ``os.replace``.
+
+    The file is a magic line, the SHA-256 of the payload and a ``torch.save`` payload, so
+    that any corruption is detected on load.
+    """
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(_MAGIC)
+        f.write(hashlib.sha256(payload).digest())
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is unreadable, truncated or altered (the message names the file).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({exc})") from None
+    head = len(_MAGIC) + 32
+    if len(raw) < head or not raw.startswith(_MAGIC):
+        raise CheckpointError(f"checkpoint {path}: not a runoff checkpoint (corrupt or truncated)")
+    payload = raw[head:]
+    if hashlib.sha256(payload).digest() != raw[len(_MAGIC):head]:
+        raise CheckpointError(f"checkpoint {path}: corrupt (checksum mismatch)")
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to decode means corruption
+        raise CheckpointError(f"checkpoint {path}: cannot decode ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != "runoff-checkpoint":
+        raise CheckpointError(f"checkpoint {path}: not a runoff checkpoint")
+    return obj
+
+
+def plan_key(plan: PartitionPlan) -> str:
+    """SHA-256 of the plan's canonical JSON (ties checkpoints to their plan and recipe)."""
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- training
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    prev_det = torch.backends.cudnn.deterministic
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+        torch.backends.cudnn.deterministic = prev_det
+
+
+@torch.no_grad()
+def _sgd_step(params, grads, bufs, lr, active, recipe: Recipe) -> None:
+    """SGD (+ Nesterov momentum, weight decay), as ``torch.optim.SGD``, per model.
+
+    ``lr`` (E,) per-model learning rates; ``active`` (E,) bool: models with no real sample
+    at this step keep parameters and momentum exactly.
+    """
+    for p, g, buf in zip(params, grads, bufs):
+        view = (-1,) + (1,) * (p.dim() - 1)
+        a = active.view(view)
+        if recipe.weight_decay:
+            g = g.add(p, alpha=recipe.weight_decay)
+        if recipe.momentum:
+            nb = buf * recipe.momentum + g
+            g = g.add(nb, alpha=recipe.momentum) if recipe.nesterov else nb
+            buf.copy_(torch.where(a, nb, buf))
+        p.copy_(torch.where(a, p - lr.view(view) * g, p))
+
+
+class _Chunk:
+    """Training state of one chunk of models (parameters, momentum, generators, epoch)."""
+
+    def __init__(self, plan: PartitionPlan, model_ids, recipe: Recipe, seed_version: int, device):
+        self.model_ids = [int(j) for j in model_ids]
+        self.recipe = recipe
+        spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
+        self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
+        self.net = BatchedNet(spec, len(self.model_ids)).init_(self.generators).to(device)
+        self.params = list(self.net.weights)
+        self.bufs = [torch.zeros_like(p) for p in self.params]
+        self.epoch = 0
+
+    def state(self, key: str) -> dict:
+        return {
+            "format": "runoff-checkpoint",
+            "version": 1,
+            "plan_key": key,
+            "model_ids": list(self.model_ids),
+            "epoch": int(self.epoch),
+            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "momentum": [b.detach().cpu() for b in self.bufs],
+            "generators": [g.get_state() for g in self.generators],
+        }
+
+    def restore(self, obj: dict, path, key: str) -> None:
+        def bad(msg):
+            return CheckpointError(f"checkpoint {path}: {msg}")
+
+        if obj.get("version") != 1:
+            raise bad(f"unsupported version {obj.get('version')!r}")
+        if obj.get("plan_key") != key:
+            raise bad("it belongs to another plan or recipe")
+        if obj.get("model_ids") != self.model_ids:
+            raise bad(f"it holds models {obj.get('model_ids')!r}, expected {self.model_ids}")
+        epoch = obj.get("epoch")
+        if not isinstance(epoch, int) or not 0 <= epoch <= self.recipe.epochs:
+            raise bad(f"bad epoch {epoch!r}")
+        try:
+            self.net.load_state_dict(obj["net"], strict=True)
+            mom = obj["momentum"]
+            gens = obj["generators"]
+            if len(mom) != len(self.bufs) or len(gens) != len(self.generators):
+                raise ValueError("wrong number of momentum buffers or generators")
+            for b, m in zip(self.bufs, mom):
+                if b.shape != m.shape:
+                    raise ValueError("momentum buffer of the wrong shape")
+                b.copy_(m)
+            for g, s in zip(self.generators, gens):
+                g.set_state(s)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise bad(f"does not match the run ({exc})") from None
+        if not all(torch.isfinite(t).all() for t in self.net.state_dict().values() if t.is_floating_point()):
+            raise bad("holds non-finite values")
+        self.epoch = epoch
+
+
+def _steps_per_epoch(sizes, batch_size: int) -> int:
+    return max((math.ceil(n / batch_size) for n in sizes), default=0)
+
+
+def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
+    """One epoch of every model of the chunk, batched. X uint8 (n, C, H, W) on device."""
+    recipe = chunk.recipe
+    net = chunk.net
+    dev = X.device
+    e_count = len(chunk.model_ids)
+    bsz = recipe.batch_size
+    sizes = [int(s.numel()) for s in subsets]
+    n_steps = _steps_per_epoch(sizes, bsz)
+    total = n_steps * bsz
+    idx = torch.zeros(total, e_count, dtype=torch.int64)
+    valid = torch.zeros(total, e_count, dtype=torch.bool)
+    offs = torch.zeros(total, e_count, 2, dtype=torch.int64)
+    flips = torch.zeros(total, e_count, dtype=torch.bool)
+    for e, (g, sub) in enumerate(zip(chunk.generators, subsets)):
+        perm, off, flip = draw_epoch(g, sizes[e], recipe)
+        idx[: sizes[e], e] = sub[perm]
+        valid[: sizes[e], e] = True
+        offs[: sizes[e], e] = off
+        flips[: sizes[e], e] = flip
+    lr = torch.full((e_count,), recipe.lr_at(chunk.epoch), dtype=torch.float32, device=dev)
+    idx, valid = idx.to(dev), valid.to(dev)
+    c, h, w = X.shape[1:]
+    mean4 = mean[None, :, :, None, None]
+    std4 = std[None, :, :, None, None]
+    net.train()
+    for t in range(n_steps):
+        sl = slice(t * bsz, (t + 1) * bsz)
+        rows, m = idx[sl], valid[sl]
+        xb = X[rows].to(torch.float32) / 255.0  # (B, E, C, H, W)
+        if recipe.augment != "none":
+            xb = augment_batch(xb.reshape(bsz * e_count, c, h, w), offs[sl].reshape(-1, 2),
+                               flips[sl].reshape(-1), recipe.crop_padding).reshape(bsz, e_count, c, h, w)
+        mf = m.to(torch.float32)
+        xb = ((xb - mean4) / std4) * mf[:, :, None, None, None]
+        logits = net(xb.reshape(bsz, e_count * c, h, w), mf)
+        ce = F.cross_entropy(logits.reshape(bsz * e_count, -1), Y[rows].reshape(-1), reduction="none")
+        count = mf.sum(dim=0)
+        loss = ((ce.reshape(bsz, e_count) * mf).sum(dim=0) / count.clamp_min(1)).sum()
+        grads = torch.autograd.grad(loss, chunk.params)
+        _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
+        if on_step is not None:
+            on_step()
+    chunk.epoch += 1
+
+
+def _chunks(n_models: int, chunk_size: int):
+    return [list(range(s, min(s + chunk_size, n_models))) for s in range(0, n_models, chunk_size)]
+
+
+def _default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device) -> int:
+    """As many models per chunk as fit a memory budget (activations of one training step)."""
+    h, w, c = plan.image_shape
+    spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes)
+    per_sample = 0
+    hh, ww = h, w
+    for layer in spec:
+        if layer[0] == "conv":
+            _, cin, cout, k, s, p = layer
+            hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
+            per_sample += 4 * cout * hh * ww  # conv out, bn out, relu out, bn saved
+        elif layer[0] in ("maxpool", "avgpool"):
+            _, k, s, p = layer
+            hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
+    per_model = per_sample * 4 * recipe.batch_size * 2
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * 0.6
+    else:
+        budget = 6e9
+    return max(1, min(plan.n_models, int(budget // max(per_model, 1))))
+
+
+def _checkpoint_path(checkpoint_dir: Path, ids) -> Path:
+    return checkpoint_dir / f"models-{ids[0]:05d}-{ids[-1]:05d}.pt"
+
+
+def train_ensemble(
+    plan: PartitionPlan,
+    train: Dataset,
+    *,
+    recipe: Recipe,
+    seed_version: int = 1,
+    device="cpu",
+    chunk_size: int | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    model_ids=None,
+):
+    """Train the base models of a plan, batched, resuming from checkpoints when present.
+
+    Parameters
+    ----------
+    plan : PartitionPlan
+    train : Dataset
+        The plan's training set (any order; checked against the plan's fingerprint).
+    recipe : Recipe
+    seed_version : int, default 1
+        Ensemble version ``v``; model ``j`` is seeded with ``(j+1)*v*v``.
+    device : str or torch.device, default "cpu"
+    chunk_size : int, optional
+        Models trained together in one batched computation; default: as many as fit a
+        memory budget (all of them for small models).
+    checkpoint_dir : path-like, optional
+        Folder for one checkpoint per chunk (``models-FIRST-LAST.pt``). Existing checkpoints
+        are validated and resumed from.
+    checkpoint_every : int, default 1
+        Epochs between checkpoints (the last epoch is always saved).
+    progress : bool, default True
+        Show a rich progress bar.
+    model_ids : sequence of int, optional
+        Train only these base models (default: all ``k*d``).
+
+    Returns
+    -------
+    list of (list of int, BatchedNet)
+        Each chunk's global model indices and its trained module (model ``e`` of the module
+        is base model ``ids[e]``).
+
+    Raises
+    ------
+    CheckpointError
+        A checkpoint is corrupt or belongs to another plan.
+    """
+    dev = resolve_device(device)
+    if int(seed_version) < 1:
+        raise InvalidParameterError(f"seed_version must be >= 1; got {seed_version}")
+    canon = plan.canonical(train)
+    ids_all = list(range(plan.n_models)) if model_ids is None else [int(j) for j in model_ids]
+    if any(j < 0 or j >= plan.n_models for j in ids_all):
+        raise InvalidParameterError(f"model ids must lie in [0, {plan.n_models})")
+    if chunk_size is None:
+        chunk_size = _default_chunk_size(plan, recipe, dev)
+    if int(chunk_size) < 1:
+        raise InvalidParameterError(f"chunk_size must be >= 1; got {chunk_size}")
+    chunks = [ids_all[s:s + int(chunk_size)] for s in range(0, len(ids_all), int(chunk_size))]
+    key = plan_key(plan)
+    ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if ckdir is not None:
+        ckdir.mkdir(parents=True, exist_ok=True)
+
+    X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(dev)
+    Y = torch.from_numpy(canon.labels).to(dev)
+    subsets_all = [torch.from_numpy(s) for s in plan.subsets]
+    mean_all = torch.tensor(plan.mean, dtype=torch.float32)
+    std_all = torch.tensor(plan.std, dtype=torch.float32)
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    steps = [_steps_per_epoch([subsets_all[j].numel() for j in ids], recipe.batch_size) for ids in chunks]
+    total_steps = sum(s * recipe.epochs for s in steps)
+    results = []
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False)
+    with _deterministic(dev), bar:
+        task = bar.add_task("training", total=total_steps)
+        for ci, ids in enumerate(chunks):
+            chunk = _Chunk(plan, ids, recipe, seed_version, dev)
+            path = None if ckdir is None else _checkpoint_path(ckdir, ids)
+            if path is not None and path.exists():
+                chunk.restore(load_checkpoint(path), path, key)
+            bar.advance(task, steps[ci] * chunk.epoch)
+            subsets = [subsets_all[j].to(dev) for j in ids]
+            mean = mean_all[ids].to(dev)
+            std = std_all[ids].to(dev)
+            while chunk.epoch < recipe.epochs:
+                bar.update(task, description=f"chunk {ci + 1}/{len(chunks)} epoch {chunk.epoch + 1}/{recipe.epochs}")
+                _train_epoch(chunk, X, Y, subsets, mean, std, on_step=lambda: bar.advance(task))
+                if path is not None and (chunk.epoch % checkpoint_every == 0 or chunk.epoch == recipe.epochs):
+                    save_checkpoint(path, chunk.state(key))
+            chunk.net.eval()
+            results.append((ids, chunk.net))
+    return results
+
+
+@torch.no_grad()
+def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", batch_size: int = 256):
+    """Raw logits of every base model on a test set.
+
+    Parameters
+    ----------
+    models : list of (list of int, BatchedNet)
+        As returned by :func:`train_ensemble` (covering all ``k*d`` models).
+    plan : PartitionPlan
+        Gives each model's normalisation.
+    test : Dataset
+    device : str or torch.device
+    batch_size : int
+        Test points per forward pass.
+
+    Returns
+    -------
+    scores : numpy.ndarray of float32, shape (N, k*d, n_classes)
+    labels : numpy.ndarray of int64, shape (N,)
+    """
+    dev = resolve_device(device)
+    if tuple(test.image_shape) != tuple(plan.image_shape):
+        raise InvalidParameterError(
+            f"test images have shape {test.image_shape}; the plan expects {tuple(plan.image_shape)}"
+        )
+    n = len(test)
+    scores = np.zeros((n, plan.n_models, plan.n_classes), dtype=np.float32)
+    seen = np.zeros(plan.n_models, dtype=bool)
+    X = torch.from_numpy(np.ascontiguousarray(test.images.transpose(0, 3, 1, 2)))
+    c, h, w = X.shape[1:]
+    with _deterministic(dev):
+        for ids, net in models:
+            net.eval()
+            e_count = len(ids)
+            mean = torch.tensor(plan.mean[ids], dtype=torch.float32, device=dev)[None, :, :, None, None]
+            std = torch.tensor(plan.std[ids], dtype=torch.float32, device=dev)[None, :, :, None, None]
+            for s in range(0, n, batch_size):
+                xb = X[s:s + batch_size].to(dev).to(torch.float32) / 255.0
+                xb = (xb[:, None] - mean) / std
+                out = net(xb.reshape(xb.shape[0], e_count * c, h, w))
+                scores[s:s + batch_size, ids] = out.float().cpu().numpy()
+            seen[ids] = True
+    if not seen.all():
+        raise InvalidParameterError(f"models {np.flatnonzero(~seen).tolist()[:10]} were not given")
+    return scores, test.labels.copy()

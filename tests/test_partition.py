@@ -1,0 +1,151 @@
+"""Partition plans: reference hash and spread, determinism, plan.json validation."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from runoff.data import Dataset, load_dataset
+from runoff.errors import InvalidParameterError, RunDirectoryError
+from runoff.partition import PartitionPlan, content_order, hash_samples, make_plan
+
+
+def _tiny():
+    # Six 1x2 grey images; pixel sums 3, 7, 4, 10, 0, 6.
+    imgs = np.array([[1, 2], [3, 4], [4, 0], [5, 5], [0, 0], [2, 4]], dtype=np.uint8).reshape(6, 1, 2, 1)
+    labels = np.array([1, 0, 1, 0, 2, 2])
+    return Dataset(imgs, labels, 3, "tiny/train")
+
+
+def test_pixelsum_and_spread_match_reference_by_hand():
+    ds = _tiny()
+    k, d = 2, 2
+    plan = make_plan(ds, k=k, d=d)
+    # Reference spread: Python's random with seed 999999999 + 208.
+    shifts = random.Random(999999999 + 208).sample(range(k * d), d)
+    assert list(plan.spread) == shifts
+    # Canonical order by (label, pixels): label 0: [3,4], [5,5]; label 1: [1,2], [4,0];
+    # label 2: [0,0], [2,4]. Pixel sums in that order: 7, 10, 3, 4, 0, 6 -> buckets mod 4.
+    sums = [7, 10, 3, 4, 0, 6]
+    assert plan.buckets.tolist() == [s % 4 for s in sums]
+    expected = [[] for _ in range(4)]
+    for i, s in enumerate(sums):
+        for sh in shifts:
+            expected[(s % 4 + sh) % 4].append(i)
+    assert [sub.tolist() for sub in plan.subsets] == [sorted(e) for e in expected]
+
+
+def test_dpa_subsets_by_hand():
+    ds = _tiny()
+    plan = make_plan(ds, k=3)
+    (shift,) = random.Random(999999999 + 208).sample(range(3), 1)
+    assert plan.spread == (shift,)  # d = 1 still takes the reference's one shift
+    # canonical sums 7, 10, 3, 4, 0, 6 mod 3 -> buckets 1, 1, 0, 1, 0, 0
+    by_bucket = {0: [2, 4, 5], 1: [0, 1, 3], 2: []}
+    assert [s.tolist() for s in plan.subsets] == [by_bucket[(j - shift) % 3] for j in range(3)]
+    # per-subset statistics of pixel / 255 (one channel); empty subset -> mean 0, std 1
+    vals = np.array([1, 2, 0, 0, 2, 4]) / 255.0
+    j0 = (0 + shift) % 3
+    assert plan.mean[j0, 0] == pytest.approx(vals.mean())
+    assert plan.std[j0, 0] == pytest.approx(vals.std())
+    j2 = (2 + shift) % 3
+    assert plan.mean[j2, 0] == 0 and plan.std[j2, 0] == 1
+
+
+def test_sha256_hash_is_stable_and_label_dependent():
+    ds = _tiny()
+    h = hash_samples(ds.images, ds.labels, n_buckets=1000, method="sha256")
+    again = hash_samples(ds.images.copy(), ds.labels.copy(), n_buckets=1000, method="sha256")
+    assert np.array_equal(h, again)
+    other = hash_samples(ds.images, (ds.labels + 1) % 3, n_buckets=2**62, method="sha256")
+    assert not np.array_equal(other, hash_samples(ds.images, ds.labels, n_buckets=2**62, method="sha256"))
+    with pytest.raises(InvalidParameterError, match="known hashes"):
+        hash_samples(ds.images, ds.labels, n_buckets=4, method="md5")
+
+
+@pytest.mark.parametrize("hash_name", ["pixelsum", "sha256"])
+def test_plan_independent_of_order(hash_name):
+    train, _ = load_dataset("digits")
+    plan = make_plan(train, k=20, d=3, hash=hash_name)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        perm = rng.permutation(len(train))
+        shuffled = Dataset(train.images[perm].copy(), train.labels[perm].copy(), 10, "digits/train")
+        assert make_plan(shuffled, k=20, d=3, hash=hash_name) == plan
+    # every sample sits in exactly d subsets
+    counts = np.bincount(np.concatenate(plan.subsets), minlength=len(train))
+    assert np.all(counts == 3)
+
+
+def test_content_order_sorts_by_label_then_bytes():
+    imgs = np.array([[9], [1], [0], [1]], dtype=np.uint8).reshape(4, 1, 1, 1)
+    labels = np.array([0, 1, 1, 0])
+    assert content_order(imgs, labels).tolist() == [3, 0, 2, 1]
+
+
+def test_plan_roundtrip_and_validation(tmp_path):
+    train, _ = load_dataset("digits")
+    plan = make_plan(train, k=7, d=2, training={"note": "x"})
+    plan.save(tmp_path)
+    loaded = PartitionPlan.load(tmp_path, train=train)
+    assert loaded == plan
+    assert np.array_equal(loaded.mean, plan.mean) and np.array_equal(loaded.std, plan.std)
+
+    path = tmp_path / "plan.json"
+    good = json.loads(path.read_text())
+    for mutate, msg in [
+        (lambda o: o.pop("buckets"), "missing field 'buckets'"),
+        (lambda o: o.update(k=3), "inconsistent"),
+        (lambda o: o.update(spread=[0, 0]), "distinct"),
+        (lambda o: o.update(hash="md5"), "unknown hash"),
+        (lambda o: o.update(format="other"), "not a runoff plan"),
+        (lambda o: o["buckets"].__setitem__(0, 10**6), "buckets"),
+        (lambda o: o.update(std=[[0.0]] * 14), "std"),
+    ]:
+        obj = json.loads(json.dumps(good))
+        mutate(obj)
+        path.write_text(json.dumps(obj))
+        with pytest.raises(RunDirectoryError, match=msg):
+            PartitionPlan.load(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(RunDirectoryError, match="JSON"):
+        PartitionPlan.load(tmp_path)
+    path.unlink()
+    with pytest.raises(RunDirectoryError, match="no plan.json"):
+        PartitionPlan.load(tmp_path)
+
+
+def test_plan_rejects_other_training_set(tmp_path):
+    train, _ = load_dataset("digits")
+    make_plan(train, k=5).save(tmp_path)
+    other = train.subset(np.arange(1, len(train)))
+    with pytest.raises(RunDirectoryError, match="training set"):
+        PartitionPlan.load(tmp_path, train=other)
+    imgs = train.images.copy()
+    imgs[0, 0, 0, 0] ^= 1
+    with pytest.raises(RunDirectoryError, match="another training set"):
+        PartitionPlan.load(tmp_path, train=Dataset(imgs, train.labels, 10, "digits/train"))
+
+
+def test_bad_k_and_d():
+    train, _ = load_dataset("digits")
+    with pytest.raises(InvalidParameterError, match="k must lie"):
+        make_plan(train, k=len(train) + 1)
+    with pytest.raises(InvalidParameterError, match="k must lie"):
+        make_plan(train, k=0)
+    with pytest.raises(InvalidParameterError, match="d must be >= 1"):
+        make_plan(train, k=5, d=0)
+    with pytest.raises(InvalidParameterError, match="unknown hash"):
+        make_plan(train, k=5, hash="crc")
+
+
+def test_digits_loader_and_registry():
+    train, test = load_dataset("digits")
+    assert len(train) == 1437 and len(test) == 360
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (8, 8, 1)
+    assert train.images.max() == 255 and train.images.min() == 0
+    train2, test2 = load_dataset("digits")
+    assert np.array_equal(test.images, test2.images) and np.array_equal(test.labels, test2.labels)
+    with pytest.raises(InvalidParameterError, match="known data sets: digits"):
+        load_dataset("imagenet")
