@@ -122,34 +122,32 @@ class _MaskedBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, mask, count, eps):
-        n_all = x.shape[0] * x.shape[3]
-        var_all, mean_all = torch.var_mean(x, dim=(0, 3), correction=0)
-        s1 = mean_all * n_all
-        s2 = (var_all + mean_all * mean_all) * n_all
-        mean = s1 / count
-        var = (s2 / count - mean * mean).clamp_min(0)
+        # Two passes, as accurate as torch's own BatchNorm: the mean over valid rows (padded
+        # rows are zero and add nothing), then the centred values with padded rows kept zero.
+        mean = x.sum(dim=(0, 3)) / count
+        xc = x - mean[None, :, :, None] * mask
+        var = torch.linalg.vector_norm(xc, dim=(0, 3)).square() / count
         invstd = torch.rsqrt(var + eps)
         scale = gamma * invstd
-        shift = beta - mean * scale
-        y = torch.addcmul(shift[None, :, :, None] * mask, x, scale[None, :, :, None])
-        ctx.save_for_backward(x, gamma, mean, invstd, mask, count)
+        y = torch.addcmul(beta[None, :, :, None] * mask, xc, scale[None, :, :, None])
+        ctx.save_for_backward(xc, gamma, invstd, mask, count)
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar):
-        x, gamma, mean, invstd, mask, count = ctx.saved_tensors
+        xc, gamma, invstd, mask, count = ctx.saved_tensors
         if gy is None:
             return None, None, None, None, None, None
         sum_g = gy.sum(dim=(0, 3))
-        sum_gxhat = ((gy * x).sum(dim=(0, 3)) - mean * sum_g) * invstd
+        sum_gxhat = (gy * xc).sum(dim=(0, 3)) * invstd
         gx = None
         if ctx.needs_input_grad[0]:
             k = gamma * invstd
             a = -k * invstd * sum_gxhat / count
-            c = k * (invstd * mean * sum_gxhat - sum_g) / count
-            gx = torch.addcmul(c[None, :, :, None] * mask, x, a[None, :, :, None])
+            c = -k * sum_g / count
+            gx = torch.addcmul(c[None, :, :, None] * mask, xc, a[None, :, :, None])
             gx.addcmul_(gy, k[None, :, :, None])
         return gx, sum_gxhat, sum_g, None, None, None
 

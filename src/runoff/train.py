@@ -427,7 +427,8 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
         valid[: sizes[e], e] = True
         offs[: sizes[e], e] = off
         flips[: sizes[e], e] = flip
-    lr = torch.full((e_count,), recipe.lr_at(chunk.epoch), dtype=torch.float32, device=dev)
+    dtype = chunk.params[0].dtype
+    lr = torch.full((e_count,), recipe.lr_at(chunk.epoch), dtype=dtype, device=dev)
     idx, valid = idx.to(dev), valid.to(dev)
     c, h, w = X.shape[1:]
     mean4 = mean[None, :, :, None, None]
@@ -436,11 +437,11 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
     for t in range(n_steps):
         sl = slice(t * bsz, (t + 1) * bsz)
         rows, m = idx[sl], valid[sl]
-        xb = X[rows].to(torch.float32) / 255.0  # (B, E, C, H, W)
+        xb = X[rows].to(dtype) / 255.0  # (B, E, C, H, W)
         if recipe.augment != "none":
             xb = augment_batch(xb.reshape(bsz * e_count, c, h, w), offs[sl].reshape(-1, 2),
                                flips[sl].reshape(-1), recipe.crop_padding).reshape(bsz, e_count, c, h, w)
-        mf = m.to(torch.float32)
+        mf = m.to(dtype)
         xb = ((xb - mean4) / std4) * mf[:, :, None, None, None]
         logits = net(xb.reshape(bsz, e_count * c, h, w), mf)
         ce = F.cross_entropy(logits.reshape(bsz * e_count, -1), Y[rows].reshape(-1), reduction="none")
@@ -508,6 +509,7 @@ def train_ensemble(
     seed_version : int, default 1
         Ensemble version ``v``; model ``j`` is seeded with ``(j+1)*v*v``.
     device : str or torch.device, default "cpu"
+        Training runs in ``torch.get_default_dtype()`` (float32 unless changed).
     chunk_size : int, optional
         Models trained together in one batched computation; default: as many as fit a
         memory budget (all of them for small models).
@@ -552,8 +554,9 @@ def train_ensemble(
     X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(dev)
     Y = torch.from_numpy(canon.labels).to(dev)
     subsets_all = [torch.from_numpy(s) for s in plan.subsets]
-    mean_all = torch.tensor(plan.mean, dtype=torch.float32)
-    std_all = torch.tensor(plan.std, dtype=torch.float32)
+    dtype = torch.get_default_dtype()  # float32 unless the caller chose otherwise
+    mean_all = torch.tensor(plan.mean, dtype=dtype)
+    std_all = torch.tensor(plan.std, dtype=dtype)
 
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -618,10 +621,11 @@ def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", 
         for ids, net in models:
             net.eval()
             e_count = len(ids)
-            mean = torch.tensor(plan.mean[ids], dtype=torch.float32, device=dev)[None, :, :, None, None]
-            std = torch.tensor(plan.std[ids], dtype=torch.float32, device=dev)[None, :, :, None, None]
+            dtype = net.weights[0].dtype
+            mean = torch.tensor(plan.mean[ids], dtype=dtype, device=dev)[None, :, :, None, None]
+            std = torch.tensor(plan.std[ids], dtype=dtype, device=dev)[None, :, :, None, None]
             for s in range(0, n, batch_size):
-                xb = X[s:s + batch_size].to(dev).to(torch.float32) / 255.0
+                xb = X[s:s + batch_size].to(dev).to(dtype) / 255.0
                 xb = (xb[:, None] - mean) / std
                 out = net(xb.reshape(xb.shape[0], e_count * c, h, w))
                 scores[s:s + batch_size, ids] = out.float().cpu().numpy()

@@ -1,0 +1,259 @@
+"""Batched ensemble trainer: poison isolation, equivalence with one-by-one training, resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from runoff.data import Dataset, load_dataset  # noqa: E402
+from runoff.errors import CheckpointError  # noqa: E402
+from runoff.models import BatchedNet, architecture  # noqa: E402
+from runoff.partition import hash_samples, make_plan  # noqa: E402
+from runoff.train import (Recipe, augment_batch, collect_logits, draw_epoch, load_checkpoint,  # noqa: E402
+                          model_seed, save_checkpoint, train_ensemble)
+
+# One thread: tiny workloads run as fast, and timings do not collapse when other processes
+# share the cores (OpenMP threads spin-wait under oversubscription).
+torch.set_num_threads(1)
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# Tiny but complete: BatchNorm, crop + flip augmentation, shuffling, momentum, weight decay,
+# an lr milestone, and a batch size that leaves short last batches.
+TINY = Recipe(model="small", epochs=3, batch_size=8, lr=0.05, milestones=(2,), augment="crop-flip",
+              crop_padding=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, test = load_dataset("digits")
+    return train.subset(np.arange(240)), test.subset(np.arange(40))
+
+
+def _train(plan, train, test, recipe=TINY, **kw):
+    models = train_ensemble(plan, train, recipe=recipe, progress=False, **kw)
+    scores, _ = collect_logits(models, plan, test)
+    states = {}
+    for ids, net in models:
+        for e, j in enumerate(ids):
+            states[j] = net.model_state(e)
+    return states, scores
+
+
+def _differing(a, b):
+    sa, la = a
+    sb, lb = b
+    out = set()
+    for j in sa:
+        same = all(torch.equal(sa[j][key], sb[j][key]) for key in sa[j])
+        same = same and np.array_equal(la[:, j], lb[:, j])
+        if not same:
+            out.add(j)
+    return out
+
+
+def _bucket(plan, image, label):
+    return int(hash_samples(image[None], np.array([label]), n_buckets=plan.n_models, method=plan.hash)[0])
+
+
+@pytest.mark.parametrize("k,d,hash_name", [(8, 1, "pixelsum"), (4, 2, "sha256")])
+def test_poison_isolation(digits, k, d, hash_name):
+    train, test = digits
+    plan = make_plan(train, k=k, d=d, hash=hash_name)
+    base = _train(plan, train, test)
+    i = 17
+    img, lab = train.images[i], int(train.labels[i])
+    old_models = set(plan.models_of_bucket(_bucket(plan, img, lab)))
+
+    # 1. one sample changed (a few pixels altered)
+    changed = train.images.copy()
+    changed[i, 2, 3, 0] = 255 - changed[i, 2, 3, 0]
+    changed[i, 5, 5, 0] = (int(changed[i, 5, 5, 0]) + 77) % 256
+    ds = Dataset(changed, train.labels, 10, train.name)
+    p2 = make_plan(ds, k=k, d=d, hash=hash_name)
+    new_models = set(p2.models_of_bucket(_bucket(p2, changed[i], lab)))
+    assert _differing(base, _train(p2, ds, test)) == old_models | new_models
+
+    # 2. one sample removed
+    keep = np.array([j for j in range(len(train)) if j != i])
+    ds = train.subset(keep)
+    p3 = make_plan(ds, k=k, d=d, hash=hash_name)
+    assert _differing(base, _train(p3, ds, test)) == old_models
+
+    # 3. one sample inserted (a new image, from the test split)
+    extra = test.images[5]
+    ds = Dataset(np.concatenate([train.images, extra[None]]), np.append(train.labels, test.labels[5]),
+                 10, train.name)
+    p4 = make_plan(ds, k=k, d=d, hash=hash_name)
+    ins_models = set(p4.models_of_bucket(_bucket(p4, extra, int(test.labels[5]))))
+    assert _differing(base, _train(p4, ds, test)) == ins_models
+
+
+def test_isolation_across_chunking_and_model_selection(digits):
+    train, test = digits
+    plan = make_plan(train, k=6)
+    whole = train_ensemble(plan, train, recipe=TINY, progress=False)
+    part = train_ensemble(plan, train, recipe=TINY, progress=False, model_ids=[4, 1], chunk_size=1)
+    # model 4 trained alone (its own chunk) equals model 4 trained with all others, within
+    # float tolerance (shapes differ, so kernels may round differently)
+    (ids_w, net_w), = whole
+    for ids, net in part:
+        j = ids[0]
+        a, b = net.model_state(0), net_w.model_state(ids_w.index(j))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def _sequential_reference(plan, train, recipe, j, seed_version=1):
+    """Plain one-model training loop: torch.nn layers, torch.optim.SGD, model j alone."""
+    canon = plan.canonical(train)
+    spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
+    g = torch.Generator().manual_seed(model_seed(j, seed_version))
+    model = BatchedNet(spec, 1).init_([g]).extract(0)  # same initial weights, same draws
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    dtype = torch.get_default_dtype()
+    X = torch.from_numpy(canon.images.transpose(0, 3, 1, 2).copy()).to(dtype) / 255
+    Y = torch.from_numpy(canon.labels)
+    sub = torch.from_numpy(plan.subsets[j])
+    mean = torch.tensor(plan.mean[j], dtype=dtype)[None, :, None, None]
+    std = torch.tensor(plan.std[j], dtype=dtype)[None, :, None, None]
+    model.train()
+    for epoch in range(recipe.epochs):
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr_at(epoch)
+        perm, offs, flips = draw_epoch(g, len(sub), recipe)
+        for s in range(0, len(sub), recipe.batch_size):
+            rows = sub[perm[s:s + recipe.batch_size]]
+            xb = X[rows]
+            if recipe.augment != "none":
+                xb = augment_batch(xb, offs[s:s + recipe.batch_size], flips[s:s + recipe.batch_size],
+                                   recipe.crop_padding)
+            loss = F.cross_entropy(model((xb - mean) / std), Y[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-2)])
+def test_batched_equals_sequential(digits, dtype, tol):
+    # float64 shows that the batched computation is the same computation; in float32 the
+    # tiny batches make training chaotic (a ReLU at a kink flips after a 1e-7 rounding
+    # difference), so the float32 check is looser.
+    train, _ = digits
+    plan = make_plan(train, k=5, d=2)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        (ids, net), = train_ensemble(plan, train, recipe=TINY, progress=False)
+        refs = {j: _sequential_reference(plan, train, TINY, j) for j in ids}
+    finally:
+        torch.set_default_dtype(prev)
+    for j in ids:
+        ref = refs[j]
+        got = net.model_state(ids.index(j))
+        for key, val in got.items():
+            assert val.dtype == dtype
+            scale = float(ref[key].abs().max()) + 1e-6
+            err = float((val - ref[key]).abs().max())
+            assert err <= tol * scale, f"model {j} {key}: max error {err:.3g} at scale {scale:.3g}"
+
+
+def test_augment_batch_crop_and_flip():
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    out = augment_batch(x, torch.tensor([[1, 1], [0, 2]]), torch.tensor([False, True]), 1)
+    assert torch.equal(out[0], x[0])  # offset (1, 1) with padding 1 is the identity crop
+    padded = F.pad(x[1], (1, 1, 1, 1))
+    assert torch.equal(out[1], padded[:, 0:3, 2:5].flip(-1))
+
+
+def test_checkpoint_corruption_detected(tmp_path, digits):
+    train, test = digits
+    plan = make_plan(train, k=4)
+    train_ensemble(plan, train, recipe=TINY, progress=False, checkpoint_dir=tmp_path)
+    (path,) = sorted(tmp_path.glob("*.pt"))
+    assert load_checkpoint(path)["epoch"] == TINY.epochs
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=path.name):
+        train_ensemble(plan, train, recipe=TINY, progress=False, checkpoint_dir=tmp_path)
+    path.write_bytes(b"RUNOFF")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    # a valid checkpoint of another plan is refused too
+    save_checkpoint(path, {"format": "runoff-checkpoint", "version": 1, "plan_key": "x" * 64,
+                           "model_ids": [0, 1, 2, 3], "epoch": 1})
+    with pytest.raises(CheckpointError, match="another plan"):
+        train_ensemble(plan, train, recipe=TINY, progress=False, checkpoint_dir=tmp_path)
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    torch.set_num_threads(int(sys.argv[2]))
+    import runoff.train as T
+    from runoff.pipeline import train_run
+
+    save = T.save_checkpoint
+
+    def save_then_stall(path, obj):
+        save(path, obj)
+        if obj["epoch"] == 2:  # stall after the epoch-2 checkpoint, to be killed there
+            print("CHECKPOINTED", flush=True)
+            time.sleep(600)
+
+    T.save_checkpoint = save_then_stall
+    recipe = T.Recipe(model="small", epochs=int(sys.argv[3]), batch_size=16, lr=0.05, milestones=(3,),
+                      augment="crop", crop_padding=1)
+    train_run(sys.argv[1], dataset="digits", k=20, recipe=recipe, progress=False)
+    """
+)
+
+
+def test_resume_after_kill_is_bitwise_identical(tmp_path):
+    from runoff.pipeline import train_run
+    from runoff.train import Recipe
+
+    epochs = 5
+    threads = torch.get_num_threads()
+    run = tmp_path / "interrupted"
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(run), str(threads), str(epochs)],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "CHECKPOINTED", line
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    ck = run / "checkpoints" / "models-00000-00019.pt"
+    assert load_checkpoint(ck)["epoch"] == 2
+    assert not (run / "logits.npz").exists()
+
+    recipe = Recipe(model="small", epochs=epochs, batch_size=16, lr=0.05, milestones=(3,),
+                    augment="crop", crop_padding=1)
+    resumed = train_run(run, dataset="digits", k=20, recipe=recipe, progress=False)
+    fresh = train_run(tmp_path / "fresh", dataset="digits", k=20, recipe=recipe, progress=False)
+    a = load_checkpoint(ck)
+    b = load_checkpoint(tmp_path / "fresh" / "checkpoints" / "models-00000-00019.pt")
+    assert a["epoch"] == b["epoch"] == epochs
+    for key in b["net"]:
+        assert torch.equal(a["net"][key], b["net"][key]), key
+    for x, y in zip(a["momentum"], b["momentum"]):
+        assert torch.equal(x, y)
+    for x, y in zip(a["generators"], b["generators"]):
+        assert torch.equal(x, y)
+    assert np.array_equal(resumed.scores, fresh.scores)
