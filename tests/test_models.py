@@ -1,0 +1,85 @@
+"""Base architectures: the batched module computes exactly what E separate models compute."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from runoff.errors import InvalidParameterError  # noqa: E402
+from runoff.models import BatchedNet, architecture, build_model  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_nin_matches_reference_description():
+    spec = architecture("nin", in_channels=3, n_classes=10)
+    convs = [layer[1:4] for layer in spec if layer[0] == "conv"]
+    assert convs == [(3, 192, 5), (192, 160, 1), (160, 96, 1), (96, 192, 5), (192, 192, 1),
+                     (192, 192, 1), (192, 192, 3), (192, 192, 1), (192, 192, 1)]
+    kinds = [layer[0] for layer in spec]
+    assert kinds.count("bn") == 9 and kinds.count("relu") == 9
+    assert ("maxpool", 3, 2, 1) in spec and ("avgpool", 3, 2, 1) in spec
+    assert spec[-2:] == [("gap",), ("linear", 192, 10)]
+    model = build_model(spec)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,shape", [("small", (1, 8, 8)), ("nin", (3, 16, 16))])
+def test_batched_forward_backward_equals_separate_models(name, shape):
+    c, h, w = shape
+    spec = architecture(name, in_channels=c, n_classes=4)
+    e_count, b = 3, 4
+    net = BatchedNet(spec, e_count).init_([torch.Generator().manual_seed(i) for i in range(e_count)]).double()
+    singles = [net.extract(e).double().train() for e in range(e_count)]
+    mask = torch.ones(b, e_count, dtype=torch.float64)
+    mask[2:, 1] = 0  # model 1 has a short batch
+    mask[:, 2] = 0  # model 2 has none
+    x = torch.randn(b, e_count, c, h, w, dtype=torch.float64) * mask[:, :, None, None, None]
+    out = net(x.reshape(b, e_count * c, h, w), mask)
+    out.square().sum().backward()
+    assert torch.equal(out[2:, 1], torch.zeros_like(out[2:, 1])) and torch.equal(out[:, 2], torch.zeros_like(out[:, 2]))
+    for e, model in enumerate(singles):
+        n = int(mask[:, e].sum())
+        if n == 0:
+            assert all(float(p.grad[e].abs().max()) == 0 for p in net.weights)
+            # BatchNorm running statistics of a model without samples are untouched
+            assert torch.equal(net.model_state(e)["1.running_mean"], torch.zeros(spec[1][1], dtype=torch.float64))
+            continue
+        ref = model(x[:n, e])
+        torch.testing.assert_close(out[:n, e], ref, rtol=1e-9, atol=1e-9)
+        ref.square().sum().backward()
+        for p, q in zip(model.parameters(), net.weights):
+            torch.testing.assert_close(q.grad[e], p.grad, rtol=1e-8, atol=1e-9)
+        state = net.model_state(e)
+        for key, val in model.state_dict().items():
+            if "running" in key:
+                torch.testing.assert_close(state[key], val, rtol=1e-9, atol=1e-12)
+
+
+def test_eval_mode_and_roundtrip():
+    spec = architecture("small", in_channels=1, n_classes=10)
+    net = BatchedNet(spec, 2).init_([torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])
+    other = BatchedNet(spec, 2)
+    for e in range(2):
+        other.load_model_state(e, net.extract(e).state_dict())
+    net.eval()
+    other.eval()
+    x = torch.randn(3, 2, 8, 8)
+    assert torch.equal(net(x), other(x))
+    single = net.extract(1).eval()
+    torch.testing.assert_close(net(x)[:, 1], single(x[:, 1:2]), rtol=1e-5, atol=1e-6)
+
+
+def test_init_is_per_model():
+    spec = architecture("small", in_channels=1, n_classes=10)
+    a = BatchedNet(spec, 3).init_([torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    b = BatchedNet(spec, 2).init_([torch.Generator().manual_seed(s) for s in (9, 2)])
+    assert all(torch.equal(pa[1], pb[1]) for pa, pb in zip(a.weights, b.weights))
+    assert not torch.equal(a.weights[0][0], a.weights[0][1])
+
+
+def test_unknown_architecture():
+    with pytest.raises(InvalidParameterError, match="known: nin, small"):
+        architecture("resnet", in_channels=3, n_classes=10)
+    assert np.isfinite(1.0)
