@@ -41,7 +41,8 @@ def check_scores(scores) -> np.ndarray:
         raise InvalidScoresError(f"scores must have at least 2 classes; got C = {c} (shape {arr.shape})")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InvalidScoresError(f"scores must be real numbers; got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
+    # min and max propagate NaN and expose inf without a full-size temporary.
+    if np.issubdtype(arr.dtype, np.floating) and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         finite = np.isfinite(arr)
         if not finite.all():
             bad = np.argwhere(~finite)[0]

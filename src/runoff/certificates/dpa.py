@@ -68,10 +68,11 @@ def certify_dpa_roe(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, m, c = scores.shape
     rows = np.arange(n)
     counts = vote_counts(round1_votes(scores), c)
-    pred, sec = roe_finalists(scores, counts)
+    by_class = class_major(scores)
+    pred, sec = roe_finalists(by_class, counts)
 
     # Round 2: c must first overtake `sec` in round 1, then beat `pred` in the run-off.
-    wins_c = preferred_counts(class_major(scores), pred)
+    wins_c = preferred_counts(by_class, pred)
     run_off_gap = (m - wins_c) - wins_c + (np.arange(c)[None, :] > pred[:, None])
     r2 = np.maximum(dpa_1v1(gaps(counts, sec)), dpa_1v1(run_off_gap))
     r2[rows, pred] = _NO_BOUND

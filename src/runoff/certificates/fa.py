@@ -285,9 +285,10 @@ def certify_fa_roe(scores: np.ndarray, spread: np.ndarray, d: int) -> tuple[np.n
     """Run-Off Election prediction and FA+ROE certificate (Theorem 3.4, Lemmas 3.7-3.8)."""
     votes = round1_votes(scores)
     counts = vote_counts(votes, scores.shape[2])
-    pred, sec = roe_finalists(scores, counts)
+    by_class = class_major(scores)
+    pred, sec = roe_finalists(by_class, counts)
     buckets = _Buckets(votes, counts, spread, d)
-    cert = _run_off_bound(class_major(scores), buckets, spread, pred, sec)
+    cert = _run_off_bound(by_class, buckets, spread, pred, sec)
     if scores.shape[2] >= 3:
         cert = _elimination_bound(buckets, pred, _OneVsAll(buckets, pred), cert)
     return pred, cert

@@ -65,14 +65,14 @@ def top_two(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.argmax(masked, axis=1)
 
 
-def prefers(scores: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def prefers(by_class: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether each model prefers class ``a[n]`` to class ``b[n]`` in a two-way vote.
 
-    (N, M, C), (N,), (N,) -> (N, M) bool. A model prefers ``a`` when its logit for ``a``
-    is larger, or equal and ``a < b``.
+    ``by_class`` (N, C, M) is the class-major layout of :func:`class_major`; ``a``, ``b``
+    are (N,). Returns (N, M) bool: the logit for ``a`` is larger, or equal and ``a < b``.
     """
-    sa = np.take_along_axis(scores, a[:, None, None], axis=2)[:, :, 0]
-    sb = np.take_along_axis(scores, b[:, None, None], axis=2)[:, :, 0]
+    rows = np.arange(by_class.shape[0])
+    sa, sb = by_class[rows, a], by_class[rows, b]
     return (sa > sb) | ((sa == sb) & (a < b)[:, None])
 
 
@@ -93,11 +93,14 @@ def preferred_counts(by_class: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (by_class > sr).sum(axis=2) + ((by_class == sr) & lower[:, :, None]).sum(axis=2)
 
 
-def roe_finalists(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run-Off Election: the winner and the losing finalist, each (N,)."""
+def roe_finalists(by_class: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run-Off Election: the winner and the losing finalist, each (N,).
+
+    ``by_class`` is the class-major (N, C, M) layout of the logits.
+    """
     first, second = top_two(counts)
-    n_first = prefers(scores, first, second).sum(axis=1)
-    n_second = scores.shape[1] - n_first
+    n_first = prefers(by_class, first, second).sum(axis=1)
+    n_second = by_class.shape[2] - n_first
     first_wins = (n_first - n_second + (second > first)) > 0
     winner = np.where(first_wins, first, second)
     loser = np.where(first_wins, second, first)
