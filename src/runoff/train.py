@@ -343,7 +343,7 @@ def _sgd_step(params, grads, bufs, lr, active, recipe: Recipe) -> None:
             nb = buf * recipe.momentum + g
             g = g.add(nb, alpha=recipe.momentum) if recipe.nesterov else nb
             buf.copy_(torch.where(a, nb, buf))
-        p.copy_(torch.where(a, p - lr.view(view) * g, p))
+        p.sub_(torch.where(a, lr.view(view) * g, 0.0))
 
 
 class _Chunk:
@@ -459,7 +459,14 @@ def _chunks(n_models: int, chunk_size: int):
 
 
 def _default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device) -> int:
-    """As many models per chunk as fit a memory budget (activations of one training step)."""
+    """As many models per chunk as fit a memory budget (activations of one training step).
+
+    On a CPU, NiN-sized models are trained one at a time: their convolutions already keep
+    the cores busy, and oneDNN's grouped convolutions are slower than its dense ones for
+    96-192 channel groups (see benchmarks/bench_train.py), so batching them cannot win there.
+    """
+    if device.type == "cpu" and recipe.model == "nin":
+        return 1
     h, w, c = plan.image_shape
     spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes)
     per_sample = 0
