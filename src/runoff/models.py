@@ -262,6 +262,9 @@ class BatchedNet(nn.Module):
             maskf = mask.to(dtype=x.dtype)
             mask4 = maskf[:, :, None, None]
             valid = maskf.sum(dim=0)  # (E,)
+            # A single model with a full batch needs no masking: use torch's fused BatchNorm.
+            # (Only for E = 1: with several models the choice would depend on the others' data.)
+            native = e == 1 and bool(maskf.all())
         for kind, layer, idx in self._plan:
             if kind == "conv":
                 _, cin, cout, k, s, p = layer
@@ -271,7 +274,10 @@ class BatchedNet(nn.Module):
                 gamma, beta = self.weights[idx[0]], self.weights[idx[0] + 1]
                 rm = getattr(self, f"running_mean_{idx[1]}")
                 rv = getattr(self, f"running_var_{idx[1]}")
-                if training:
+                if training and native:
+                    x = F.batch_norm(x, rm.view(-1), rv.view(-1), gamma.view(-1), beta.view(-1),
+                                     True, self.bn_momentum, self.bn_eps)
+                elif training:
                     b, ec, h, w_ = x.shape
                     count = (valid * (h * w_)).clamp_min(1)[:, None]
                     x4 = x.reshape(b, e, ec // e, h * w_)
