@@ -6,7 +6,14 @@ import numpy as np
 
 from .certificates import Certification, certified_accuracy
 
-__all__ = ["default_budgets", "summarize", "accuracy_table", "table_caption", "plot_certified_accuracy"]
+__all__ = [
+    "default_budgets",
+    "summarize",
+    "accuracy_table",
+    "table_caption",
+    "markdown_table",
+    "plot_certified_accuracy",
+]
 
 
 def default_budgets(results: dict[str, Certification], labels=None, *, n_budgets: int = 8) -> np.ndarray:
@@ -108,3 +115,20 @@ def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def markdown_table(summary: dict) -> str:
+    """The certified-accuracy table of :func:`accuracy_table` as GitHub Markdown."""
+    methods = summary["methods"]
+    labelled = all("certified_accuracy" in m for m in methods.values())
+    key = "certified_accuracy" if labelled else "certified_fraction"
+    lines = ["| budget B | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
+    if labelled:
+        lines.append("| clean | " + " | ".join(f"{100 * m['clean_accuracy']:.2f}%" for m in methods.values()) + " |")
+    for b in summary["budgets"]:
+        if labelled and b == 0:
+            continue
+        cells = (f"{100 * m[key][b if b in m[key] else str(b)]:.2f}%" for m in methods.values())
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    lines.append("| median cert. | " + " | ".join(f"{m['median_certificate']:g}" for m in methods.values()) + " |")
+    return "\n".join(lines) + "\n\n" + table_caption(summary) + "\n"

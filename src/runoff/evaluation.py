@@ -1,0 +1,116 @@
+"""Certify a trained run and write its report: the stage after training.
+
+``evaluate_run`` reads a run directory's ``plan.json`` (k, d, spread) and ``logits.npz``,
+certifies the methods that fit the ensemble (DPA ones for d = 1, FA ones for d > 1) and
+writes ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .certificates import Certification, certify
+from .certificates._validate import check_budgets, check_labels, check_method
+from .errors import InvalidParameterError, RunDirectoryError
+from .logits_io import save_certificates
+from .report import default_budgets, markdown_table, plot_certified_accuracy, summarize
+
+__all__ = ["Evaluation", "methods_for", "evaluate_run", "write_report"]
+
+CERTIFICATES_FILE = "certificates.npz"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOT_FILE = "certified_accuracy.png"
+
+
+@dataclass
+class Evaluation:
+    """Certificates of one or more methods on one test set, with their summary."""
+
+    results: dict[str, Certification]
+    labels: np.ndarray
+    budgets: np.ndarray
+    summary: dict
+
+
+def methods_for(d: int) -> tuple[str, str]:
+    """The methods that are sound for an ensemble with ``d`` models per bucket."""
+    return ("dpa", "dpa-roe") if d == 1 else ("fa", "fa-roe")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | None = None) -> Path:
+    """Write certificates.npz, report.json, report.md and certified_accuracy.png into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = dict(evaluation.summary, title=title, **(extra or {}))
+    acc = {m: list(v["certified_accuracy"].values()) for m, v in summary["methods"].items()}
+    save_certificates(out_dir / CERTIFICATES_FILE, evaluation.results, labels=evaluation.labels,
+                      budgets=evaluation.budgets, accuracy=acc)
+    _atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
+    _atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
+    plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / PLOT_FILE, title=title)
+    return out_dir
+
+
+def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True) -> Evaluation:
+    """Certify the logits of a run directory and (by default) write its report there.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A folder written by ``runoff train`` (``plan.json`` and ``logits.npz``).
+    methods : sequence of str, optional
+        Default: :func:`methods_for` the run's d. DPA methods on an FA run (d > 1) are refused:
+        they assume one model per poison and would overstate the certificates.
+    budgets : sequence of int, optional
+        Default: evenly spaced from 0 to the largest certificate of a correct prediction.
+
+    Returns
+    -------
+    Evaluation
+    """
+    from .partition import PLAN_FILE, PartitionPlan
+    from .pipeline import load_logits
+
+    run_dir = Path(run_dir)
+    if not (run_dir / PLAN_FILE).is_file():
+        raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
+    plan = PartitionPlan.load(run_dir)
+    scores, labels = load_logits(run_dir)
+    if scores.shape[1] != plan.n_models or scores.shape[2] != plan.n_classes:
+        raise RunDirectoryError(
+            f"{run_dir}: logits have {scores.shape[1]} models and {scores.shape[2]} classes, "
+            f"but the plan has {plan.n_models} models and {plan.n_classes} classes"
+        )
+    labels = check_labels(labels, scores.shape[0], scores.shape[2])
+    chosen = [check_method(m) for m in (methods or methods_for(plan.d))]
+    if plan.d > 1 and any(m.startswith("dpa") for m in chosen):
+        raise InvalidParameterError(
+            f"{run_dir} is an FA run (d={plan.d}); DPA certificates assume one model per poison "
+            "and would overstate its robustness: use fa or fa-roe"
+        )
+    results = {
+        m: certify(scores, m, d=plan.d if m.startswith("fa") else 1,
+                   spread=list(plan.spread) if m.startswith("fa") else None, n_jobs=n_jobs)
+        for m in chosen
+    }
+    budgets = check_budgets(budgets) if budgets is not None else default_budgets(results, labels)
+    summary = summarize(results, labels, budgets)
+    summary.update(dataset=plan.dataset, k=plan.k, d=plan.d, n_models=plan.n_models,
+                   n_test=int(scores.shape[0]), hash=plan.hash)
+    evaluation = Evaluation(results=results, labels=labels, budgets=budgets, summary=summary)
+    if write:
+        title = f"{plan.dataset}: k={plan.k}" + (f", d={plan.d}" if plan.d > 1 else "")
+        write_report(run_dir, evaluation, title=title)
+    return evaluation
