@@ -215,7 +215,7 @@ RESUME_SCRIPT = textwrap.dedent(
     T.save_checkpoint = save_then_stall
     recipe = T.Recipe(model="small", epochs=int(sys.argv[3]), batch_size=16, lr=0.05, milestones=(3,),
                       augment="crop", crop_padding=1)
-    train_run(sys.argv[1], dataset="digits", k=20, recipe=recipe, progress=False)
+    train_run(sys.argv[1], dataset="digits", k=20, recipe=recipe, progress=False, checkpoint_min_interval=0)
     """
 )
 

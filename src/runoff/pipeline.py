@@ -123,6 +123,7 @@ def train_run(
     spread=None,
     recipe=None,
     checkpoint_every: int = 1,
+    checkpoint_min_interval: float = 10.0,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -156,6 +157,8 @@ def train_run(
         Training recipe (default: the data set's, see :data:`runoff.train.RECIPES`).
     checkpoint_every : int, default 1
         Epochs between checkpoints.
+    checkpoint_min_interval : float, default 10.0
+        Minimum seconds between two checkpoints of a chunk (the last epoch is always saved).
 
     Returns
     -------
@@ -206,7 +209,8 @@ def train_run(
     models = train_ensemble(
         plan, train, recipe=recipe, seed_version=int(seed_version), device=device,
         chunk_size=chunk_size, checkpoint_dir=run_dir / CHECKPOINT_DIR,
-        checkpoint_every=checkpoint_every, progress=progress,
+        checkpoint_every=checkpoint_every, checkpoint_min_interval=checkpoint_min_interval,
+        progress=progress,
     )
     scores, labels = collect_logits(models, plan, test, device=device)
     save_logits(logits_path, scores, labels)
