@@ -388,7 +388,9 @@ class PartitionPlan:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / PLAN_FILE
         tmp = run_dir / (PLAN_FILE + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        # One top-level field per line, each value compact (arrays on one line).
+        body = ",\n".join(f" {json.dumps(key)}: {json.dumps(val)}" for key, val in self.to_dict().items())
+        tmp.write_text("{\n" + body + "\n}\n")
         os.replace(tmp, path)
         return path
 
