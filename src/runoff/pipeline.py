@@ -96,15 +96,20 @@ def load_logits(run_dir) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _plan_diff(old: PartitionPlan, new: PartitionPlan) -> str:
-    a, b = old.to_dict(), new.to_dict()
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    parts = []
-    for k in keys:
-        if k in ("buckets", "mean", "std", "fingerprint"):
-            parts.append(k)
-        else:
-            parts.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return "; ".join(parts)
+    def flat(d, prefix=""):
+        out = {}
+        for key, val in (d or {}).items():
+            if isinstance(val, dict):
+                out.update(flat(val, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = val
+        return out
+
+    a, b = flat(old.to_dict()), flat(new.to_dict())
+    derived = ("buckets", "mean", "std", "n_models")  # follow from the others
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in derived]
+    parts = [k if k == "fingerprint" else f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+    return "; ".join(parts) or "training set"
 
 
 def train_run(

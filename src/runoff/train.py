@@ -187,6 +187,8 @@ def resolve_device(device) -> torch.device:
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InvalidParameterError(f"device {device!r}: only {torch.cuda.device_count()} GPUs")
+        # deterministic cuBLAS needs this before its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif dev.type != "cpu":
         raise InvalidParameterError(f"device must be 'cpu' or 'cuda'; got {device!r}")
     return dev
