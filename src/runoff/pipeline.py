@@ -75,21 +75,17 @@ def load_logits(run_dir) -> tuple[np.ndarray, np.ndarray]:
     LogitsFileError
         Missing or unreadable file, missing arrays, or inconsistent shapes.
     """
+    from .logits_io import load_logits as read_logits_file
+
     path = Path(run_dir)
     if path.is_dir():
         path = path / LOGITS_FILE
     if not path.is_file():
         raise LogitsFileError(f"no logits file at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "scores" not in z or "labels" not in z:
-                raise LogitsFileError(f"{path}: needs arrays 'scores' and 'labels'; has {sorted(z.files)}")
-            scores = np.asarray(z["scores"])
-            labels = np.asarray(z["labels"])
-    except LogitsFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoding failure
-        raise LogitsFileError(f"{path}: cannot read ({exc})") from None
+    scores, labels = read_logits_file(path)
+    if labels is None:
+        raise LogitsFileError(f"{path}: needs arrays 'scores' and 'labels'; has no 'labels'")
+    scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim != 3 or labels.shape != (scores.shape[0],):
         raise LogitsFileError(f"{path}: scores must be (N, M, C) and labels (N,); got {scores.shape}, {labels.shape}")
     return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
