@@ -158,3 +158,13 @@ def test_module_entry_point(logits):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_points"] == 40
+
+
+def test_out_records_certified_accuracy_per_budget(logits, tmp_path):
+    path, scores, labels = logits
+    out = tmp_path / "c.npz"
+    assert main(["certify", str(path), "-m", "dpa-roe", "--budgets", "0,2", "--out", str(out)]) == 0
+    res = runoff.certify(scores, "dpa-roe")
+    with np.load(out) as data:
+        np.testing.assert_array_equal(data["budgets"], [0, 2])
+        np.testing.assert_allclose(data["dpa_roe_certified_accuracy"], res.certified_accuracy(labels, [0, 2]))

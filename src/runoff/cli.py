@@ -47,19 +47,11 @@ def _cmd_certify(args) -> int:
     import numpy as np
 
     from .certificates import certify
-    from .certificates._validate import check_labels, check_method, check_budgets
-    from .errors import InvalidParameterError
+    from .certificates._validate import check_budgets, check_labels, check_methods
     from .logits_io import load_logits, save_certificates
-    from .report import accuracy_table, default_budgets, summarize, table_caption
+    from .report import default_budgets, summarize
 
-    methods = [check_method(m) for m in args.method.split(",") if m.strip()]
-    if not methods:
-        raise InvalidParameterError("--method is empty; " + _METHOD_HELP)
-    if args.d != 1 and any(m.startswith("dpa") for m in methods):
-        raise InvalidParameterError(
-            f"--d {args.d} describes an FA ensemble, but {', '.join(m for m in methods if m.startswith('dpa'))} "
-            "assumes one model per poison and would overstate certificates; use fa/fa-roe"
-        )
+    methods = check_methods([m for m in args.method.split(",") if m.strip()], args.d)
     scores, labels = load_logits(args.file)
     results = {}
     for method in methods:
@@ -74,20 +66,14 @@ def _cmd_certify(args) -> int:
     summary = summarize(results, labels, budgets)
     summary.update(file=str(args.file), n_points=int(n), n_models=int(m), n_classes=int(c), d=args.d)
     if args.out:
-        acc = {k: list(v["certified_accuracy"].values()) for k, v in summary["methods"].items()} if labels is not None else None
-        summary["out"] = str(save_certificates(args.out, results, labels=labels, budgets=budgets, accuracy=acc))
+        summary["out"] = str(save_certificates(args.out, results, labels=labels, budgets=budgets))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        from rich.console import Console
-
         title = f"{args.file}: {n} points, {m} models, {c} classes" + (f", d={args.d}" if args.d != 1 else "")
-        console = Console()
-        console.print(title, soft_wrap=True)
-        console.print(accuracy_table(summary))
-        console.print(table_caption(summary), soft_wrap=True)
+        _print_evaluation(summary, title)
         if args.out:
-            console.print(f"wrote {summary['out']}", soft_wrap=True)
+            print(f"wrote {summary['out']}")
     return 0
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .certificates import Certification, certify
-from .certificates._validate import check_budgets, check_labels, check_method
-from .errors import InvalidParameterError, RunDirectoryError
+from .certificates._validate import check_budgets, check_labels, check_methods
+from .errors import RunDirectoryError
 from .logits_io import save_certificates
 from .report import default_budgets, markdown_table, plot_certified_accuracy, summarize
 
@@ -54,9 +54,8 @@ def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = dict(evaluation.summary, title=title, **(extra or {}))
-    acc = {m: list(v["certified_accuracy"].values()) for m, v in summary["methods"].items()}
     save_certificates(out_dir / CERTIFICATES_FILE, evaluation.results, labels=evaluation.labels,
-                      budgets=evaluation.budgets, accuracy=acc)
+                      budgets=evaluation.budgets)
     _atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
     _atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
     plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / PLOT_FILE, title=title)
@@ -94,12 +93,7 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
             f"but the plan has {plan.n_models} models and {plan.n_classes} classes"
         )
     labels = check_labels(labels, scores.shape[0], scores.shape[2])
-    chosen = [check_method(m) for m in (methods or methods_for(plan.d))]
-    if plan.d > 1 and any(m.startswith("dpa") for m in chosen):
-        raise InvalidParameterError(
-            f"{run_dir} is an FA run (d={plan.d}); DPA certificates assume one model per poison "
-            "and would overstate its robustness: use fa or fa-roe"
-        )
+    chosen = check_methods(methods or methods_for(plan.d), plan.d)
     results = {
         m: certify(scores, m, d=plan.d if m.startswith("fa") else 1,
                    spread=list(plan.spread) if m.startswith("fa") else None, n_jobs=n_jobs)

@@ -82,12 +82,12 @@ def load_logits(path) -> tuple[np.ndarray, np.ndarray | None]:
     return data["scores"], data.get("labels")
 
 
-def save_certificates(path, results: dict, *, labels=None, budgets=None, accuracy=None) -> Path:
+def save_certificates(path, results: dict, *, labels=None, budgets=None) -> Path:
     """Write predictions and certificates of several methods to one ``.npz`` file.
 
     Keys: ``methods`` (names), and per method ``m`` (with ``-`` written ``_``):
-    ``{m}_predictions`` and ``{m}_certificates`` (N,) int64; with labels also ``labels``,
-    ``budgets`` and ``{m}_certified_accuracy``. The file is written to a temporary name and
+    ``{m}_predictions`` and ``{m}_certificates`` (N,) int64; with labels and budgets also
+    ``labels``, ``budgets`` and ``{m}_certified_accuracy`` (one value per budget). The file is written to a temporary name and
     renamed, so an interrupted write never leaves a truncated file behind.
     """
     path = Path(path)
@@ -98,8 +98,8 @@ def save_certificates(path, results: dict, *, labels=None, budgets=None, accurac
         key = method.replace("-", "_")
         arrays[f"{key}_predictions"] = res.predictions
         arrays[f"{key}_certificates"] = res.certificates
-        if accuracy is not None:
-            arrays[f"{key}_certified_accuracy"] = np.asarray(accuracy[method])
+        if labels is not None and budgets is not None:
+            arrays[f"{key}_certified_accuracy"] = res.certified_accuracy(labels, budgets)
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
     if budgets is not None:

@@ -26,6 +26,24 @@ def check_method(method) -> str:
     return name
 
 
+def check_methods(methods, d: int = 1) -> list[str]:
+    """Normalise a list of method names for an ensemble with ``d`` models per bucket.
+
+    DPA methods are refused when ``d > 1``: they assume one model per poison and would
+    overstate the robustness of an FA ensemble.
+    """
+    names = [check_method(m) for m in methods]
+    if not names:
+        raise InvalidParameterError(f"no method given; choose from: {', '.join(METHODS)}")
+    dpa = [m for m in names if m.startswith("dpa")]
+    if d > 1 and dpa:
+        raise InvalidParameterError(
+            f"the ensemble has d={d} models per bucket (FA), but {', '.join(dpa)} assumes one model "
+            "per poison and would overstate its certificates; use fa or fa-roe"
+        )
+    return names
+
+
 def check_scores(scores) -> np.ndarray:
     """Logits (N, M, C): real, finite, N >= 1, M >= 1, C >= 2."""
     arr = as_numpy(scores)
