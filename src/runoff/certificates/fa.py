@@ -168,15 +168,13 @@ class _OneVsAll:
         return self.value[n_idx, c_idx]
 
 
-def _min_over_rivals(one: _OneVsAll, exclude: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """min(upper, min over c != exclude of the exact 1v1), touching only promising rivals."""
-    best = upper.copy()
-    n = best.size
+def _min_over_rivals(one: _OneVsAll, exclude: np.ndarray) -> np.ndarray:
+    """Min over c != exclude of the exact 1v1, touching only rivals that could attain it."""
+    n = exclude.size
     lower = one.lower.copy()
     lower[np.arange(n), exclude] = _NO_BOUND
     # Start from the rival with the weakest bound, then everything that could still beat it.
-    first = np.argmin(lower, axis=1)
-    best = np.minimum(best, one.exact(np.arange(n), first))
+    best = one.exact(np.arange(n), np.argmin(lower, axis=1))
     n_idx, c_idx = np.nonzero(lower < best[:, None])
     if n_idx.size:
         np.minimum.at(best, n_idx, one.exact(n_idx, c_idx))
@@ -189,10 +187,10 @@ def certify_fa(scores: np.ndarray, spread: np.ndarray, d: int) -> tuple[np.ndarr
     counts = vote_counts(votes, scores.shape[2])
     pred = plurality(counts)
     one = _OneVsAll(_Buckets(votes, counts, spread, d), pred)
-    return pred, _min_over_rivals(one, pred, np.full(pred.size, _NO_BOUND))
+    return pred, _min_over_rivals(one, pred)
 
 
-def _run_off_bound(by_class, buckets, spread, pred, sec):
+def _run_off_bound(by_class, buckets, pred, sec):
     """Round-2 part of Theorem 3.4: min over c != pred of max(1v1 round 1 (sec vs c), 1v1 run-off (pred vs c)).
 
     ``by_class``: logits in the class-major (N, C, kd) layout.
@@ -207,7 +205,7 @@ def _run_off_bound(by_class, buckets, spread, pred, sec):
         pref = ((sc > sp) | ((sc == sp) & (c_idx < pred[n_idx])[:, None])).astype(buckets.dtype)
         wins_c = pref.sum(axis=1, dtype=np.int64)
         gap = (kd - wins_c) - wins_c + (c_idx > pred[n_idx])
-        pw = (2 * (d - bucket_sums(pref, spread))).astype(buckets.dtype)
+        pw = (2 * (d - bucket_sums(pref, buckets.spread))).astype(buckets.dtype)
         return greedy_certificate(pw, gap)
 
     # c = sec needs no round-1 help (its round-1 term is -1): an upper bound to prune with.
@@ -288,7 +286,7 @@ def certify_fa_roe(scores: np.ndarray, spread: np.ndarray, d: int) -> tuple[np.n
     by_class = class_major(scores)
     pred, sec = roe_finalists(by_class, counts)
     buckets = _Buckets(votes, counts, spread, d)
-    cert = _run_off_bound(by_class, buckets, spread, pred, sec)
+    cert = _run_off_bound(by_class, buckets, pred, sec)
     if scores.shape[2] >= 3:
         cert = _elimination_bound(buckets, pred, _OneVsAll(buckets, pred), cert)
     return pred, cert
