@@ -1,0 +1,143 @@
+"""Named configurations for every setting of the paper's Tables 1-5, with its reported figures.
+
+A configuration names a data set, k, d and the kind of ensemble, the budgets at which the paper
+reports certified accuracy, and the paper's numbers at those budgets (certified fraction, %),
+so that runs can be compared with them. Names:
+
+- ``{dataset}-k{k}``: a DPA ensemble of k models (methods ``dpa``, ``dpa-roe``);
+- ``{dataset}-k{k}-fa-d{d}``: an FA ensemble of k*d models (``fa``, ``fa-roe``);
+- ``{dataset}-k{k}-dpastar-d{d}``: DPA*, d seed versions of the same k partitions whose logits
+  are summed (``dpa``, ``dpa-roe`` on the merged logits).
+
+Training follows the paper's recipe for the data set (:data:`runoff.train.RECIPES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import InvalidParameterError
+
+__all__ = ["Config", "CONFIGS", "get_config"]
+
+_CLASSES = {"mnist": 10, "cifar10": 10, "gtsrb": 43}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One setting of the paper.
+
+    Attributes
+    ----------
+    name : str
+    dataset : {"mnist", "cifar10", "gtsrb"}
+    k : int
+        Partitions.
+    d : int
+        FA: models per bucket; DPA*: seed versions per partition; 1 for DPA.
+    kind : {"dpa", "fa", "dpa*"}
+    budgets : tuple of int
+        Budgets at which the paper reports certified accuracy.
+    reference : dict
+        Method -> the paper's certified fraction (%) at each budget, with the table it is from.
+    """
+
+    name: str
+    dataset: str
+    k: int
+    d: int
+    kind: str
+    budgets: tuple
+    reference: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return _CLASSES[self.dataset]
+
+    @property
+    def methods(self) -> tuple[str, str]:
+        return ("fa", "fa-roe") if self.kind == "fa" else ("dpa", "dpa-roe")
+
+    @property
+    def n_models(self) -> int:
+        """Base models to train: k for DPA, k*d for FA and DPA*."""
+        return self.k if self.kind == "dpa" else self.k * self.d
+
+
+_BUDGETS = {
+    ("mnist", 1200): (100, 200, 300, 400, 500),
+    ("cifar10", 50): (5, 10, 15, 18, 20),
+    ("cifar10", 250): (10, 20, 40, 50, 60),
+    ("gtsrb", 50): (5, 10, 15, 20, 22),
+    ("gtsrb", 100): (5, 15, 20, 25, 30),
+}
+
+# (dataset, k) -> DPA and DPA+ROE, Table 3.
+_DPA = {
+    ("mnist", 1200): ((92.11, 86.45, 77.12, 61.78, 32.42), (92.38, 87.46, 79.43, 65.42, 37.15)),
+    ("cifar10", 50): ((58.07, 46.44, 33.46, 24.87, 19.36), (59.80, 49.09, 36.04, 27.52, 21.30)),
+    ("cifar10", 250): ((44.31, 34.01, 18.99, 13.55, 9.25), (46.14, 37.90, 23.16, 17.53, 12.39)),
+    ("gtsrb", 50): ((82.32, 74.15, 64.14, 49.12, 37.73), (82.64, 74.88, 65.96, 51.34, 39.18)),
+    ("gtsrb", 100): ((46.16, 30.19, 22.84, 17.16, 12.75), (46.09, 33.45, 26.86, 21.02, 15.93)),
+}
+
+# (dataset, k, d) -> FA (Tables 1 and 4) and FA+ROE (Table 1; None where the paper has none).
+_FA = {
+    ("mnist", 1200, 16): ((92.75, 87.89, 78.91, 62.42, 31.97), (92.80, 88.09, 80.26, 65.31, 36.76)),
+    ("mnist", 1200, 32): ((92.97, 88.49, 80.17, 64.34, 31.09), None),
+    ("cifar10", 50, 16): ((60.55, 48.85, 34.61, 25.46, 19.90), (61.71, 51.18, 37.12, 28.49, 22.08)),
+    ("cifar10", 50, 32): ((61.31, 50.31, 36.03, 26.55, 19.93), (62.56, 52.55, 38.83, 29.05, 21.97)),
+    ("cifar10", 250, 8): ((45.38, 36.05, 20.08, 14.39, 9.70), (46.80, 38.56, 23.61, 17.86, 13.06)),
+    ("cifar10", 250, 16): ((46.52, 37.56, 21.99, 15.79, 11.09), (48.33, 40.71, 26.38, 20.52, 14.64)),
+    ("gtsrb", 50, 16): ((82.71, 74.66, 63.77, 47.52, 35.54), (82.59, 75.55, 65.47, 50.33, 38.89)),
+    ("gtsrb", 50, 32): ((83.52, 76.26, 66.32, 49.68, 38.31), (83.61, 77.07, 67.83, 51.81, 41.61)),
+    ("gtsrb", 100, 16): ((48.19, 33.95, 25.96, 18.92, 13.82), (48.00, 35.76, 28.92, 22.30, 16.32)),
+    ("gtsrb", 100, 32): ((48.39, 34.96, 27.05, 19.83, 14.47), (48.15, 36.81, 29.85, 23.37, 17.41)),
+}
+
+# (dataset, k, d) -> DPA* and DPA*+ROE, Tables 2 and 1.
+_DPA_STAR = {
+    ("mnist", 1200, 16): ((92.55, 87.99, 80.23, 67.25, 41.32), (92.70, 88.41, 81.75, 69.67, 44.81)),
+    ("cifar10", 50, 16): ((61.00, 50.94, 39.29, 31.41, 25.97), (61.87, 52.71, 41.51, 33.42, 27.47)),
+    ("cifar10", 50, 32): ((65.77, 60.89, 55.53, 51.05, 46.95), (65.99, 61.51, 56.13, 51.83, 47.61)),
+    ("cifar10", 250, 8): ((45.36, 36.34, 21.71, 16.41, 11.60), (47.14, 39.32, 25.41, 19.68, 15.02)),
+    ("cifar10", 250, 16): ((45.45, 36.41, 21.93, 16.55, 11.82), (46.88, 39.50, 25.49, 19.83, 15.04)),
+    ("gtsrb", 50, 16): ((83.71, 77.22, 69.70, 56.71, 48.61), (83.67, 77.84, 70.63, 57.97, 49.33)),
+    ("gtsrb", 50, 32): ((83.79, 77.21, 69.71, 57.41, 48.91), (83.67, 77.93, 70.67, 58.38, 49.61)),
+    ("gtsrb", 100, 16): ((47.64, 34.73, 27.50, 21.20, 16.19), (47.50, 36.48, 30.60, 24.63, 19.26)),
+    ("gtsrb", 100, 32): ((47.82, 34.81, 27.90, 21.51, 16.34), (47.66, 36.66, 30.70, 24.71, 19.33)),
+}
+
+
+def _build() -> dict[str, Config]:
+    out = {}
+    for (ds, k), (dpa, roe) in _DPA.items():
+        name = f"{ds}-k{k}"
+        out[name] = Config(name, ds, k, 1, "dpa", _BUDGETS[ds, k],
+                           {"dpa": {"values": dpa, "table": 3}, "dpa-roe": {"values": roe, "table": 3}})
+    for (ds, k, d), (fa, roe) in _FA.items():
+        name = f"{ds}-k{k}-fa-d{d}"
+        ref = {"fa": {"values": fa, "table": 1 if roe else 4}}
+        if roe:
+            ref["fa-roe"] = {"values": roe, "table": 1}
+        out[name] = Config(name, ds, k, d, "fa", _BUDGETS[ds, k], ref)
+    for (ds, k, d), (star, roe) in _DPA_STAR.items():
+        name = f"{ds}-k{k}-dpastar-d{d}"
+        out[name] = Config(name, ds, k, d, "dpa*", _BUDGETS[ds, k],
+                           {"dpa": {"values": star, "table": 2}, "dpa-roe": {"values": roe, "table": 1}})
+    return out
+
+
+#: Every named configuration, by name.
+CONFIGS: dict[str, Config] = _build()
+
+
+def get_config(name: str) -> Config:
+    """The configuration called ``name``; a clear error listing close names otherwise."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, CONFIGS, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `runoff configs` lists them"
+    raise InvalidParameterError(f"unknown configuration {name!r}{hint}")
