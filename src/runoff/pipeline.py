@@ -18,7 +18,16 @@ from .data import load_dataset
 from .errors import InvalidParameterError, LogitsFileError, RunDirectoryError
 from .partition import PLAN_FILE, PartitionPlan, make_plan
 
-__all__ = ["RunResult", "LOGITS_FILE", "CHECKPOINT_DIR", "train_run", "load_logits", "save_logits"]
+__all__ = [
+    "RunResult",
+    "LOGITS_FILE",
+    "CHECKPOINT_DIR",
+    "train_run",
+    "train_dpa_star",
+    "merge_versions",
+    "load_logits",
+    "save_logits",
+]
 
 LOGITS_FILE = "logits.npz"
 CHECKPOINT_DIR = "checkpoints"
@@ -215,4 +224,62 @@ def train_run(
     )
     scores, labels = collect_logits(models, plan, test, device=device)
     save_logits(logits_path, scores, labels)
+    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels)
+
+
+def merge_versions(scores_list) -> np.ndarray:
+    """DPA*: merge seed versions of the same partitions by summing their logits.
+
+    ``scores_list``: V arrays of shape (N, k, C) -> (N, k, C) float32. Summing is equivalent to
+    averaging for every aggregation runoff uses (argmax and pairwise comparisons).
+    """
+    arrays = [np.asarray(s, dtype=np.float32) for s in scores_list]
+    if not arrays:
+        raise InvalidParameterError("merge_versions needs at least one version")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise InvalidParameterError(f"versions have different logit shapes: {sorted(shapes)}")
+    return np.sum(arrays, axis=0, dtype=np.float32)
+
+
+def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, progress: bool = True,
+                   **train_kwargs) -> RunResult:
+    """Train DPA*: ``versions`` ensembles of the same ``k`` partitions with different seeds.
+
+    Version ``v`` (1..versions) is a complete run in ``run_dir/v{v}`` (seeds ``(j+1)*v*v``,
+    resumable on its own); the merged logits (their sum) go to ``run_dir/logits.npz`` next to
+    the shared plan, so that ``runoff evaluate run_dir`` certifies DPA* with dpa and dpa-roe.
+    Other keyword arguments go to :func:`train_run` (``d`` must stay 1).
+
+    Returns
+    -------
+    RunResult
+        ``scores`` are the merged logits, (N, k, C).
+    """
+    from dataclasses import replace
+
+    if isinstance(versions, bool) or not isinstance(versions, (int, np.integer)) or versions < 1:
+        raise InvalidParameterError(f"versions must be an integer >= 1; got {versions!r}")
+    if train_kwargs.get("d", 1) != 1 or "seed_version" in train_kwargs:
+        raise InvalidParameterError("DPA* trains d=1 partitions and sets each version's seed itself")
+    run_dir = Path(run_dir)
+    results = [
+        train_run(run_dir / f"v{v}", dataset=dataset, k=k, seed_version=v, progress=progress, **train_kwargs)
+        for v in range(1, int(versions) + 1)
+    ]
+    first = results[0].plan
+    training = dict(first.training or {}, seed_version=None, versions=int(versions),
+                    merge="sum of the versions' logits", version_dirs=[f"v{v}" for v in range(1, versions + 1)])
+    plan = replace(first, training=training)
+    if (run_dir / PLAN_FILE).exists():
+        old = PartitionPlan.load(run_dir)
+        if old != plan:
+            raise RunDirectoryError(f"{run_dir} holds another DPA* plan ({_plan_diff(old, plan)})")
+    else:
+        plan.save(run_dir)
+    labels = results[0].labels
+    if any(not np.array_equal(r.labels, labels) for r in results[1:]):
+        raise RunDirectoryError(f"the versions in {run_dir} were evaluated on different test sets")
+    scores = merge_versions([r.scores for r in results])
+    save_logits(run_dir / LOGITS_FILE, scores, labels)
     return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels)

@@ -1,0 +1,67 @@
+"""DPA*: seed versions of the same partitions in one run folder, merged by summing logits."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import runoff  # noqa: E402
+from runoff.errors import InvalidParameterError  # noqa: E402
+from runoff.evaluation import evaluate_run  # noqa: E402
+from runoff.pipeline import load_logits, merge_versions, train_dpa_star  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def star(tmp_path_factory):
+    run = tmp_path_factory.mktemp("star") / "run"
+    res = train_dpa_star(run, versions=2, k=4, epochs=2, progress=False)
+    return run, res
+
+
+def test_versions_live_in_one_run_folder(star):
+    run, res = star
+    for v in (1, 2):
+        assert (run / f"v{v}" / "logits.npz").is_file()
+        assert json.loads((run / f"v{v}" / "plan.json").read_text())["training"]["seed_version"] == v
+    root = json.loads((run / "plan.json").read_text())
+    assert root["training"]["versions"] == 2 and root["k"] == 4
+    assert res.scores.shape[1] == 4
+
+
+def test_versions_differ_but_share_partitions(star):
+    run, _ = star
+    a, _ = load_logits(run / "v1")
+    b, _ = load_logits(run / "v2")
+    assert not np.array_equal(a, b)  # other seeds
+    p1 = json.loads((run / "v1" / "plan.json").read_text())
+    p2 = json.loads((run / "v2" / "plan.json").read_text())
+    assert p1["buckets"] == p2["buckets"] and p1["spread"] == p2["spread"]
+
+
+def test_merged_file_is_the_sum_and_certifies_the_same(star):
+    run, _ = star
+    a, labels = load_logits(run / "v1")
+    b, _ = load_logits(run / "v2")
+    merged, merged_labels = load_logits(run)
+    np.testing.assert_array_equal(merged, merge_versions([a, b]))
+    np.testing.assert_array_equal(merged_labels, labels)
+    ev = evaluate_run(run, write=False)
+    for m in ("dpa", "dpa-roe"):
+        direct = runoff.certify(a + b, m)
+        np.testing.assert_array_equal(ev.results[m].certificates, direct.certificates)
+        np.testing.assert_array_equal(ev.results[m].predictions, direct.predictions)
+
+
+def test_rerun_resumes_and_gives_the_same_logits(star):
+    run, res = star
+    again = train_dpa_star(run, versions=2, k=4, epochs=2, progress=False)
+    np.testing.assert_array_equal(again.scores, res.scores)
+
+
+def test_bad_versions_and_shapes():
+    with pytest.raises(InvalidParameterError, match="versions must be"):
+        train_dpa_star("/nonexistent", versions=0, k=2)
+    with pytest.raises(InvalidParameterError, match="different logit shapes"):
+        merge_versions([np.zeros((2, 3, 4)), np.zeros((2, 3, 5))])
