@@ -13,6 +13,7 @@ __all__ = [
     "table_caption",
     "markdown_table",
     "plot_certified_accuracy",
+    "plot_certificate_histogram",
 ]
 
 
@@ -132,3 +133,28 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     lines.append("| median cert. | " + " | ".join(f"{m['median_certificate']:g}" for m in methods.values()) + " |")
     return "\n".join(lines) + "\n\n" + table_caption(summary) + "\n"
+
+
+def plot_certificate_histogram(results: dict[str, Certification], labels, path, *, title: str | None = None):
+    """Save a PNG histogram of the certificates of correctly predicted points, one series per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    top = max(int(r.certificates.max()) for r in results.values())
+    bins = np.arange(top + 2) - 0.5
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method, res in results.items():
+        ax.hist(res.certificates[res.predictions == labels], bins=bins, histtype="step", label=method)
+    ax.set_xlabel("certificate (poisoned training samples tolerated), correct predictions only")
+    ax.set_ylabel("test points")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

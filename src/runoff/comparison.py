@@ -1,0 +1,104 @@
+"""`runoff report RUN...`: several runs side by side, in the paper's format.
+
+Each run is certified with the methods that fit it; columns are ``run: method``. When a run
+matches a named configuration of the paper (data set, k, d and kind), the table uses the
+paper's budgets and shows the paper's numbers next to ours, and for every ROE method the
+difference ROE makes over its plurality counterpart, in points.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .certificates import certified_accuracy
+from .configs import CONFIGS, Config
+from .errors import RunDirectoryError
+from .evaluation import evaluate_run
+
+__all__ = ["matching_config", "compare_runs"]
+
+
+def matching_config(plan) -> Config | None:
+    """The paper's configuration a run's plan reproduces, if any."""
+    versions = (plan.training or {}).get("versions")
+    kind, d = ("dpa*", int(versions)) if versions else (("fa", plan.d) if plan.d > 1 else ("dpa", 1))
+    for cfg in CONFIGS.values():
+        if (cfg.dataset, cfg.k, cfg.d, cfg.kind) == (plan.dataset, plan.k, d, kind):
+            return cfg
+    return None
+
+
+def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
+    """Certify every run and build one comparison; write it to ``out_dir`` if given.
+
+    Returns a JSON-ready dict with ``budgets``, and per column (``run: method``) the clean and
+    certified accuracy (%), the paper's values where a configuration matches, and ROE's gain.
+    Files: ``report.json``, ``report.md``, ``certified_accuracy.png``, ``certificates_hist.png``.
+    """
+    from .partition import PartitionPlan
+    from .report import plot_certificate_histogram, plot_certified_accuracy
+
+    runs = [Path(r) for r in run_dirs]
+    if not runs:
+        raise RunDirectoryError("no run folder given")
+    evaluations, configs, names = [], [], []
+    for run in runs:
+        evaluations.append(evaluate_run(run, write=False))
+        configs.append(matching_config(PartitionPlan.load(run)))
+        names.append(run.name or str(run))
+    labels = evaluations[0].labels
+    for run, ev in zip(runs[1:], evaluations[1:]):
+        if not np.array_equal(ev.labels, labels):
+            raise RunDirectoryError(f"{run} was evaluated on other test labels than {runs[0]}; runs must share a test set")
+    if budgets is None:
+        known = {c.budgets for c in configs if c is not None}
+        budgets = sorted({0, *known.pop()}) if len(known) == 1 else sorted({int(b) for ev in evaluations for b in ev.budgets})
+    budgets = np.asarray(budgets, dtype=np.int64)
+    columns, results = {}, {}
+    for name, ev, cfg in zip(names, evaluations, configs):
+        for method, res in ev.results.items():
+            key = f"{name}: {method}"
+            results[key] = res
+            acc = 100 * certified_accuracy(res.predictions, res.certificates, labels, budgets)
+            col = {"run": name, "method": method, "config": cfg.name if cfg else None,
+                   "clean": float(100 * np.mean(res.predictions == labels)),
+                   "certified": {int(b): float(a) for b, a in zip(budgets, acc)}}
+            if cfg is not None and method in cfg.reference:
+                col["paper"] = {int(b): v for b, v in zip(cfg.budgets, cfg.reference[method]["values"])}
+            base = method.replace("-roe", "")
+            if method.endswith("-roe") and base in ev.results:
+                b_acc = 100 * certified_accuracy(ev.results[base].predictions, ev.results[base].certificates, labels, budgets)
+                col["roe_gain"] = {int(b): float(a - c) for b, a, c in zip(budgets, acc, b_acc)}
+            columns[key] = col
+    report = {"budgets": budgets.tolist(), "n_test": int(labels.size), "columns": columns}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "report.md").write_text(markdown_comparison(report))
+        plot_certified_accuracy(results, labels, out / "certified_accuracy.png", title="certified accuracy")
+        plot_certificate_histogram(results, labels, out / "certificates_hist.png", title="certificates")
+    return report
+
+
+def markdown_comparison(report: dict) -> str:
+    """Paper-style table: one row per column, budgets across, paper values and ROE gains beside."""
+    budgets = report["budgets"]
+    head = "| run: method | clean | " + " | ".join(f"B <= {b}" if b else "B = 0" for b in budgets) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(budgets)]
+    for key, col in report["columns"].items():
+        cells = []
+        for b in budgets:
+            cell = f"{col['certified'][b]:.2f}%"
+            if "roe_gain" in col:
+                cell += f" ({col['roe_gain'][b]:+.2f})"
+            if "paper" in col and b in col["paper"]:
+                cell += f" [paper {col['paper'][b]:.2f}%]"
+            cells.append(cell)
+        lines.append(f"| {key} | {col['clean']:.2f}% | " + " | ".join(cells) + " |")
+    note = ("\nCertified accuracy at budget B; (+x.xx): points gained by ROE over the same ensemble's "
+            "plurality vote; [paper]: the paper's figure for the matching configuration.\n")
+    return "\n".join(lines) + "\n" + note
