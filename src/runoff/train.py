@@ -59,6 +59,7 @@ __all__ = [
     "augment_batch",
     "train_ensemble",
     "collect_logits",
+    "model_logits",
     "save_checkpoint",
     "load_checkpoint",
     "resolve_device",
@@ -628,15 +629,47 @@ def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", 
     scores : numpy.ndarray of float32, shape (N, k*d, n_classes)
     labels : numpy.ndarray of int64, shape (N,)
     """
-    dev = resolve_device(device)
     if tuple(test.image_shape) != tuple(plan.image_shape):
         raise InvalidParameterError(
             f"test images have shape {test.image_shape}; the plan expects {tuple(plan.image_shape)}"
         )
-    n = len(test)
+    scores = model_logits(models, plan, test.images, device=device, batch_size=batch_size)
+    return scores, test.labels.copy()
+
+
+@torch.no_grad()
+def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_size: int = 256) -> np.ndarray:
+    """Raw logits of every base model on uint8 images (the code path of :func:`collect_logits`).
+
+    Each model sees ``images / 255`` normalised with its own subset's per-channel mean and
+    std (``plan.mean``, ``plan.std``), exactly as in training.
+
+    Parameters
+    ----------
+    models : list of (list of int, BatchedNet)
+        As returned by :func:`train_ensemble` (covering all ``k*d`` models).
+    plan : PartitionPlan
+    images : numpy.ndarray of uint8, shape (N, H, W, C)
+        As the data set loader gives them; ``(H, W, C)`` must be ``plan.image_shape``.
+    device : str or torch.device
+    batch_size : int
+        Points per forward pass.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, k*d, n_classes)
+    """
+    dev = resolve_device(device)
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(plan.image_shape):
+        raise InvalidParameterError(
+            f"images must be uint8 of shape (N, {', '.join(map(str, plan.image_shape))}); "
+            f"got {images.dtype} {images.shape}"
+        )
+    n = images.shape[0]
     scores = np.zeros((n, plan.n_models, plan.n_classes), dtype=np.float32)
     seen = np.zeros(plan.n_models, dtype=bool)
-    X = torch.from_numpy(np.ascontiguousarray(test.images.transpose(0, 3, 1, 2)))
+    X = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     c, h, w = X.shape[1:]
     with _deterministic(dev):
         for ids, net in models:
@@ -653,4 +686,4 @@ def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", 
             seen[ids] = True
     if not seen.all():
         raise InvalidParameterError(f"models {np.flatnonzero(~seen).tolist()[:10]} were not given")
-    return scores, test.labels.copy()
+    return scores

@@ -1,0 +1,393 @@
+"""A trained ensemble as an object: load a run folder, predict and certify new inputs.
+
+:class:`Ensemble` reads a finished run folder (``plan.json`` and the final checkpoints under
+``checkpoints/``, as written by ``runoff train`` / :func:`runoff.pipeline.train_run`) and
+evaluates every base model on new images through the same code path that computed the run's
+test logits (:func:`runoff.train.model_logits`): ``images / 255``, normalised with each
+model's own subset's per-channel mean and std, BatchNorm in evaluation mode. Predictions and
+certificates come from :func:`runoff.certify` with the run's ``d`` and ``spread``, so for the
+test images they are exactly those of the run's ``certificates.npz``.
+
+Inputs are images exactly as the data set loader gives them: ``uint8`` (or any integer
+array with values in ``0..255``), shape ``(N, H, W, C)`` with ``(H, W, C)`` the run's image
+shape, or ``(N, H, W)`` when the run has one channel. Float arrays are refused rather than
+guessed at (is 1.0 white, or almost black?): convert them to the loader's uint8 scale first.
+
+This module imports torch; ``import runoff`` does not import it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .certificates import Certification, certify
+from .certificates._validate import check_methods
+from .errors import CheckpointError, InvalidParameterError, RunDirectoryError
+from .partition import PLAN_FILE, PartitionPlan
+
+__all__ = ["Ensemble", "default_method", "read_inputs"]
+
+_CHECKPOINT_RE = re.compile(r"^models-(\d{5,})-(\d{5,})\.pt$")
+
+
+def default_method(d: int) -> str:
+    """The Run-Off Election method of an ensemble with ``d`` models per bucket."""
+    return "dpa-roe" if int(d) == 1 else "fa-roe"
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class Ensemble:
+    """The base models of a trained run, ready to predict and certify new inputs.
+
+    Build it with :meth:`load`.
+
+    Attributes
+    ----------
+    run_dir : pathlib.Path
+    plan : PartitionPlan
+    n_models : int
+        ``k*d`` base models.
+    n_classes : int
+    image_shape : tuple (H, W, C)
+        Shape of one input image.
+    d : int
+    spread : tuple of int
+    method : str
+        Default aggregation: ``"dpa-roe"`` for d = 1, ``"fa-roe"`` for d > 1.
+    device : torch.device
+    """
+
+    def __init__(self, run_dir, plan: PartitionPlan, models, device):
+        self.run_dir = Path(run_dir)
+        self.plan = plan
+        self._models = models
+        self.device = device
+        self.method = default_method(plan.d)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, run_dir, *, device="cpu") -> "Ensemble":
+        """Load a finished run folder.
+
+        Parameters
+        ----------
+        run_dir : path-like
+            Folder written by ``runoff train`` (``plan.json`` and ``checkpoints/``).
+        device : str, default "cpu"
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+        Raises
+        ------
+        RunDirectoryError
+            No such folder, no or unreadable ``plan.json``, no checkpoints, models missing,
+            or training not finished (resume it with the same ``runoff train`` command).
+        CheckpointError
+            A checkpoint is corrupt or belongs to another plan or recipe.
+        InvalidParameterError
+            Unknown device, or CUDA asked for without CUDA.
+        """
+        from .pipeline import CHECKPOINT_DIR
+        from .train import Recipe, _Chunk, _checkpoint_path, load_checkpoint, plan_key, resolve_device
+
+        dev = resolve_device(device)
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise RunDirectoryError(f"{run_dir} is not a run folder (no such directory)")
+        if not (run_dir / PLAN_FILE).is_file():
+            raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
+        plan = PartitionPlan.load(run_dir)
+        training = plan.training or {}
+        try:
+            recipe = Recipe.from_dict(training["recipe"])
+            seed_version = int(training["seed_version"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunDirectoryError(
+                f"{run_dir / PLAN_FILE}: no usable training recipe ({exc}); was it written by `runoff train`?"
+            ) from None
+        ckdir = run_dir / CHECKPOINT_DIR
+        files = sorted(p for p in ckdir.glob("models-*.pt") if _CHECKPOINT_RE.match(p.name)) if ckdir.is_dir() else []
+        if not files:
+            raise RunDirectoryError(
+                f"{run_dir}: no trained models (no checkpoints in {ckdir}); the run has not been trained "
+                "or its checkpoints were deleted: run `runoff train` into it"
+            )
+        key = plan_key(plan)
+        models = []
+        covered = np.zeros(plan.n_models, dtype=np.int64)
+        unfinished = []
+        for path in files:
+            obj = load_checkpoint(path)
+            ids = obj.get("model_ids")
+            if (not isinstance(ids, list) or not ids or not all(isinstance(j, int) for j in ids)
+                    or any(j < 0 or j >= plan.n_models for j in ids)):
+                raise CheckpointError(f"checkpoint {path}: bad model ids {ids!r} for a run of {plan.n_models} models")
+            if _checkpoint_path(ckdir, ids) != path:
+                raise CheckpointError(f"checkpoint {path}: holds models {ids[0]}..{ids[-1]}, which its name does not say")
+            chunk = _Chunk(plan, ids, recipe, seed_version, dev)
+            chunk.restore(obj, path, key)
+            if chunk.epoch < recipe.epochs:
+                unfinished.append(f"{path.name} at epoch {chunk.epoch}/{recipe.epochs}")
+            chunk.net.eval()
+            covered[ids] += 1
+            models.append((chunk.model_ids, chunk.net))
+        if unfinished:
+            raise RunDirectoryError(
+                f"{run_dir}: training is not finished ({', '.join(unfinished)}); "
+                "resume it by running the same `runoff train` command"
+            )
+        if (covered != 1).any():
+            missing = np.flatnonzero(covered == 0).tolist()
+            twice = np.flatnonzero(covered > 1).tolist()
+            what = []
+            if missing:
+                what.append(f"no checkpoint holds models {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
+            if twice:
+                what.append(f"models {twice[:10]} are in several checkpoints")
+            raise RunDirectoryError(f"{run_dir}: {'; '.join(what)} (of {plan.n_models} models)")
+        return cls(run_dir, plan, models, dev)
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def n_models(self) -> int:
+        return self.plan.n_models
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.plan.n_classes)
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(int(s) for s in self.plan.image_shape)
+
+    @property
+    def d(self) -> int:
+        return int(self.plan.d)
+
+    @property
+    def spread(self) -> tuple:
+        return tuple(int(s) for s in self.plan.spread)
+
+    def __repr__(self) -> str:
+        p = self.plan
+        return (f"Ensemble({str(self.run_dir)!r}: {p.dataset}, k={p.k}, d={p.d}, {self.n_models} models, "
+                f"{self.n_classes} classes, images {_shape_text(self.image_shape)}, method {self.method!r})")
+
+    # ------------------------------------------------------------------ inputs
+    def check_images(self, x) -> np.ndarray:
+        """Validate new inputs and return them as uint8 ``(N, H, W, C)``.
+
+        Accepts uint8 or integer arrays with values in ``0..255`` (numpy or a CPU torch
+        tensor), shape ``(N, H, W, C)``, or ``(N, H, W)`` when the run has one channel.
+
+        Raises
+        ------
+        InvalidParameterError
+            Wrong dtype, values out of range, wrong image size or channel count (the message
+            gives the expected and the received shapes), or no image at all.
+        """
+        h, w, c = self.image_shape
+        expected = f"(N, {h}, {w}, {c})" + (f" or (N, {h}, {w})" if c == 1 else "")
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - anything that is not an array
+            raise InvalidParameterError(f"inputs must be an image array {expected}; got {type(x).__name__} ({exc})") from None
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidParameterError(
+                f"inputs must be uint8 images (or integers in 0..255) as the data set loader gives them; "
+                f"got dtype {arr.dtype}. Convert float images to 0..255 integers first"
+            )
+        if arr.ndim == 3 and tuple(arr.shape) == (h, w, c) and tuple(arr.shape[1:]) != (h, w):
+            raise InvalidParameterError(
+                f"inputs must have shape {expected}; got {_shape_text(arr.shape)}, one image? "
+                "add a leading axis: x[None]"
+            )
+        if arr.ndim == 3 and c == 1:
+            arr = arr[..., None]
+        if arr.ndim != 4:
+            hint = " (one image? add a leading axis: x[None])" if arr.ndim == 3 or (arr.ndim == 2 and c == 1) else ""
+            raise InvalidParameterError(f"inputs must have shape {expected}; got {_shape_text(arr.shape)}{hint}")
+        if arr.shape[1:3] != (h, w):
+            raise InvalidParameterError(
+                f"images must be {h}x{w} (expected shape {expected}); got {arr.shape[1]}x{arr.shape[2]} "
+                f"(shape {_shape_text(arr.shape)})"
+            )
+        if arr.shape[3] != c:
+            raise InvalidParameterError(
+                f"images must have {c} channel{'s' if c != 1 else ''} (expected shape {expected}); "
+                f"got {arr.shape[3]} (shape {_shape_text(arr.shape)})"
+            )
+        if arr.shape[0] == 0:
+            raise InvalidParameterError(f"no inputs: got shape {_shape_text(arr.shape)}")
+        if arr.dtype != np.uint8:
+            if arr.min() < 0 or arr.max() > 255:
+                raise InvalidParameterError(
+                    f"pixel values must lie in 0..255; got {arr.min()}..{arr.max()} (dtype {arr.dtype})"
+                )
+            arr = arr.astype(np.uint8)
+        return np.ascontiguousarray(arr)
+
+    def _method(self, method) -> str:
+        return check_methods([self.method if method is None else method], self.d)[0]
+
+    # ------------------------------------------------------------------ prediction
+    def scores(self, x, *, batch_size: int = 256) -> np.ndarray:
+        """Logits of every base model on new inputs.
+
+        Parameters
+        ----------
+        x : array-like of uint8, shape (N, H, W, C) (or (N, H, W) for one channel)
+        batch_size : int, default 256
+            Points per forward pass (256 is what the run's test logits were computed with).
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (N, n_models, n_classes)
+        """
+        from .train import model_logits
+
+        images = self.check_images(x)
+        return model_logits(self._models, self.plan, images, device=self.device, batch_size=int(batch_size))
+
+    def certify(self, x, *, method=None) -> Certification:
+        """:func:`runoff.certify` of the ensemble's logits on ``x`` with the run's d and spread."""
+        m = self._method(method)
+        scores = self.scores(x)
+        fa = m.startswith("fa")
+        return certify(scores, m, d=self.d if fa else 1, spread=list(self.spread) if fa else None)
+
+    def predict(self, x, *, method=None) -> np.ndarray:
+        """Aggregated class of each input, int64 ``(N,)`` (default method: :attr:`method`)."""
+        return self.certify(x, method=method).predictions
+
+    def predict_certified(self, x, *, method=None) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions and certificates of new inputs.
+
+        Parameters
+        ----------
+        x : array-like of uint8, shape (N, H, W, C) (or (N, H, W) for one channel)
+        method : {"dpa", "dpa-roe", "fa", "fa-roe"}, optional
+            Default :attr:`method` (the run's Run-Off Election method). DPA methods are
+            refused for d > 1.
+
+        Returns
+        -------
+        predictions, certificates : numpy.ndarray of int64, shape (N,)
+            A certificate is the number of training samples an attacker may insert or remove
+            without changing the prediction.
+        """
+        res = self.certify(x, method=method)
+        return res.predictions, res.certificates
+
+
+# ---------------------------------------------------------------------------- files on disk
+_ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            if "images" in z.files:
+                return z["images"]
+            if len(z.files) == 1:
+                return z[z.files[0]]
+            raise InvalidParameterError(
+                f"{path}: holds arrays {z.files}; name the images 'images' (or save only one array)"
+            )
+    except InvalidParameterError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreadable, truncated, pickled, not numpy
+        raise InvalidParameterError(f"{path}: not a readable numpy array file ({exc})") from None
+
+
+def _read_image(path: Path, image_shape) -> np.ndarray:
+    """One image file as uint8 (H, W, C), converted only where the conversion is unambiguous."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise InvalidParameterError("reading image files needs Pillow: pip install pillow") from None
+    h, w, c = image_shape
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode == "1":
+                im = im.convert("L")
+            mode = im.mode
+            arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure
+        raise InvalidParameterError(f"{path}: not a readable image ({exc})") from None
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        raise InvalidParameterError(
+            f"{path}: image mode {mode!r} is not 8-bit grey or colour; convert it to 8-bit grey (L) or RGB"
+        )
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if mode in ("LA", "RGBA"):  # drop an alpha channel only if the image is fully opaque
+        if not (arr[..., -1] == 255).all():
+            raise InvalidParameterError(f"{path}: has transparent pixels ({mode}); flatten it onto a background first")
+        arr = arr[..., :-1]
+    if arr.shape[:2] != (h, w):
+        raise InvalidParameterError(
+            f"{path}: image is {arr.shape[1]}x{arr.shape[0]} (width x height); the run expects {w}x{h}. "
+            "runoff does not resize: resize it as the training images were"
+        )
+    have = arr.shape[2]
+    if have == c:
+        return arr
+    if have == 1 and c == 3:  # grey -> colour: the same value in every channel
+        return np.repeat(arr, 3, axis=2)
+    if have == 3 and c == 1:
+        if (arr == arr[..., :1]).all():  # a grey image stored as RGB
+            return arr[..., :1]
+        raise InvalidParameterError(
+            f"{path}: colour image, but the run expects 1 channel (grey); converting colour to grey is "
+            "ambiguous, so convert it yourself as the training images were"
+        )
+    raise InvalidParameterError(f"{path}: {have} channels; the run expects {c}")
+
+
+def read_inputs(paths, image_shape) -> tuple[np.ndarray, list[str]]:
+    """Read new inputs from disk: one ``.npy``/``.npz`` array, or one or more image files.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Either a single ``.npy`` file, or ``.npz`` file (its array ``images``, or its only
+        array), holding uint8 images ``(N, H, W, C)`` (``(N, H, W)`` for one channel); or
+        image files Pillow reads (PNG, JPEG, ...). Grey images are repeated into three
+        channels for a colour run; colour images are accepted by a grey run only when their
+        three channels are equal. Images are never resized.
+    image_shape : tuple (H, W, C)
+        The run's image shape.
+
+    Returns
+    -------
+    images : numpy.ndarray (unvalidated for arrays: :meth:`Ensemble.check_images` does that)
+    names : list of str
+        One name per input: ``FILE[i]`` for arrays, the file path for images.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InvalidParameterError("no inputs given")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InvalidParameterError(f"no such file: {', '.join(missing)}")
+    arrays = [p for p in paths if p.suffix.lower() in _ARRAY_SUFFIXES]
+    if arrays:
+        if len(paths) != 1:
+            raise InvalidParameterError("give either one .npy/.npz array file or image files, not several arrays or both")
+        arr = _read_array(paths[0])
+        n = arr.shape[0] if arr.ndim >= 1 else 0
+        return arr, [f"{paths[0].name}[{i}]" for i in range(n)]
+    images = [_read_image(p, tuple(image_shape)) for p in paths]
+    return np.stack(images), [str(p) for p in paths]
