@@ -14,6 +14,7 @@ __all__ = [
     "LogitsFileError",
     "RunDirectoryError",
     "CheckpointError",
+    "DataFileError",
 ]
 
 
@@ -43,3 +44,7 @@ class RunDirectoryError(RunoffError):
 
 class CheckpointError(RunoffError):
     """A checkpoint is corrupt or does not match the run it is loaded into."""
+
+
+class DataFileError(RunoffError):
+    """A data set's files are missing from the data folder, or one of them is corrupt."""

@@ -12,7 +12,8 @@ order, process or machine:
 
    ``"pixelsum"``
        The reference pipeline's hash: the sum of the sample's uint8 pixel values (all
-       channels, as loaded) modulo ``k*d``. It reproduces the published partitions. An
+       channels, as loaded, before any resizing: :attr:`runoff.data.Dataset.pixel_sums`
+       when set) modulo ``k*d``. It reproduces the published partitions. An
        attacker who crafts a poison can choose its bucket (and so which base models it
        reaches) by adjusting a few pixels.
    ``"sha256"``
@@ -67,7 +68,7 @@ _FORMAT = "runoff-plan"
 _VERSION = 1
 
 
-def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum") -> np.ndarray:
+def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum", pixel_sums=None) -> np.ndarray:
     """Bucket of every sample under a content hash.
 
     Parameters
@@ -83,6 +84,10 @@ def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum") ->
         ``"sha256"``: SHA-256 of ``b"runoff-sha256-v1"``, the image shape ``(H, W, C)`` and
         the label (little-endian int64 each) and the pixel bytes (C order), read as a
         big-endian integer, modulo ``n_buckets``.
+    pixel_sums : numpy.ndarray of int, shape (n,), optional
+        For ``"pixelsum"``: the pixel sum of each sample's *original* image, used instead of
+        summing ``images`` (:attr:`runoff.data.Dataset.pixel_sums`: GTSRB's images are
+        resized, the reference hashes the original). Ignored by ``"sha256"``.
 
     Returns
     -------
@@ -98,6 +103,11 @@ def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum") ->
         raise InvalidParameterError(f"images must be uint8 (n, H, W, C); got {images.dtype} {images.shape}")
     n = images.shape[0]
     if method == "pixelsum":
+        if pixel_sums is not None:
+            sums = np.asarray(pixel_sums).astype(np.int64)
+            if sums.shape != (n,):
+                raise InvalidParameterError(f"pixel_sums must have shape ({n},); got {sums.shape}")
+            return sums % n_buckets
         return images.reshape(n, -1).sum(axis=1, dtype=np.int64) % n_buckets
     if method == "sha256":
         header = b"runoff-sha256-v1" + np.asarray(images.shape[1:], dtype="<i8").tobytes()
@@ -421,7 +431,8 @@ class PartitionPlan:
         if train is not None:
             plan.check_dataset(train)
             canon = plan.canonical(train, check=False)
-            expected = hash_samples(canon.images, canon.labels, n_buckets=plan.n_models, method=plan.hash)
+            expected = hash_samples(canon.images, canon.labels, n_buckets=plan.n_models, method=plan.hash,
+                                    pixel_sums=canon.pixel_sums)
             if not np.array_equal(expected, plan.buckets):
                 raise RunDirectoryError(f"{path}: buckets do not match the {plan.hash} hash of the training set")
         return plan
@@ -481,7 +492,8 @@ def make_plan(
     order = content_order(train.images, train.labels)
     images = np.ascontiguousarray(train.images[order])
     labels = train.labels[order]
-    buckets = hash_samples(images, labels, n_buckets=m, method=hash)
+    sums = None if train.pixel_sums is None else train.pixel_sums[order]
+    buckets = hash_samples(images, labels, n_buckets=m, method=hash, pixel_sums=sums)
     mean, std = _subset_stats(images, buckets, spread, m)
     name = train.name.split("/")[0]
     return PartitionPlan(
