@@ -168,3 +168,40 @@ def test_out_records_certified_accuracy_per_budget(logits, tmp_path):
     with np.load(out) as data:
         np.testing.assert_array_equal(data["budgets"], [0, 2])
         np.testing.assert_allclose(data["dpa_roe_certified_accuracy"], res.certified_accuracy(labels, [0, 2]))
+
+
+def test_configs_lists_every_configuration(capsys):
+    from runoff.configs import CONFIGS
+
+    assert main(["configs", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert set(listed) == set(CONFIGS)
+    assert listed["cifar10-k50-fa-d16"]["models"] == 800
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--config", "cifar10-k5O", "--out", "x"], "did you mean"),
+        (["train", "--config", "cifar10-k50", "--k", "40", "--out", "x"], "contradicts --config"),
+        (["train", "--out", "x"], "give --k"),
+        (["train", "--k", "4", "--d", "2", "--versions", "2", "--out", "x"], "cannot be combined"),
+        (["train", "--config", "cifar10-k50", "--data-root", "{tmp}", "--out", "{tmp}/run"], "CIFAR-10 not found"),
+    ],
+)
+def test_train_options_are_checked(tmp_path, capsys, args, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(argv) == 1
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_train_versions_and_report_end_to_end(tmp_path, capsys):
+    pytest.importorskip("torch")
+    star, dpa = tmp_path / "star", tmp_path / "dpa"
+    assert main(["train", "--k", "3", "--versions", "2", "--epochs", "1", "--no-progress", "--out", str(star)]) == 0
+    assert main(["train", "--k", "3", "--epochs", "1", "--no-progress", "--out", str(dpa)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(dpa), str(star), "--budgets", "0,1", "--json", "--out", str(tmp_path / "rep")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["columns"]) == ["dpa: dpa", "dpa: dpa-roe", "star: dpa", "star: dpa-roe"]
+    assert (tmp_path / "rep" / "report.md").is_file()

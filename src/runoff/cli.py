@@ -104,9 +104,13 @@ def _add_train(sub) -> None:
             "interrupted run; a folder holding another plan is never overwritten."
         ),
     )
-    p.add_argument("--dataset", default="digits", help="data set name; default digits (embedded)")
-    p.add_argument("--k", type=int, required=True, help="number of partitions")
-    p.add_argument("--d", type=int, default=1, help="FA spread degree (models per bucket); default 1 (DPA)")
+    p.add_argument("--config", default=None,
+                   help="a named configuration of the paper (runoff configs lists them); sets dataset, k, d, versions")
+    p.add_argument("--dataset", default=None, help="digits (embedded, default), mnist, cifar10 or gtsrb (files under --data-root)")
+    p.add_argument("--k", type=int, default=None, help="number of partitions (required without --config)")
+    p.add_argument("--d", type=int, default=None, help="FA spread degree (models per bucket); default 1 (DPA)")
+    p.add_argument("--versions", type=int, default=None,
+                   help="DPA*: train this many seed versions of the same partitions and sum their logits")
     p.add_argument("--version", type=int, default=1, help="ensemble version v: model j is seeded (j+1)*v*v")
     p.add_argument("--hash", default="pixelsum", choices=["pixelsum", "sha256"],
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
@@ -116,15 +120,46 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _train_settings(args) -> dict:
+    """dataset, k, d, versions from --config and the explicit options (which must agree with it)."""
+    from .errors import InvalidParameterError
+
+    given = {"dataset": args.dataset, "k": args.k, "d": args.d, "versions": args.versions}
+    if args.config:
+        from .configs import get_config
+
+        cfg = get_config(args.config)
+        chosen = {"dataset": cfg.dataset, "k": cfg.k, "d": cfg.d if cfg.kind == "fa" else 1,
+                  "versions": cfg.d if cfg.kind == "dpa*" else None}
+        clash = [f"--{k} {v}" for k, v in given.items() if v is not None and v != chosen[k]]
+        if clash:
+            raise InvalidParameterError(f"{' '.join(clash)} contradicts --config {cfg.name} "
+                                        f"(dataset {cfg.dataset}, k={cfg.k}, d={cfg.d}, {cfg.kind})")
+        return chosen
+    if args.k is None:
+        raise InvalidParameterError("give --k (number of partitions) or --config NAME")
+    if args.versions is not None and (args.d or 1) != 1:
+        raise InvalidParameterError("--versions (DPA*) and --d (FA) cannot be combined")
+    return {"dataset": args.dataset or "digits", "k": args.k, "d": args.d or 1, "versions": args.versions}
+
+
 def _cmd_train(args) -> int:
     import time
 
-    from .pipeline import train_run
+    from .pipeline import train_dpa_star, train_run
 
+    cfg = _train_settings(args)
     t0 = time.perf_counter()
-    res = train_run(args.out, dataset=args.dataset, k=args.k, d=args.d, epochs=args.epochs,
-                    seed_version=args.version, hash=args.hash, device=args.device,
-                    progress=not args.no_progress, data_root=args.data_root)
+    common = dict(dataset=cfg["dataset"], k=cfg["k"], epochs=args.epochs, hash=args.hash, device=args.device,
+                  progress=not args.no_progress, data_root=args.data_root)
+    if cfg["versions"] is not None:
+        if args.version != 1:
+            from .errors import InvalidParameterError
+
+            raise InvalidParameterError("--version picks one seed version; DPA* (--versions) trains 1..V")
+        res = train_dpa_star(args.out, versions=cfg["versions"], **common)
+    else:
+        res = train_run(args.out, d=cfg["d"], seed_version=args.version, **common)
     n, m, c = res.scores.shape
     print(f"trained {m} base models in {time.perf_counter() - t0:.1f} s; logits of {n} test points: {res.logits_path}")
     print(f"next: runoff evaluate {args.out}")
@@ -246,6 +281,59 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _add_configs(sub) -> None:
+    p = sub.add_parser("configs", help="list the paper's named configurations (for runoff train --config)",
+                       description="Every setting of the paper's Tables 1-5: data set, k, d, kind, budgets and the "
+                                   "paper's certified accuracy at them.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_configs)
+
+
+def _cmd_configs(args) -> int:
+    from .configs import CONFIGS
+
+    if args.json:
+        print(json.dumps({n: {"dataset": c.dataset, "k": c.k, "d": c.d, "kind": c.kind, "models": c.n_models,
+                              "budgets": list(c.budgets), "paper": c.reference} for n, c in CONFIGS.items()}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(caption="--json also gives the paper's certified accuracy at each budget")
+    table.add_column("name", no_wrap=True)
+    for col in ("data set", "k", "d", "kind", "models", "budgets", "paper figures for"):
+        table.add_column(col, no_wrap=col != "paper figures for")
+    for c in CONFIGS.values():
+        table.add_row(c.name, c.dataset, str(c.k), str(c.d), c.kind, str(c.n_models),
+                      "/".join(map(str, c.budgets)), ", ".join(c.reference))
+    console = Console()
+    console.width = max(console.width, 110)  # never squeeze names when piped
+    console.print(table)
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="compare runs side by side in the paper's format (table, JSON, plots)",
+                       description="Certify every run, print a paper-style table (certified accuracy at the budgets, "
+                                   "the points ROE gains, the paper's numbers where a run matches a named "
+                                   "configuration) and write report.md, report.json and plots to --out.")
+    p.add_argument("runs", nargs="+", help="run folders written by runoff train")
+    p.add_argument("--budgets", type=_int_list, default=None, help="comma-separated budgets")
+    p.add_argument("--out", default=None, help="folder for report.md, report.json, certified_accuracy.png, certificates_hist.png")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from .comparison import compare_runs, markdown_comparison
+
+    report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets)
+    print(json.dumps(report, indent=2) if args.json else markdown_comparison(report))
+    if args.out and not args.json:
+        print(f"wrote report.md, report.json, certified_accuracy.png, certificates_hist.png in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runoff",
@@ -257,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_report(sub)
+    _add_configs(sub)
     _add_certify(sub)
     _add_predict(sub)
     return parser
