@@ -146,6 +146,7 @@ def main(argv=None):
     ap.add_argument("--nin-models", type=int, default=4)
     ap.add_argument("--nin-steps", type=int, default=3, help="steps per NiN model")
     ap.add_argument("--nin-batch", type=int, default=128)
+    ap.add_argument("--nin-size", type=int, default=32, help="NiN image side: 32 (CIFAR-10), 48 (GTSRB)")
     ap.add_argument("--skip-nin", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print a torch profile of each run")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per trainer (best is kept)")
@@ -166,17 +167,18 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         m, b = args.nin_models, args.nin_batch
         n = m * b * args.nin_steps  # each model gets nin_steps full batches (one epoch)
-        images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        size = args.nin_size
+        images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
         # pixel sums cycle through 0..m-1 modulo m, so every subset gets exactly n/m images
         sums = images.reshape(n, -1).sum(axis=1, dtype=np.int64)
         delta = (sums - np.arange(n)) % m
         first = images[:, 0, 0, 0].astype(np.int64)
         images[:, 0, 0, 0] = np.where(first >= delta, first - delta, first + m - delta)
         labels = rng.integers(0, 10, size=n)
-        fake = Dataset(images, labels, 10, "random32/train")
+        fake = Dataset(images, labels, 10, f"random{size}/train")
         nplan = make_plan(fake, k=m)
         nrec = Recipe(model="nin", epochs=1, batch_size=b, lr=0.1, augment="none")
-        bench(f"NiN x{m} (32x32, batch {b}, ~{args.nin_steps} steps), all {m} in one batched step",
+        bench(f"NiN x{m} ({size}x{size}, batch {b}, ~{args.nin_steps} steps), all {m} in one batched step",
               nplan, fake, nrec, args.device, chunk_size=m, profile=args.profile)
         if torch.device(args.device).type == "cpu":
             bench(f"NiN x{m}, trainer's CPU default (chunk of 1 model)", nplan, fake, nrec, args.device,
