@@ -69,3 +69,26 @@ def test_markdown_shows_paper_numbers_beside_ours():
         "clean": 60.0, "certified": {5: 58.5, 10: 46.0}, "paper": {5: 58.07, 10: 46.44}}}}
     md = markdown_comparison(report)
     assert "58.50% [paper 58.07%]" in md and "46.00% [paper 46.44%]" in md
+
+
+def test_report_on_a_run_without_logits_says_so(runs, tmp_path):
+    import shutil
+
+    from runoff.errors import LogitsFileError
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(runs / "dpa" / "plan.json", bare / "plan.json")
+    with pytest.raises(LogitsFileError, match="no logits file"):
+        compare_runs([bare])
+
+
+def test_report_files_are_valid_images_and_json_round_trips(runs, tmp_path):
+    import matplotlib.image
+
+    report = compare_runs([runs / "dpa"], out_dir=tmp_path, budgets=[0, 1])
+    for png in ("certified_accuracy.png", "certificates_hist.png"):
+        img = matplotlib.image.imread(tmp_path / png)
+        assert img.ndim == 3 and min(img.shape[:2]) > 100
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
