@@ -86,28 +86,17 @@ def table_caption(summary: dict) -> str:
     return "no labels in the file: fraction of points with certificate >= B poisoned samples"
 
 
-def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, title: str | None = None):
-    """Save a PNG of certified accuracy (%) against budget, one curve per method.
-
-    Each curve runs from budget 0 to the largest certificate of a correct prediction, at every
-    integer budget. Needs matplotlib (imported here, with the non-interactive Agg backend).
-    """
+def _save_figure(path, draw, *, xlabel: str, ylabel: str, title: str | None):
+    """Draw on one fresh axes with ``draw(ax)`` and save a PNG (matplotlib, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = np.asarray(labels)
-    top = int(default_budgets(results, labels)[-1])
-    budgets = np.arange(top + 2)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method, res in results.items():
-        acc = certified_accuracy(res.predictions, res.certificates, labels, budgets)
-        ax.step(budgets, 100 * acc, where="post", label=method)
-    ax.set_xlabel("budget B (poisoned training samples)")
-    ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xlim(0, budgets[-1])
+    draw(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
@@ -116,6 +105,26 @@ def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, title: str | None = None):
+    """Save a PNG of certified accuracy (%) against budget, one curve per method.
+
+    Each curve runs from budget 0 to the largest certificate of a correct prediction, at every
+    integer budget. Needs matplotlib.
+    """
+    labels = np.asarray(labels)
+    budgets = np.arange(int(default_budgets(results, labels)[-1]) + 2)
+
+    def draw(ax):
+        for method, res in results.items():
+            acc = certified_accuracy(res.predictions, res.certificates, labels, budgets)
+            ax.step(budgets, 100 * acc, where="post", label=method)
+        ax.set_ylim(0, 100)
+        ax.set_xlim(0, budgets[-1])
+
+    return _save_figure(path, draw, xlabel="budget B (poisoned training samples)",
+                        ylabel="certified accuracy (%)", title=title)
 
 
 def markdown_table(summary: dict) -> str:
@@ -137,24 +146,12 @@ def markdown_table(summary: dict) -> str:
 
 def plot_certificate_histogram(results: dict[str, Certification], labels, path, *, title: str | None = None):
     """Save a PNG histogram of the certificates of correctly predicted points, one series per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = np.asarray(labels)
-    top = max(int(r.certificates.max()) for r in results.values())
-    bins = np.arange(top + 2) - 0.5
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method, res in results.items():
-        ax.hist(res.certificates[res.predictions == labels], bins=bins, histtype="step", label=method)
-    ax.set_xlabel("certificate (poisoned training samples tolerated), correct predictions only")
-    ax.set_ylabel("test points")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    bins = np.arange(max(int(r.certificates.max()) for r in results.values()) + 2) - 0.5
+
+    def draw(ax):
+        for method, res in results.items():
+            ax.hist(res.certificates[res.predictions == labels], bins=bins, histtype="step", label=method)
+
+    return _save_figure(path, draw, xlabel="certificate (poisoned training samples tolerated), correct predictions only",
+                        ylabel="test points", title=title)
