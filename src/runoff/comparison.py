@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .certificates import certified_accuracy
 from .configs import CONFIGS, Config
 from .errors import RunDirectoryError
@@ -77,8 +78,8 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "report.md").write_text(markdown_comparison(report))
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out / "report.md", markdown_comparison(report))
         plot_certified_accuracy(results, labels, out / "certified_accuracy.png", title="certified accuracy")
         plot_certificate_histogram(results, labels, out / "certificates_hist.png", title="certificates")
     return report

@@ -8,12 +8,12 @@ writes ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accu
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .certificates import Certification, certify
 from .certificates._validate import check_budgets, check_labels, check_methods
 from .errors import RunDirectoryError
@@ -43,12 +43,6 @@ def methods_for(d: int) -> tuple[str, str]:
     return ("dpa", "dpa-roe") if d == 1 else ("fa", "fa-roe")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | None = None) -> Path:
     """Write certificates.npz, report.json, report.md and certified_accuracy.png into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -56,8 +50,8 @@ def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | N
     summary = dict(evaluation.summary, title=title, **(extra or {}))
     save_certificates(out_dir / CERTIFICATES_FILE, evaluation.results, labels=evaluation.labels,
                       budgets=evaluation.budgets)
-    _atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
-    _atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
     plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / PLOT_FILE, title=title)
     return out_dir
 

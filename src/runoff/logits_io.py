@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import LogitsFileError
 
 __all__ = ["load_logits", "save_certificates"]
@@ -104,11 +105,9 @@ def save_certificates(path, results: dict, *, labels=None, budgets=None) -> Path
         arrays["labels"] = np.asarray(labels)
     if budgets is not None:
         arrays["budgets"] = np.asarray(budgets)
-    tmp = path.with_name(path.name + ".tmp.npz")
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise LogitsFileError(f"cannot write {path}: {exc}") from exc
     return path

@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .data import Dataset
 from .errors import InvalidParameterError, RunDirectoryError
 from .spread import bucket_models, reference_spread, validate_spread
@@ -397,11 +397,9 @@ class PartitionPlan:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / PLAN_FILE
-        tmp = run_dir / (PLAN_FILE + f".tmp-{os.getpid()}")
         # One top-level field per line, each value compact (arrays on one line).
         body = ",\n".join(f" {json.dumps(key)}: {json.dumps(val)}" for key, val in self.to_dict().items())
-        tmp.write_text("{\n" + body + "\n}\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, "{\n" + body + "\n}\n")
         return path
 
     @classmethod

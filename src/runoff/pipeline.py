@@ -8,12 +8,12 @@ it already holds the same plan, and refuses to touch a directory that holds anyt
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .data import load_dataset
 from .errors import InvalidParameterError, LogitsFileError, RunDirectoryError
 from .partition import PLAN_FILE, PartitionPlan, make_plan
@@ -59,10 +59,8 @@ class RunResult:
 def save_logits(path, scores, labels) -> Path:
     """Write ``scores`` (float32) and ``labels`` (int64) to an ``.npz`` file, atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, scores=np.asarray(scores, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64))
-    os.replace(tmp, path)
     return path
 
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_write
 from .data import Dataset
 from .errors import CheckpointError, InvalidParameterError
 from .models import BatchedNet, architecture
@@ -268,14 +269,10 @@ def save_checkpoint(path, obj: dict) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, fsync=True) as f:
         f.write(_MAGIC)
         f.write(hashlib.sha256(payload).digest())
         f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path) -> dict:
