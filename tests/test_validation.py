@@ -136,3 +136,15 @@ class TestCertifiedAccuracy:
     def test_mismatched_certificates(self):
         with pytest.raises(InvalidParameterError, match="shape of predictions"):
             runoff.certified_accuracy([0, 1], [1], [0, 1], [0])
+
+
+def test_certify_ensemble_passes_d_and_spread_to_fa_methods_only():
+    from runoff.certificates import certify_ensemble
+
+    spread = [1, 4]
+    fa = certify_ensemble(GOOD, "fa-roe", d=2, spread=spread)
+    np.testing.assert_array_equal(fa.certificates, runoff.certify(GOOD, "fa-roe", d=2, spread=spread).certificates)
+    dpa = certify_ensemble(GOOD, "dpa-roe", d=2, spread=spread)
+    np.testing.assert_array_equal(dpa.certificates, runoff.certify(GOOD, "dpa-roe").certificates)
+    with pytest.raises(InvalidParameterError, match="unknown method"):
+        certify_ensemble(GOOD, "roe", d=2)

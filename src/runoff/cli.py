@@ -46,19 +46,14 @@ def _add_certify(sub) -> None:
 def _cmd_certify(args) -> int:
     import numpy as np
 
-    from .certificates import certify
+    from .certificates import certify_ensemble
     from .certificates._validate import check_budgets, check_labels, check_methods
     from .logits_io import load_logits, save_certificates
     from .report import default_budgets, summarize
 
     methods = check_methods([m for m in args.method.split(",") if m.strip()], args.d)
     scores, labels = load_logits(args.file)
-    results = {}
-    for method in methods:
-        fa = method.startswith("fa")
-        results[method] = certify(
-            scores, method, d=args.d if fa else 1, spread=args.spread if fa else None, n_jobs=args.n_jobs
-        )
+    results = {m: certify_ensemble(scores, m, d=args.d, spread=args.spread, n_jobs=args.n_jobs) for m in methods}
     n, m, c = np.shape(scores)
     if labels is not None:
         labels = check_labels(labels, n, c)

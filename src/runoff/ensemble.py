@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .certificates import Certification, certify
+from .certificates import Certification, certify_ensemble
 from .certificates._validate import check_methods
 from .errors import CheckpointError, InvalidParameterError, RunDirectoryError
 from .partition import PLAN_FILE, PartitionPlan
@@ -258,8 +258,7 @@ class Ensemble:
         """:func:`runoff.certify` of the ensemble's logits on ``x`` with the run's d and spread."""
         m = self._method(method)
         scores = self.scores(x)
-        fa = m.startswith("fa")
-        return certify(scores, m, d=self.d if fa else 1, spread=list(self.spread) if fa else None)
+        return certify_ensemble(scores, m, d=self.d, spread=list(self.spread))
 
     def predict(self, x, *, method=None) -> np.ndarray:
         """Aggregated class of each input, int64 ``(N,)`` (default method: :attr:`method`)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
-from .certificates import Certification, certify
+from .certificates import Certification, certify_ensemble
 from .certificates._validate import check_budgets, check_labels, check_methods
 from .errors import RunDirectoryError
 from .logits_io import save_certificates
@@ -88,11 +88,7 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
         )
     labels = check_labels(labels, scores.shape[0], scores.shape[2])
     chosen = check_methods(methods or methods_for(plan.d), plan.d)
-    results = {
-        m: certify(scores, m, d=plan.d if m.startswith("fa") else 1,
-                   spread=list(plan.spread) if m.startswith("fa") else None, n_jobs=n_jobs)
-        for m in chosen
-    }
+    results = {m: certify_ensemble(scores, m, d=plan.d, spread=list(plan.spread), n_jobs=n_jobs) for m in chosen}
     budgets = check_budgets(budgets) if budgets is not None else default_budgets(results, labels)
     summary = summarize(results, labels, budgets)
     summary.update(dataset=plan.dataset, k=plan.k, d=plan.d, n_models=plan.n_models,

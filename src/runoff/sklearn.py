@@ -55,7 +55,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .certificates import certified_accuracy as _certified_accuracy
-from .certificates import certify
+from .certificates import certify_ensemble
 from .errors import InvalidParameterError
 from .spread import reference_spread, validate_spread
 
@@ -393,10 +393,7 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
     def _certify(self, X):
         scores = self.base_scores(X)
-        d = len(self.spread_)
-        if d == 1:
-            return certify(scores, self.method_)
-        return certify(scores, self.method_, d=d, spread=self.spread_)
+        return certify_ensemble(scores, self.method_, d=len(self.spread_), spread=self.spread_)
 
     def predict_certified(self, X):
         """Predictions and their certificates.

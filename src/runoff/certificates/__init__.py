@@ -1,7 +1,7 @@
 """Aggregation and certificates: pure numpy, vectorised over test points (``runoff.certify`` is the entry point)."""
 
 from ._validate import METHODS
-from .api import Certification, certified_accuracy, certify
+from .api import Certification, certified_accuracy, certify, certify_ensemble
 from .dpa import dpa_1v1, dpa_2v1
 from .fa import greedy_certificate
 
@@ -9,6 +9,7 @@ __all__ = [
     "METHODS",
     "Certification",
     "certify",
+    "certify_ensemble",
     "certified_accuracy",
     "dpa_1v1",
     "dpa_2v1",

@@ -12,7 +12,7 @@ from . import _validate
 from .dpa import certify_dpa, certify_dpa_roe
 from .fa import certify_fa, certify_fa_roe
 
-__all__ = ["Certification", "certify", "certified_accuracy"]
+__all__ = ["Certification", "certify", "certify_ensemble", "certified_accuracy"]
 
 # Test points per chunk are chosen so a chunk's logits hold about this many values: the
 # temporaries stay within a few times the chunk, whatever the size of the whole array.
@@ -119,6 +119,18 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
         d=d,
         spread=None if shifts is None else shifts.tolist(),
     )
+
+
+def certify_ensemble(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None = None) -> Certification:
+    """:func:`certify` with an ensemble's own ``d`` and ``spread``, passed on only to FA methods.
+
+    For callers that hold one ensemble (a run, a fitted estimator) and certify it with
+    several methods: DPA methods take neither option, FA methods take both. Whether a DPA
+    method is sound for ``d > 1`` is the caller's check (:func:`_validate.check_methods`).
+    """
+    if _validate.check_method(method).startswith("fa"):
+        return certify(scores, method, d=d, spread=spread, n_jobs=n_jobs)
+    return certify(scores, method, n_jobs=n_jobs)
 
 
 def certified_accuracy(predictions, certificates, labels, budgets) -> np.ndarray:
