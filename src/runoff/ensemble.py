@@ -18,7 +18,6 @@ This module imports torch; ``import runoff`` does not import it.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ from .partition import PLAN_FILE, PartitionPlan
 
 __all__ = ["Ensemble", "default_method", "read_inputs"]
 
-_CHECKPOINT_RE = re.compile(r"^models-(\d{5,})-(\d{5,})\.pt$")
 
 
 def default_method(d: int) -> str:
@@ -93,7 +91,8 @@ class Ensemble:
             Unknown device, or CUDA asked for without CUDA.
         """
         from .pipeline import CHECKPOINT_DIR
-        from .train import Recipe, _Chunk, _checkpoint_path, load_checkpoint, plan_key, resolve_device
+        from .checkpoints import existing_ranges, load_checkpoint, plan_key
+        from .train import Recipe, _Chunk, resolve_device
 
         dev = resolve_device(device)
         run_dir = Path(run_dir)
@@ -111,8 +110,8 @@ class Ensemble:
                 f"{run_dir / PLAN_FILE}: no usable training recipe ({exc}); was it written by `runoff train`?"
             ) from None
         ckdir = run_dir / CHECKPOINT_DIR
-        files = sorted(p for p in ckdir.glob("models-*.pt") if _CHECKPOINT_RE.match(p.name)) if ckdir.is_dir() else []
-        if not files:
+        ranges = existing_ranges(ckdir, plan.n_models)
+        if not ranges:
             raise RunDirectoryError(
                 f"{run_dir}: no trained models (no checkpoints in {ckdir}); the run has not been trained "
                 "or its checkpoints were deleted: run `runoff train` into it"
@@ -121,13 +120,13 @@ class Ensemble:
         models = []
         covered = np.zeros(plan.n_models, dtype=np.int64)
         unfinished = []
-        for path in files:
+        for first, last, path in ranges:
             obj = load_checkpoint(path)
             ids = obj.get("model_ids")
             if (not isinstance(ids, list) or not ids or not all(isinstance(j, int) for j in ids)
                     or any(j < 0 or j >= plan.n_models for j in ids)):
                 raise CheckpointError(f"checkpoint {path}: bad model ids {ids!r} for a run of {plan.n_models} models")
-            if _checkpoint_path(ckdir, ids) != path:
+            if ids != list(range(first, last + 1)):
                 raise CheckpointError(f"checkpoint {path}: holds models {ids[0]}..{ids[-1]}, which its name does not say")
             chunk = _Chunk(plan, ids, recipe, seed_version, dev)
             chunk.restore(obj, path, key)

@@ -262,9 +262,6 @@ class BatchedNet(nn.Module):
             maskf = mask.to(dtype=x.dtype)
             mask4 = maskf[:, :, None, None]
             valid = maskf.sum(dim=0)  # (E,)
-            # A single model with a full batch needs no masking: use torch's fused BatchNorm.
-            # (Only for E = 1: with several models the choice would depend on the others' data.)
-            native = e == 1 and bool(maskf.all())
         for kind, layer, idx in self._plan:
             if kind == "conv":
                 _, cin, cout, k, s, p = layer
@@ -274,10 +271,7 @@ class BatchedNet(nn.Module):
                 gamma, beta = self.weights[idx[0]], self.weights[idx[0] + 1]
                 rm = getattr(self, f"running_mean_{idx[1]}")
                 rv = getattr(self, f"running_var_{idx[1]}")
-                if training and native:
-                    x = F.batch_norm(x, rm.view(-1), rv.view(-1), gamma.view(-1), beta.view(-1),
-                                     True, self.bn_momentum, self.bn_eps)
-                elif training:
+                if training:
                     b, ec, h, w_ = x.shape
                     count = (valid * (h * w_)).clamp_min(1)[:, None]
                     x4 = x.reshape(b, e, ec // e, h * w_)
@@ -303,7 +297,13 @@ class BatchedNet(nn.Module):
                 x = x.mean(dim=(2, 3)).reshape(b, e, ec // e)
             elif kind == "linear":
                 w, bias = self.weights[idx], self.weights[idx + 1]
-                x = torch.baddbmm(bias[:, None, :], x.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)
+                # The bias rides in the matmul as a weight row against a constant-1 feature:
+                # a broadcast bias would get its gradient from a reduction whose rounding
+                # depends on E, and a model's numbers must not depend on its chunk's size.
+                ones = torch.ones(e, x.shape[0], 1, dtype=x.dtype, device=x.device)
+                xa = torch.cat([x.transpose(0, 1), ones], dim=2)
+                wa = torch.cat([w.transpose(1, 2), bias[:, None, :]], dim=1)
+                x = torch.bmm(xa, wa).transpose(0, 1)
                 if training:
                     x = x * maskf[:, :, None]
         return x

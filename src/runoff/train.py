@@ -32,9 +32,6 @@ the file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
 import math
 import os
 import time
@@ -45,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write
+from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint
 from .data import Dataset
 from .errors import CheckpointError, InvalidParameterError
 from .models import BatchedNet, architecture
@@ -58,7 +55,11 @@ __all__ = [
     "model_seed",
     "draw_epoch",
     "augment_batch",
+    "ChunkResult",
+    "train_chunk",
     "train_ensemble",
+    "default_chunk_size",
+    "chunk_logits",
     "collect_logits",
     "model_logits",
     "save_checkpoint",
@@ -255,59 +256,6 @@ def augment_batch(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, p
     return out.permute(0, 3, 1, 2)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-_MAGIC = b"RUNOFFCK1\n"
-
-
-def save_checkpoint(path, obj: dict) -> None:
-    """Write a checkpoint atomically: temp file, fsync, ``os.replace``.
-
-    The file is a magic line, the SHA-256 of the payload and a ``torch.save`` payload, so
-    that any corruption is detected on load.
-    """
-    path = Path(path)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    payload = buf.getvalue()
-    with atomic_write(path, fsync=True) as f:
-        f.write(_MAGIC)
-        f.write(hashlib.sha256(payload).digest())
-        f.write(payload)
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Raises
-    ------
-    CheckpointError
-        When the file is unreadable, truncated or altered (the message names the file).
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot read ({exc})") from None
-    head = len(_MAGIC) + 32
-    if len(raw) < head or not raw.startswith(_MAGIC):
-        raise CheckpointError(f"checkpoint {path}: not a runoff checkpoint (corrupt or truncated)")
-    payload = raw[head:]
-    if hashlib.sha256(payload).digest() != raw[len(_MAGIC):head]:
-        raise CheckpointError(f"checkpoint {path}: corrupt (checksum mismatch)")
-    try:
-        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to decode means corruption
-        raise CheckpointError(f"checkpoint {path}: cannot decode ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != "runoff-checkpoint":
-        raise CheckpointError(f"checkpoint {path}: not a runoff checkpoint")
-    return obj
-
-
-def plan_key(plan: PartitionPlan) -> str:
-    """SHA-256 of the plan's canonical JSON (ties checkpoints to their plan and recipe)."""
-    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
 # ---------------------------------------------------------------------------- training
 @contextlib.contextmanager
 def _deterministic(device: torch.device):
@@ -458,7 +406,7 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
     chunk.epoch += 1
 
 
-def _default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device) -> int:
+def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device) -> int:
     """As many models per chunk as fit a memory budget (activations of one training step).
 
     On a CPU, NiN-sized models are trained one at a time: their convolutions already keep
@@ -488,8 +436,110 @@ def _default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.devic
     return max(1, min(plan.n_models, int(budget // max(per_model, 1))))
 
 
-def _checkpoint_path(checkpoint_dir: Path, ids) -> Path:
-    return checkpoint_dir / f"models-{ids[0]:05d}-{ids[-1]:05d}.pt"
+@dataclass
+class ChunkResult:
+    """One trained chunk: base models ``ids`` are models ``0..len(ids)-1`` of ``net``.
+
+    ``start_epoch`` is the epoch its checkpoint held when the call began (0: trained from
+    scratch; the recipe's epochs: already finished, nothing trained).
+    """
+
+    ids: list
+    net: BatchedNet
+    start_epoch: int
+    epochs: int
+
+    @property
+    def trained(self) -> bool:
+        return self.start_epoch < self.epochs
+
+
+class _TrainingSet:
+    """The training set laid out once for every chunk: canonical order, tensors on a device."""
+
+    def __init__(self, plan: PartitionPlan, train: Dataset, device: torch.device):
+        canon = plan.canonical(train)
+        self.X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(device)
+        self.Y = torch.from_numpy(canon.labels).to(device)
+        self.subsets = [torch.from_numpy(s) for s in plan.subsets]
+        dtype = torch.get_default_dtype()  # float32 unless the caller chose otherwise
+        self.mean = torch.tensor(plan.mean, dtype=dtype)
+        self.std = torch.tensor(plan.std, dtype=dtype)
+
+    def steps_per_epoch(self, ids, batch_size: int) -> int:
+        return _steps_per_epoch([self.subsets[j].numel() for j in ids], batch_size)
+
+
+def train_chunk(
+    plan: PartitionPlan,
+    train,
+    ids,
+    *,
+    recipe: Recipe,
+    seed_version: int = 1,
+    device="cpu",
+    checkpoint_dir=None,
+    checkpoint_every: int = 1,
+    checkpoint_min_interval: float = 10.0,
+    on_progress=None,
+) -> ChunkResult:
+    """Train one chunk of base models together, resuming from its checkpoint if there is one.
+
+    Parameters
+    ----------
+    plan : PartitionPlan
+    train : Dataset
+        The plan's training set (or the internal prepared form used by :func:`train_ensemble`).
+    ids : sequence of int
+        Contiguous ascending model ids (one chunk of :func:`runoff.checkpoints.chunk_layout`).
+    recipe, seed_version, device, checkpoint_dir, checkpoint_every, checkpoint_min_interval
+        As :func:`train_ensemble`.
+    on_progress : callable, optional
+        Called as ``on_progress(done, total)`` with the chunk's training steps done so far
+        (absolute, counting epochs restored from the checkpoint) after the restore and after
+        every step.
+
+    Returns
+    -------
+    ChunkResult
+    """
+    dev = resolve_device(device)
+    ids = [int(j) for j in ids]
+    if not ids or ids != list(range(ids[0], ids[0] + len(ids))):
+        raise InvalidParameterError(f"a chunk is a non-empty contiguous ascending range of model ids; got {ids[:10]}")
+    data = train if isinstance(train, _TrainingSet) else _TrainingSet(plan, train, dev)
+    key = plan_key(plan)
+    chunk = _Chunk(plan, ids, recipe, seed_version, dev)
+    path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, ids)
+    if path is not None and path.exists():
+        chunk.restore(load_checkpoint(path), path, key)
+    start = chunk.epoch
+    per_epoch = data.steps_per_epoch(ids, recipe.batch_size)
+    total = per_epoch * recipe.epochs
+    done = per_epoch * start
+    if on_progress is not None:
+        on_progress(done, total)
+
+    def step():
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    subsets = [data.subsets[j].to(dev) for j in ids]
+    mean, std = data.mean[ids].to(dev), data.std[ids].to(dev)
+    last_save = time.monotonic()
+    with _deterministic(dev):
+        while chunk.epoch < recipe.epochs:
+            _train_epoch(chunk, data.X, data.Y, subsets, mean, std, on_step=step)
+            if path is None:
+                continue
+            due = chunk.epoch % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_min_interval
+            if due or chunk.epoch == recipe.epochs:
+                save_checkpoint(path, chunk.state(key))
+                last_save = time.monotonic()
+    chunk.net.eval()
+    return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs)
 
 
 def train_ensemble(
@@ -519,8 +569,10 @@ def train_ensemble(
     device : str or torch.device, default "cpu"
         Training runs in ``torch.get_default_dtype()`` (float32 unless changed).
     chunk_size : int, optional
-        Models trained together in one batched computation; default: as many as fit a
-        memory budget (all of them for small models).
+        Most models trained together in one batched computation; default: as many as fit a
+        memory budget (all of them for small models). Ranges that checkpoints in
+        ``checkpoint_dir`` already hold keep their chunk (see
+        :func:`runoff.checkpoints.chunk_layout`).
     checkpoint_dir : path-like, optional
         Folder for one checkpoint per chunk (``models-FIRST-LAST.pt``). Existing checkpoints
         are validated and resumed from.
@@ -549,60 +601,34 @@ def train_ensemble(
     dev = resolve_device(device)
     if int(seed_version) < 1:
         raise InvalidParameterError(f"seed_version must be >= 1; got {seed_version}")
-    canon = plan.canonical(train)
-    ids_all = list(range(plan.n_models)) if model_ids is None else [int(j) for j in model_ids]
-    if any(j < 0 or j >= plan.n_models for j in ids_all):
-        raise InvalidParameterError(f"model ids must lie in [0, {plan.n_models})")
-    if chunk_size is None:
-        chunk_size = _default_chunk_size(plan, recipe, dev)
     if int(checkpoint_every) < 1:
         raise InvalidParameterError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
-    if int(chunk_size) < 1:
-        raise InvalidParameterError(f"chunk_size must be >= 1; got {chunk_size}")
-    chunks = [ids_all[s:s + int(chunk_size)] for s in range(0, len(ids_all), int(chunk_size))]
-    key = plan_key(plan)
-    ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if ckdir is not None:
-        ckdir.mkdir(parents=True, exist_ok=True)
-
-    X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(dev)
-    Y = torch.from_numpy(canon.labels).to(dev)
-    subsets_all = [torch.from_numpy(s) for s in plan.subsets]
-    dtype = torch.get_default_dtype()  # float32 unless the caller chose otherwise
-    mean_all = torch.tensor(plan.mean, dtype=dtype)
-    std_all = torch.tensor(plan.std, dtype=dtype)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(plan, recipe, dev)
+    chunks = chunk_layout(plan.n_models, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir, model_ids=model_ids)
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    data = _TrainingSet(plan, train, dev)
 
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    steps = [_steps_per_epoch([subsets_all[j].numel() for j in ids], recipe.batch_size) for ids in chunks]
-    total_steps = sum(s * recipe.epochs for s in steps)
-    results = []
+    total = sum(data.steps_per_epoch(ids, recipe.batch_size) * recipe.epochs for ids in chunks)
+    results, finished_steps = [], 0
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False)
-    with _deterministic(dev), bar:
-        task = bar.add_task("training", total=total_steps)
+    with bar:
+        task = bar.add_task("training", total=total)
         for ci, ids in enumerate(chunks):
-            chunk = _Chunk(plan, ids, recipe, seed_version, dev)
-            path = None if ckdir is None else _checkpoint_path(ckdir, ids)
-            if path is not None and path.exists():
-                chunk.restore(load_checkpoint(path), path, key)
-            bar.advance(task, steps[ci] * chunk.epoch)
-            subsets = [subsets_all[j].to(dev) for j in ids]
-            mean = mean_all[ids].to(dev)
-            std = std_all[ids].to(dev)
-            last_save = time.monotonic()
-            while chunk.epoch < recipe.epochs:
-                bar.update(task, description=f"chunk {ci + 1}/{len(chunks)} epoch {chunk.epoch + 1}/{recipe.epochs}")
-                _train_epoch(chunk, X, Y, subsets, mean, std, on_step=lambda: bar.advance(task))
-                if path is None:
-                    continue
-                due = chunk.epoch % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_min_interval
-                if due or chunk.epoch == recipe.epochs:
-                    save_checkpoint(path, chunk.state(key))
-                    last_save = time.monotonic()
-            chunk.net.eval()
-            results.append((ids, chunk.net))
+            bar.update(task, description=f"chunk {ci + 1}/{len(chunks)}")
+            res = train_chunk(
+                plan, data, ids, recipe=recipe, seed_version=seed_version, device=dev,
+                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                checkpoint_min_interval=checkpoint_min_interval,
+                on_progress=lambda done, _t, base=finished_steps: bar.update(task, completed=base + done),
+            )
+            finished_steps += data.steps_per_epoch(ids, recipe.batch_size) * recipe.epochs
+            results.append((res.ids, res.net))
     return results
 
 
@@ -634,12 +660,62 @@ def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", 
     return scores, test.labels.copy()
 
 
+def _check_images(images, plan: PartitionPlan) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(plan.image_shape):
+        raise InvalidParameterError(
+            f"images must be uint8 of shape (N, {', '.join(map(str, plan.image_shape))}); "
+            f"got {images.dtype} {images.shape}"
+        )
+    return images
+
+
 @torch.no_grad()
-def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_size: int = 256) -> np.ndarray:
-    """Raw logits of every base model on uint8 images (the code path of :func:`collect_logits`).
+def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="cpu",
+                 batch_size: int = 256) -> np.ndarray:
+    """Raw logits of one chunk's models on uint8 images.
 
     Each model sees ``images / 255`` normalised with its own subset's per-channel mean and
     std (``plan.mean``, ``plan.std``), exactly as in training.
+
+    Parameters
+    ----------
+    net : BatchedNet
+        The chunk's trained module (model ``e`` is base model ``ids[e]``).
+    ids : sequence of int
+    plan : PartitionPlan
+    images : numpy.ndarray of uint8, shape (N, H, W, C)
+        ``(H, W, C)`` must be ``plan.image_shape``.
+    device : str or torch.device
+    batch_size : int
+        Points per forward pass.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, len(ids), n_classes)
+    """
+    dev = resolve_device(device)
+    images = _check_images(images, plan)
+    ids = list(ids)
+    n = images.shape[0]
+    out = np.zeros((n, len(ids), plan.n_classes), dtype=np.float32)
+    X = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    c, h, w = X.shape[1:]
+    net.eval()
+    dtype = net.weights[0].dtype
+    mean = torch.tensor(plan.mean[ids], dtype=dtype, device=dev)[None, :, :, None, None]
+    std = torch.tensor(plan.std[ids], dtype=dtype, device=dev)[None, :, :, None, None]
+    with _deterministic(dev):
+        for s in range(0, n, batch_size):
+            xb = X[s:s + batch_size].to(dev).to(dtype) / 255.0
+            xb = (xb[:, None] - mean) / std
+            out[s:s + batch_size] = net(xb.reshape(xb.shape[0], len(ids) * c, h, w)).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_size: int = 256) -> np.ndarray:
+    """Raw logits of every base model on uint8 images (the code path of :func:`collect_logits`).
 
     Parameters
     ----------
@@ -655,32 +731,14 @@ def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_siz
     Returns
     -------
     numpy.ndarray of float32, shape (N, k*d, n_classes)
+        Each chunk's columns are :func:`chunk_logits` of that chunk.
     """
-    dev = resolve_device(device)
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(plan.image_shape):
-        raise InvalidParameterError(
-            f"images must be uint8 of shape (N, {', '.join(map(str, plan.image_shape))}); "
-            f"got {images.dtype} {images.shape}"
-        )
-    n = images.shape[0]
-    scores = np.zeros((n, plan.n_models, plan.n_classes), dtype=np.float32)
+    images = _check_images(images, plan)
+    scores = np.zeros((images.shape[0], plan.n_models, plan.n_classes), dtype=np.float32)
     seen = np.zeros(plan.n_models, dtype=bool)
-    X = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    c, h, w = X.shape[1:]
-    with _deterministic(dev):
-        for ids, net in models:
-            net.eval()
-            e_count = len(ids)
-            dtype = net.weights[0].dtype
-            mean = torch.tensor(plan.mean[ids], dtype=dtype, device=dev)[None, :, :, None, None]
-            std = torch.tensor(plan.std[ids], dtype=dtype, device=dev)[None, :, :, None, None]
-            for s in range(0, n, batch_size):
-                xb = X[s:s + batch_size].to(dev).to(dtype) / 255.0
-                xb = (xb[:, None] - mean) / std
-                out = net(xb.reshape(xb.shape[0], e_count * c, h, w))
-                scores[s:s + batch_size, ids] = out.float().cpu().numpy()
-            seen[ids] = True
+    for ids, net in models:
+        scores[:, ids] = chunk_logits(net, ids, plan, images, device=device, batch_size=batch_size)
+        seen[ids] = True
     if not seen.all():
         raise InvalidParameterError(f"models {np.flatnonzero(~seen).tolist()[:10]} were not given")
     return scores

@@ -1,0 +1,169 @@
+"""Checkpoint files of a run and the chunk layout they fix.
+
+A run folder's ``checkpoints/`` holds one file per chunk of base models, named
+``models-FIRST-LAST.pt`` for the contiguous model range ``FIRST..LAST``. The file is a magic
+line, the SHA-256 of the payload and a ``torch.save`` payload, so corruption is detected on
+load and reported with the file's name.
+
+The files already in a run folder decide how its models are chunked: :func:`chunk_layout`
+keeps every existing range as it is (so a chunk that was half trained resumes from its own
+checkpoint and a finished one is never trained again, whichever backend or chunk size the
+new call asks for) and splits only the models that no file holds into new chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+from .atomic import atomic_write
+from .errors import CheckpointError, InvalidParameterError
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_bytes",
+    "checkpoint_path",
+    "existing_ranges",
+    "chunk_layout",
+    "plan_key",
+]
+
+_MAGIC = b"RUNOFFCK1\n"
+_NAME_RE = re.compile(r"^models-(\d{5,})-(\d{5,})\.pt$")
+
+
+def checkpoint_bytes(obj: dict) -> bytes:
+    """The bytes of the checkpoint file of ``obj`` (magic line, SHA-256, payload)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    return _MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def save_checkpoint(path, obj: dict) -> None:
+    """Write a checkpoint atomically and durably (temp file, fsync, ``os.replace``)."""
+    write_checkpoint_bytes(path, checkpoint_bytes(obj))
+
+
+def write_checkpoint_bytes(path, data: bytes) -> None:
+    """Write checkpoint bytes (from :func:`checkpoint_bytes`) to ``path`` atomically."""
+    with atomic_write(Path(path), fsync=True) as f:
+        f.write(data)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is unreadable, truncated or altered (the message names the file).
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({exc})") from None
+    head = len(_MAGIC) + 32
+    if len(raw) < head or not raw.startswith(_MAGIC):
+        raise CheckpointError(f"checkpoint {path}: not a runoff checkpoint (corrupt or truncated)")
+    payload = raw[head:]
+    if hashlib.sha256(payload).digest() != raw[len(_MAGIC):head]:
+        raise CheckpointError(f"checkpoint {path}: corrupt (checksum mismatch)")
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to decode means corruption
+        raise CheckpointError(f"checkpoint {path}: cannot decode ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != "runoff-checkpoint":
+        raise CheckpointError(f"checkpoint {path}: not a runoff checkpoint")
+    return obj
+
+
+def plan_key(plan) -> str:
+    """SHA-256 of the plan's canonical JSON (ties checkpoints to their plan and recipe)."""
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_path(checkpoint_dir, ids) -> Path:
+    """File of the chunk holding models ``ids`` (contiguous, ascending)."""
+    return Path(checkpoint_dir) / f"models-{ids[0]:05d}-{ids[-1]:05d}.pt"
+
+
+def existing_ranges(checkpoint_dir, n_models: int) -> list[tuple[int, int, Path]]:
+    """``(first, last, path)`` of every checkpoint file in ``checkpoint_dir``, by ``first``.
+
+    Only names are read (no file is opened), so this is cheap on a run of thousands of models.
+
+    Raises
+    ------
+    CheckpointError
+        A name out of range for ``n_models``, or two files holding the same model.
+    """
+    ckdir = Path(checkpoint_dir)
+    if not ckdir.is_dir():
+        return []
+    found = []
+    for path in ckdir.iterdir():
+        m = _NAME_RE.match(path.name)
+        if m is None:
+            continue
+        first, last = int(m.group(1)), int(m.group(2))
+        if not 0 <= first <= last < n_models:
+            raise CheckpointError(f"checkpoint {path}: models {first}..{last} do not fit a run of {n_models} models")
+        found.append((first, last, path))
+    found.sort()
+    for (f0, l0, p0), (f1, l1, p1) in zip(found, found[1:]):
+        if f1 <= l0:
+            raise CheckpointError(f"checkpoints {p0.name} and {p1.name} both hold model {f1}; remove one of them")
+    return found
+
+
+def chunk_layout(n_models: int, *, chunk_size: int, checkpoint_dir=None, model_ids=None) -> list[list[int]]:
+    """Chunks (lists of model ids, contiguous and ascending) to train the wanted models in.
+
+    Parameters
+    ----------
+    n_models : int
+        Models of the run (``k*d``).
+    chunk_size : int
+        Most models per new chunk.
+    checkpoint_dir : path-like, optional
+        A run's checkpoint folder: every range a file there holds stays one chunk.
+    model_ids : iterable of int, optional
+        Models wanted (default all). A checkpoint's whole range is returned when it holds
+        any wanted model, since a chunk trains as one.
+
+    Returns
+    -------
+    list of list of int
+        Ordered by first model id.
+    """
+    if int(chunk_size) < 1:
+        raise InvalidParameterError(f"chunk_size must be >= 1; got {chunk_size}")
+    wanted = set(range(n_models)) if model_ids is None else {int(j) for j in model_ids}
+    if any(j < 0 or j >= n_models for j in wanted):
+        raise InvalidParameterError(f"model ids must lie in [0, {n_models})")
+    ranges = [] if checkpoint_dir is None else existing_ranges(checkpoint_dir, n_models)
+    chunks, held = [], set()
+    for first, last, _ in ranges:
+        ids = list(range(first, last + 1))
+        held.update(ids)
+        if wanted.intersection(ids):
+            chunks.append(ids)
+    run: list[int] = []
+    for j in sorted(wanted - held) + [None]:
+        # cut at a gap, at a model held by a checkpoint, or at chunk_size
+        if run and (j is None or j != run[-1] + 1 or len(run) == int(chunk_size)):
+            chunks.append(run)
+            run = []
+        if j is not None:
+            run.append(j)
+    return sorted(chunks)
