@@ -7,6 +7,7 @@ remove without changing it. Importing runoff never imports torch.
 
 from .certificates import METHODS, Certification, certified_accuracy, certify
 from .errors import (
+    BackendError,
     CheckpointError,
     InvalidLabelsError,
     InvalidParameterError,
@@ -30,5 +31,6 @@ __all__ = [
     "LogitsFileError",
     "RunDirectoryError",
     "CheckpointError",
+    "BackendError",
     "__version__",
 ]

@@ -134,7 +134,8 @@ def chunk_layout(n_models: int, *, chunk_size: int, checkpoint_dir=None, model_i
     n_models : int
         Models of the run (``k*d``).
     chunk_size : int
-        Most models per new chunk.
+        Most models per new chunk. A run of models no file holds is cut into the fewest
+        chunks of at most ``chunk_size``, of equal sizes (within one).
     checkpoint_dir : path-like, optional
         A run's checkpoint folder: every range a file there holds stays one chunk.
     model_ids : iterable of int, optional
@@ -158,12 +159,21 @@ def chunk_layout(n_models: int, *, chunk_size: int, checkpoint_dir=None, model_i
         held.update(ids)
         if wanted.intersection(ids):
             chunks.append(ids)
-    run: list[int] = []
-    for j in sorted(wanted - held) + [None]:
-        # cut at a gap, at a model held by a checkpoint, or at chunk_size
-        if run and (j is None or j != run[-1] + 1 or len(run) == int(chunk_size)):
-            chunks.append(run)
-            run = []
-        if j is not None:
-            run.append(j)
+    runs: list[list[int]] = []
+    for j in sorted(wanted - held):
+        if runs and j == runs[-1][-1] + 1:
+            runs[-1].append(j)
+        else:
+            runs.append([j])
+    for run in runs:
+        # Equal-sized pieces (13 by 4 is 4+3+3+3, not 4+4+4+1): balanced tasks, and no
+        # lone model unless asked for, since PyTorch runs a one-model chunk with the
+        # ungrouped convolution kernels, whose rounding differs.
+        pieces = -(-len(run) // int(chunk_size))
+        size, extra = divmod(len(run), pieces)
+        start = 0
+        for p in range(pieces):
+            stop = start + size + (p < extra)
+            chunks.append(run[start:stop])
+            start = stop
     return sorted(chunks)

@@ -15,6 +15,7 @@ __all__ = [
     "RunDirectoryError",
     "CheckpointError",
     "DataFileError",
+    "BackendError",
 ]
 
 
@@ -48,3 +49,8 @@ class CheckpointError(RunoffError):
 
 class DataFileError(RunoffError):
     """A data set's files are missing from the data folder, or one of them is corrupt."""
+
+
+class BackendError(RunoffError):
+    """A training backend cannot run: Ray missing or unreachable, too few resources, or a
+    chunk that failed on every retry (finished chunks stay saved; rerunning resumes)."""

@@ -111,6 +111,17 @@ def build_model(spec) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def sum_rows(t: torch.Tensor) -> torch.Tensor:
+    """Sum over dim 0, rounded the same way whatever the sizes of the other dims.
+
+    torch vectorises a dim-0 reduction across the trailing elements and rounds the last,
+    partial block of them differently, so with ``t.sum(dim=0)`` a model's numbers would
+    depend on how many models share its chunk. Summing each contiguous row instead gives
+    every model the same arithmetic in any chunk.
+    """
+    return t.movedim(0, -1).contiguous().sum(dim=-1)
+
+
 class _MaskedBatchNorm(torch.autograd.Function):
     """BatchNorm over valid rows only, for activations whose padded rows are exactly zero.
 
@@ -126,11 +137,11 @@ class _MaskedBatchNorm(torch.autograd.Function):
     def forward(ctx, x, gamma, beta, mask, count, eps):
         # Two passes, as accurate as torch's own BatchNorm: the mean over valid rows (padded
         # rows are zero and add nothing), then the centred values with padded rows kept zero.
-        mean = x.sum(dim=3).sum(dim=0) / count
+        mean = sum_rows(x.sum(dim=3)) / count
         xc = x - mean[None, :, :, None] * mask
         # (norm over the contiguous last dim, then over rows: much faster than one norm over
         # dims (0, 3) on CPU)
-        var = torch.linalg.vector_norm(xc, dim=3).square().sum(dim=0) / count
+        var = sum_rows(torch.linalg.vector_norm(xc, dim=3).square()) / count
         invstd = torch.rsqrt(var + eps)
         scale = gamma * invstd
         y = torch.addcmul(beta[None, :, :, None] * mask, xc, scale[None, :, :, None])
@@ -144,8 +155,8 @@ class _MaskedBatchNorm(torch.autograd.Function):
         xc, gamma, invstd, mask, count = ctx.saved_tensors
         if gy is None:
             return None, None, None, None, None, None
-        sum_g = gy.sum(dim=3).sum(dim=0)
-        sum_gxhat = (gy * xc).sum(dim=3).sum(dim=0) * invstd
+        sum_g = sum_rows(gy.sum(dim=3))
+        sum_gxhat = sum_rows((gy * xc).sum(dim=3)) * invstd
         gx = None
         if ctx.needs_input_grad[0]:
             k = gamma * invstd

@@ -17,6 +17,7 @@ from .atomic import atomic_write
 from .data import load_dataset
 from .errors import InvalidParameterError, LogitsFileError, RunDirectoryError
 from .partition import PLAN_FILE, PartitionPlan, make_plan
+from .summary import TrainingSummary
 
 __all__ = [
     "RunResult",
@@ -44,12 +45,15 @@ class RunResult:
     scores : numpy.ndarray of float32, shape (N, k*d, n_classes)
         Raw test-set logits of every base model.
     labels : numpy.ndarray of int64, shape (N,)
+    summary : TrainingSummary
+        What the call trained, kept and retried, and its time.
     """
 
     run_dir: Path
     plan: PartitionPlan
     scores: np.ndarray
     labels: np.ndarray
+    summary: TrainingSummary | None = None
 
     @property
     def logits_path(self) -> Path:
@@ -132,6 +136,7 @@ def train_run(
     recipe=None,
     checkpoint_every: int = 1,
     checkpoint_min_interval: float = 10.0,
+    backend="local",
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -167,6 +172,11 @@ def train_run(
         Epochs between checkpoints.
     checkpoint_min_interval : float, default 10.0
         Minimum seconds between two checkpoints of a chunk (the last epoch is always saved).
+    backend : {"local", "ray"} or runoff.ray_backend.RayBackend, default "local"
+        ``"local"``: this process trains the chunks one after another. ``"ray"`` (a local
+        Ray instance) or a :class:`~runoff.ray_backend.RayBackend` (cluster address, workers,
+        resources per task, retries): every chunk is a Ray task. Both give the same logits
+        for the same chunks; a run folder started by one can be resumed by the other.
 
     Returns
     -------
@@ -175,15 +185,19 @@ def train_run(
     Raises
     ------
     InvalidParameterError
-        Unknown data set, k / d / hash / spread out of range, CUDA asked without CUDA.
+        Unknown data set or backend, k / d / hash / spread out of range, CUDA asked without CUDA.
+    BackendError
+        Ray missing or unreachable, or a chunk that failed on every retry.
     RunDirectoryError
         ``run_dir`` holds another plan, or files but no plan.
     CheckpointError
         A checkpoint in ``run_dir`` is corrupt.
     """
-    from .train import recipe_for, resolve_device, train_ensemble, collect_logits
+    from .train import recipe_for, resolve_device
 
-    resolve_device(device)
+    backend = _resolve_backend(backend)
+    if backend is None:
+        resolve_device(device)  # Ray tasks check theirs: the driver may have no GPU
     if isinstance(seed_version, bool) or not isinstance(seed_version, (int, np.integer)) or seed_version < 1:
         raise InvalidParameterError(f"seed_version must be an integer >= 1; got {seed_version!r}")
     train, test = load_dataset(dataset, root=data_root)
@@ -213,16 +227,49 @@ def train_run(
     else:
         plan.save(run_dir)
 
-    logits_path = run_dir / LOGITS_FILE
-    models = train_ensemble(
-        plan, train, recipe=recipe, seed_version=int(seed_version), device=device,
-        chunk_size=chunk_size, checkpoint_dir=run_dir / CHECKPOINT_DIR,
-        checkpoint_every=checkpoint_every, checkpoint_min_interval=checkpoint_min_interval,
-        progress=progress,
+    options = dict(recipe=recipe, seed_version=int(seed_version), device=device, chunk_size=chunk_size,
+                   checkpoint_dir=run_dir / CHECKPOINT_DIR, checkpoint_every=checkpoint_every,
+                   checkpoint_min_interval=checkpoint_min_interval, progress=progress)
+    if backend is None:
+        scores, summary = _train_local(plan, train, test, **options)
+    else:
+        scores, summary = backend.train(plan, train, test, **options)
+    labels = test.labels.copy()
+    save_logits(run_dir / LOGITS_FILE, scores, labels)
+    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels, summary=summary)
+
+
+def _resolve_backend(backend):
+    """None for the local backend, else a RayBackend."""
+    if isinstance(backend, str) and backend == "local":
+        return None
+    from .ray_backend import RayBackend
+
+    if isinstance(backend, RayBackend):
+        return backend
+    if isinstance(backend, str) and backend == "ray":
+        return RayBackend()
+    raise InvalidParameterError(f"unknown backend {backend!r}; choose 'local' or 'ray' (or a RayBackend)")
+
+
+def _train_local(plan, train, test, *, device, **options):
+    """This process trains every chunk (:func:`runoff.train.train_ensemble`)."""
+    import time
+
+    from .train import collect_logits, train_ensemble
+
+    t0 = time.perf_counter()
+    done = []
+    models = train_ensemble(plan, train, device=device, on_chunk=done.append, **options)
+    scores, _ = collect_logits(models, plan, test, device=device)
+    trained = [r for r in done if r.trained]
+    summary = TrainingSummary(
+        backend="local", n_models=plan.n_models, trained=sum(len(r.ids) for r in trained),
+        resumed=sum(len(r.ids) for r in trained if r.start_epoch > 0),
+        already_done=sum(len(r.ids) for r in done if not r.trained), chunks=len(done), retries=0,
+        workers=1, seconds=time.perf_counter() - t0,
     )
-    scores, labels = collect_logits(models, plan, test, device=device)
-    save_logits(logits_path, scores, labels)
-    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels)
+    return scores, summary
 
 
 def merge_versions(scores_list) -> np.ndarray:

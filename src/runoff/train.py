@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint
 from .data import Dataset
 from .errors import CheckpointError, InvalidParameterError
-from .models import BatchedNet, architecture
+from .models import BatchedNet, architecture, sum_rows
 from .partition import PartitionPlan
 
 __all__ = [
@@ -398,7 +398,7 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
         logits = net(xb.reshape(bsz, e_count * c, h, w), mf)
         ce = F.cross_entropy(logits.reshape(bsz * e_count, -1), Y[rows].reshape(-1), reduction="none")
         count = mf.sum(dim=0)
-        loss = ((ce.reshape(bsz, e_count) * mf).sum(dim=0) / count.clamp_min(1)).sum()
+        loss = (sum_rows(ce.reshape(bsz, e_count) * mf) / count.clamp_min(1)).sum()
         grads = torch.autograd.grad(loss, chunk.params)
         _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
         if on_step is not None:
@@ -406,8 +406,11 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
     chunk.epoch += 1
 
 
-def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device) -> int:
+def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device, *, memory=None) -> int:
     """As many models per chunk as fit a memory budget (activations of one training step).
+
+    ``memory``: bytes for activations (default: 60% of the GPU's free memory on CUDA, 6 GB
+    on a CPU).
 
     On a CPU, NiN-sized models are trained one at a time: their convolutions already keep
     the cores busy, and oneDNN's grouped convolutions are slower than its dense ones for
@@ -428,12 +431,9 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device
             _, k, s, p = layer
             hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
     per_model = per_sample * 4 * recipe.batch_size * 2
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = free * 0.6
-    else:
-        budget = 6e9
-    return max(1, min(plan.n_models, int(budget // max(per_model, 1))))
+    if memory is None:
+        memory = torch.cuda.mem_get_info(device)[0] * 0.6 if device.type == "cuda" else 6e9
+    return max(1, min(plan.n_models, int(memory // max(per_model, 1))))
 
 
 @dataclass
@@ -555,6 +555,7 @@ def train_ensemble(
     checkpoint_min_interval: float = 10.0,
     progress: bool = True,
     model_ids=None,
+    on_chunk=None,
 ):
     """Train the base models of a plan, batched, resuming from checkpoints when present.
 
@@ -586,6 +587,8 @@ def train_ensemble(
         Show a rich progress bar.
     model_ids : sequence of int, optional
         Train only these base models (default: all ``k*d``).
+    on_chunk : callable, optional
+        Called with each chunk's :class:`ChunkResult` when it is done.
 
     Returns
     -------
@@ -629,6 +632,8 @@ def train_ensemble(
             )
             finished_steps += data.steps_per_epoch(ids, recipe.batch_size) * recipe.epochs
             results.append((res.ids, res.net))
+            if on_chunk is not None:
+                on_chunk(res)
     return results
 
 

@@ -1,0 +1,58 @@
+"""What one training call did, whichever backend ran it (printed at the end of ``runoff train``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["TrainingSummary"]
+
+
+@dataclass
+class TrainingSummary:
+    """Counts and time of one call of :func:`runoff.pipeline.train_run`.
+
+    Attributes
+    ----------
+    backend : {"local", "ray"}
+    n_models : int
+        Base models of the run (``k*d``).
+    trained : int
+        Models trained in this call, from scratch or from a partial checkpoint.
+    resumed : int
+        Of ``trained``, models that continued from a partial checkpoint.
+    already_done : int
+        Models whose checkpoints were finished before this call (not trained again).
+    chunks : int
+        Chunks (batched groups of models; Ray tasks with ``backend="ray"``).
+    retries : int
+        Task attempts beyond the first (a worker or node died and Ray ran the chunk again).
+    workers : int
+        Chunks that could run at once.
+    seconds : float
+        Wall time of the call, training and test logits.
+    """
+
+    backend: str
+    n_models: int
+    trained: int
+    resumed: int
+    already_done: int
+    chunks: int
+    retries: int
+    workers: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for people: what was trained, what was kept, retries, time."""
+        parts = [f"{self.trained} of {self.n_models} models trained"]
+        if self.resumed:
+            parts.append(f"{self.resumed} of them resumed from checkpoints")
+        if self.already_done:
+            parts.append(f"{self.already_done} already finished (kept)")
+        parts.append(f"{self.chunks} chunk{'s' if self.chunks != 1 else ''} on {self.workers} "
+                     f"worker{'s' if self.workers != 1 else ''} ({self.backend})")
+        parts.append(f"{self.retries} retr{'ies' if self.retries != 1 else 'y'}")
+        return f"{'; '.join(parts)}; {self.seconds:.1f} s"
