@@ -111,8 +111,44 @@ def _add_train(sub) -> None:
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
+    p.add_argument("--checkpoint-interval", type=float, default=10.0,
+                   help="least seconds between two checkpoints of a chunk (0: after every epoch); default 10")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="most models trained together in one batched computation (one Ray task); "
+                        "default: by memory, and spread over the Ray workers")
     _add_training_options(p)
+    g = p.add_argument_group("backend (where the chunks of models are trained)")
+    g.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local: this process (default); ray: each chunk is a Ray task (pip install 'runoff[ray]')")
+    g.add_argument("--address", default=None,
+                   help="Ray: join this running cluster (ray://head:10001, head:6379 or auto); default: a local Ray instance")
+    g.add_argument("--workers", type=int, default=None,
+                   help="Ray: most chunks trained at once; default: what the cluster's CPUs/GPUs allow")
+    g.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs (and torch threads) per task; default 1")
+    g.add_argument("--gpus-per-task", type=float, default=None,
+                   help="Ray: GPUs per task, fractions share a GPU; default 1 with --device cuda, else 0")
+    g.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: retries of a chunk whose worker or node dies; default 3")
     p.set_defaults(func=_cmd_train)
+
+
+def _backend(args):
+    """'local' or a RayBackend from the backend options (Ray-only options need --backend ray)."""
+    from .errors import InvalidParameterError
+
+    ray_only = {"--address": args.address, "--workers": args.workers, "--gpus-per-task": args.gpus_per_task,
+                "--cpus-per-task": None if args.cpus_per_task == 1.0 else args.cpus_per_task,
+                "--max-retries": None if args.max_retries == 3 else args.max_retries}
+    if args.backend == "local":
+        given = [name for name, value in ray_only.items() if value is not None]
+        if given:
+            raise InvalidParameterError(f"{', '.join(given)}: Ray options; add --backend ray")
+        return "local"
+    from .ray_backend import RayBackend, import_ray
+
+    import_ray()  # fail before any data is loaded when Ray is missing
+    return RayBackend(address=args.address, workers=args.workers, cpus_per_task=args.cpus_per_task,
+                      gpus_per_task=args.gpus_per_task, max_retries=args.max_retries)
 
 
 def _train_settings(args) -> dict:
@@ -141,24 +177,36 @@ def _train_settings(args) -> dict:
 def _cmd_train(args) -> int:
     import time
 
-    from .pipeline import train_dpa_star, train_run
-
     cfg = _train_settings(args)
+    backend = _backend(args)
     t0 = time.perf_counter()
     common = dict(dataset=cfg["dataset"], k=cfg["k"], epochs=args.epochs, hash=args.hash, device=args.device,
-                  progress=not args.no_progress, data_root=args.data_root)
+                  progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
+                  checkpoint_min_interval=args.checkpoint_interval, backend=backend)
+    try:
+        res = _train(args, cfg, common)
+    except KeyboardInterrupt:
+        print(f"runoff: interrupted; finished chunks and the last checkpoints are saved in {args.out}: "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    n, m, c = res.scores.shape
+    if res.summary is not None:
+        print(res.summary.describe())
+    print(f"{m} base models ready in {time.perf_counter() - t0:.1f} s; logits of {n} test points: {res.logits_path}")
+    print(f"next: runoff evaluate {args.out}")
+    return 0
+
+
+def _train(args, cfg, common):
+    from .pipeline import train_dpa_star, train_run
+
     if cfg["versions"] is not None:
         if args.version != 1:
             from .errors import InvalidParameterError
 
             raise InvalidParameterError("--version picks one seed version; DPA* (--versions) trains 1..V")
-        res = train_dpa_star(args.out, versions=cfg["versions"], **common)
-    else:
-        res = train_run(args.out, d=cfg["d"], seed_version=args.version, **common)
-    n, m, c = res.scores.shape
-    print(f"trained {m} base models in {time.perf_counter() - t0:.1f} s; logits of {n} test points: {res.logits_path}")
-    print(f"next: runoff evaluate {args.out}")
-    return 0
+        return train_dpa_star(args.out, versions=cfg["versions"], **common)
+    return train_run(args.out, d=cfg["d"], seed_version=args.version, **common)
 
 
 def _add_evaluate(sub) -> None:

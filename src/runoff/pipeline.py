@@ -8,6 +8,7 @@ it already holds the same plan, and refuses to touch a directory that holds anyt
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +201,8 @@ def train_run(
         resolve_device(device)  # Ray tasks check theirs: the driver may have no GPU
     if isinstance(seed_version, bool) or not isinstance(seed_version, (int, np.integer)) or seed_version < 1:
         raise InvalidParameterError(f"seed_version must be an integer >= 1; got {seed_version!r}")
+    if not float(checkpoint_min_interval) >= 0:
+        raise InvalidParameterError(f"checkpoint_min_interval must be >= 0 seconds; got {checkpoint_min_interval!r}")
     train, test = load_dataset(dataset, root=data_root)
     if recipe is None:
         recipe = recipe_for(dataset, epochs=epochs)
@@ -308,10 +311,13 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     if train_kwargs.get("d", 1) != 1 or "seed_version" in train_kwargs:
         raise InvalidParameterError("DPA* trains d=1 partitions and sets each version's seed itself")
     run_dir = Path(run_dir)
-    results = [
-        train_run(run_dir / f"v{v}", dataset=dataset, k=k, seed_version=v, progress=progress, **train_kwargs)
-        for v in range(1, int(versions) + 1)
-    ]
+    backend = _resolve_backend(train_kwargs.pop("backend", "local"))
+    with contextlib.nullcontext() if backend is None else backend.session():
+        results = [
+            train_run(run_dir / f"v{v}", dataset=dataset, k=k, seed_version=v, progress=progress,
+                      backend=backend or "local", **train_kwargs)
+            for v in range(1, int(versions) + 1)
+        ]
     first = results[0].plan
     training = dict(first.training or {}, seed_version=None, versions=int(versions),
                     merge="sum of the versions' logits", version_dirs=[f"v{v}" for v in range(1, versions + 1)])
@@ -327,4 +333,5 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
         raise RunDirectoryError(f"the versions in {run_dir} were evaluated on different test sets")
     scores = merge_versions([r.scores for r in results])
     save_logits(run_dir / LOGITS_FILE, scores, labels)
-    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels)
+    summary = TrainingSummary.total(r.summary for r in results)
+    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels, summary=summary)

@@ -23,6 +23,7 @@ and its numbers not on its chunk's size or the thread count (see ``tests/test_ra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -78,6 +79,17 @@ class RayBackend:
 
     def __post_init__(self):
         _check_options(self.workers, self.cpus_per_task, self.gpus_per_task, self.max_retries)
+
+    @contextlib.contextmanager
+    def session(self):
+        """Keep one Ray connection open over several runs (DPA*'s versions)."""
+        ray = import_ray()
+        started = _connect(ray, self.address, self.workers, float(self.cpus_per_task))
+        try:
+            yield self
+        finally:
+            if started:
+                ray.shutdown()
 
     def train(self, plan, train, test, **kwargs):
         """:func:`train_on_ray` with these options."""

@@ -42,6 +42,15 @@ class TrainingSummary:
     workers: int
     seconds: float
 
+    @classmethod
+    def total(cls, summaries) -> "TrainingSummary":
+        """One summary for several calls (DPA*'s versions): counts and times added up."""
+        summaries = list(summaries)
+        first = summaries[0]
+        counts = {f: sum(getattr(s, f) for s in summaries)
+                  for f in ("n_models", "trained", "resumed", "already_done", "chunks", "retries", "seconds")}
+        return cls(backend=first.backend, workers=max(s.workers for s in summaries), **counts)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

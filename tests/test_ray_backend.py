@@ -1,0 +1,235 @@
+"""The Ray backend: same logits as the local backend, retries after a killed worker, resume
+after a stopped run, clear errors (Ray missing, no GPU, a chunk that keeps failing).
+
+Every cluster here is a local Ray instance started by the test itself (``ray.init`` in a
+fixture, or by ``runoff train --backend ray`` in a subprocess).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runoff.checkpoints import load_checkpoint
+from runoff.cli import main
+from runoff.errors import BackendError, InvalidParameterError
+from runoff.pipeline import CHECKPOINT_DIR, train_run
+
+ray = pytest.importorskip("ray")
+
+from runoff.ray_backend import RayBackend  # noqa: E402
+
+RUN = dict(dataset="digits", k=6, epochs=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A two-CPU local Ray instance that the in-process tests share."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    return train_run(tmp_path_factory.mktemp("local") / "run", **RUN)
+
+
+def _checkpoint_files(run_dir):
+    return {p.name: p.read_bytes() for p in sorted((Path(run_dir) / CHECKPOINT_DIR).glob("models-*.pt"))}
+
+
+def test_ray_logits_identical_to_local(tmp_path, local_cluster, local_run):
+    # local: one chunk of all 6 models; Ray: 3 tasks of 2 models each, 2 at a time
+    res = train_run(tmp_path / "ray", chunk_size=2, backend=RayBackend(workers=2), **RUN)
+    assert list(_checkpoint_files(tmp_path / "ray")) == [
+        "models-00000-00001.pt", "models-00002-00003.pt", "models-00004-00005.pt"]
+    np.testing.assert_array_equal(res.scores, local_run.scores)
+    np.testing.assert_array_equal(res.labels, local_run.labels)
+    s = res.summary
+    assert (s.backend, s.trained, s.already_done, s.chunks, s.retries, s.workers) == ("ray", 6, 0, 3, 0, 2)
+
+
+def test_ray_same_chunks_give_identical_checkpoints(tmp_path, local_cluster):
+    local = train_run(tmp_path / "local", chunk_size=3, **RUN)
+    remote = train_run(tmp_path / "ray", chunk_size=3, backend="ray", **RUN)
+    np.testing.assert_array_equal(local.scores, remote.scores)
+    a, b = _checkpoint_files(tmp_path / "local"), _checkpoint_files(tmp_path / "ray")
+    assert list(a) == list(b) == ["models-00000-00002.pt", "models-00003-00005.pt"]
+    for name in a:  # parameters, momentum and generator states, bit for bit
+        ca, cb = load_checkpoint(tmp_path / "local" / CHECKPOINT_DIR / name), load_checkpoint(
+            tmp_path / "ray" / CHECKPOINT_DIR / name)
+        assert ca["epoch"] == cb["epoch"] == 3
+        for key in ca["net"]:
+            assert np.array_equal(ca["net"][key].numpy(), cb["net"][key].numpy()), key
+
+
+def test_ray_rerun_trains_only_missing_models(tmp_path, local_cluster, local_run):
+    run = tmp_path / "ray"
+    train_run(run, backend=RayBackend(workers=2), **RUN)
+    before = _checkpoint_files(run)
+    (run / CHECKPOINT_DIR / "models-00003-00005.pt").unlink()  # as if that chunk never ran
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run / CHECKPOINT_DIR).glob("models-*.pt")}
+    res = train_run(run, backend=RayBackend(workers=2), **RUN)
+    assert (res.summary.trained, res.summary.already_done) == (3, 3)
+    assert _checkpoint_files(run) == before
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / CHECKPOINT_DIR).glob("models-*.pt") if p.name in stamps}
+    assert kept == stamps  # the finished chunk's file was not even rewritten
+    np.testing.assert_array_equal(res.scores, local_run.scores)
+
+
+def test_local_backend_resumes_a_ray_run_in_its_chunks(tmp_path, local_cluster, local_run):
+    run = tmp_path / "mixed"
+    train_run(run, chunk_size=2, backend="ray", **RUN)
+    (run / CHECKPOINT_DIR / "models-00002-00003.pt").unlink()
+    res = train_run(run, **RUN)  # local default would be one chunk of 6; it keeps Ray's ranges
+    assert (res.summary.trained, res.summary.already_done, res.summary.chunks) == (2, 4, 3)
+    np.testing.assert_array_equal(res.scores, local_run.scores)
+
+
+def test_ray_failed_chunk_names_models_and_keeps_the_others(tmp_path, local_cluster):
+    run = tmp_path / "bad"
+    train_run(run, backend=RayBackend(workers=2), **RUN)
+    bad = run / CHECKPOINT_DIR / "models-00000-00002.pt"
+    bad.write_bytes(bad.read_bytes()[:-10] + b"0123456789")
+    good = (run / CHECKPOINT_DIR / "models-00003-00005.pt").read_bytes()
+    with pytest.raises(BackendError, match=r"1 of 2 chunks failed.*models 0\.\.2.*checksum mismatch.*rerun"):
+        train_run(run, backend=RayBackend(workers=2, max_retries=1), **RUN)
+    assert (run / CHECKPOINT_DIR / "models-00003-00005.pt").read_bytes() == good
+
+
+def test_ray_without_gpus_refuses_cuda(tmp_path, local_cluster):
+    with pytest.raises(BackendError, match="needs 1 GPU but the Ray cluster has 0"):
+        train_run(tmp_path / "gpu", device="cuda", backend="ray", **RUN)
+
+
+def test_ray_backend_options_are_checked():
+    with pytest.raises(InvalidParameterError, match="workers"):
+        RayBackend(workers=0)
+    with pytest.raises(InvalidParameterError, match="max_retries"):
+        RayBackend(max_retries=-1)
+    with pytest.raises(InvalidParameterError, match="cpus_per_task"):
+        RayBackend(cpus_per_task=0)
+    with pytest.raises(InvalidParameterError, match="unknown backend 'dask'"):
+        train_run("unused", backend="dask", **RUN)
+
+
+def test_dpa_star_on_ray_equals_local(tmp_path, local_cluster):
+    from runoff.pipeline import train_dpa_star
+
+    kw = dict(dataset="digits", k=4, epochs=2, progress=False)
+    local = train_dpa_star(tmp_path / "local", versions=2, **kw)
+    remote = train_dpa_star(tmp_path / "ray", versions=2, backend=RayBackend(workers=2), **kw)
+    np.testing.assert_array_equal(local.scores, remote.scores)
+    assert (remote.summary.n_models, remote.summary.trained, remote.summary.chunks) == (8, 8, 4)
+
+
+# ------------------------------------------------------------------ Ray missing
+
+def test_backend_ray_without_ray_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    out = tmp_path / "run"
+    assert main(["train", "--k", "4", "--epochs", "1", "--out", str(out), "--backend", "ray"]) == 1
+    err = capsys.readouterr().err
+    assert "runoff: error:" in err and "pip install 'runoff[ray]'" in err
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_ray_options_need_backend_ray(tmp_path, capsys):
+    assert main(["train", "--k", "4", "--out", str(tmp_path / "r"), "--workers", "2"]) == 1
+    assert "--workers: Ray options; add --backend ray" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ failures in a real run
+
+def _cli(out, *extra):
+    return [sys.executable, "-m", "runoff", "train", "--k", "6", "--epochs", "60", "--out", str(out),
+            "--backend", "ray", "--chunk-size", "3", "--checkpoint-interval", "0", "--no-progress", *extra]
+
+
+def _ray_task_pids(name: str) -> list[int]:
+    """Worker processes running the Ray task ``name`` (Ray titles them ``ray::NAME``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait_for(predicate, what: str, proc, timeout: float = 120.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {proc.stdout.read()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _epoch(path) -> int:
+    try:
+        return load_checkpoint(path)["epoch"]
+    except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        return -1
+
+
+@pytest.fixture(scope="module")
+def reference_60(tmp_path_factory):
+    """What the local backend trains with the subprocess runs' settings."""
+    return train_run(tmp_path_factory.mktemp("ref60") / "run", dataset="digits", k=6, epochs=60,
+                     progress=False).scores
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray workers through /proc")
+def test_killed_worker_is_retried_and_logits_identical(tmp_path, reference_60):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(out, "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = out / CHECKPOINT_DIR / "models-00000-00002.pt"
+    # kill the worker of chunk 0..2 once it has checkpointed a few epochs, long before its 60th
+    _wait_for(lambda: 3 <= _epoch(first) < 40, "a partial checkpoint of models 0..2", proc)
+    pids = _wait_for(lambda: _ray_task_pids("runoff-chunk-00000-00002"), "the worker of models 0..2", proc)
+    killed_at = _epoch(first)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout
+    assert "1 retry" in stdout and "6 of 6 models trained" in stdout, stdout
+    assert 3 <= killed_at < 60 and _epoch(first) == 60
+    np.testing.assert_array_equal(np.load(out / "logits.npz")["scores"], reference_60)
+
+
+def test_stopped_run_restarts_with_only_missing_models(tmp_path, reference_60):
+    out = tmp_path / "run"
+    # one worker: chunk 0..2 runs first, then chunk 3..5; stop it (Ctrl-C) during the second
+    proc = subprocess.Popen(_cli(out, "--workers", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = out / CHECKPOINT_DIR / "models-00000-00002.pt"
+    second = out / CHECKPOINT_DIR / "models-00003-00005.pt"
+    _wait_for(lambda: _epoch(first) == 60 and 0 <= _epoch(second) < 50, "chunk 3..5 to start", proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout
+    assert "rerun the same command to resume" in stdout
+    stopped_at = _epoch(second)
+    assert 0 <= stopped_at < 60
+    done_bytes, done_stamp = first.read_bytes(), first.stat().st_mtime_ns
+
+    rerun = subprocess.run(_cli(out, "--workers", "1"), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    summary = rerun.stdout
+    assert "3 of 6 models trained" in summary and "3 already finished (kept)" in summary, summary
+    if stopped_at > 0:
+        assert "3 of them resumed from checkpoints" in summary, summary
+    assert first.read_bytes() == done_bytes and first.stat().st_mtime_ns == done_stamp
+    np.testing.assert_array_equal(np.load(out / "logits.npz")["scores"], reference_60)
