@@ -95,6 +95,20 @@ def per_model_dataloader_loop(plan, train, recipe, device):
                 opt.step()
 
 
+def random_images(m: int, batch: int, steps: int, size: int, channels: int = 3) -> Dataset:
+    """Random uint8 images whose pixelsum plan with k = m gives every model ``steps`` full batches."""
+    rng = np.random.default_rng(0)
+    n = m * batch * steps
+    images = rng.integers(0, 256, size=(n, size, size, channels), dtype=np.uint8)
+    # pixel sums cycle through 0..m-1 modulo m, so every subset gets exactly n/m images
+    sums = images.reshape(n, -1).sum(axis=1, dtype=np.int64)
+    delta = (sums - np.arange(n)) % m
+    first = images[:, 0, 0, 0].astype(np.int64)
+    images[:, 0, 0, 0] = np.where(first >= delta, first - delta, first + m - delta)
+    labels = rng.integers(0, 10, size=n)
+    return Dataset(images, labels, 10, f"random{size}/train")
+
+
 REPEAT = 3
 
 
@@ -164,18 +178,9 @@ def main(argv=None):
           args.device, profile=args.profile, dataloader=True)
 
     if not args.skip_nin:
-        rng = np.random.default_rng(0)
         m, b = args.nin_models, args.nin_batch
-        n = m * b * args.nin_steps  # each model gets nin_steps full batches (one epoch)
         size = args.nin_size
-        images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
-        # pixel sums cycle through 0..m-1 modulo m, so every subset gets exactly n/m images
-        sums = images.reshape(n, -1).sum(axis=1, dtype=np.int64)
-        delta = (sums - np.arange(n)) % m
-        first = images[:, 0, 0, 0].astype(np.int64)
-        images[:, 0, 0, 0] = np.where(first >= delta, first - delta, first + m - delta)
-        labels = rng.integers(0, 10, size=n)
-        fake = Dataset(images, labels, 10, f"random{size}/train")
+        fake = random_images(m, b, args.nin_steps, size)
         nplan = make_plan(fake, k=m)
         nrec = Recipe(model="nin", epochs=1, batch_size=b, lr=0.1, augment="none")
         bench(f"NiN x{m} ({size}x{size}, batch {b}, ~{args.nin_steps} steps), all {m} in one batched step",

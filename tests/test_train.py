@@ -117,6 +117,34 @@ def test_isolation_across_chunking_and_model_selection(digits):
             torch.testing.assert_close(a[key], b[key], rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("chunk_size", [4, 3, 2])
+def test_chunking_and_threads_do_not_change_a_single_bit(digits, chunk_size):
+    # On a CPU a model's numbers do not depend on how many models share its chunk (two or
+    # more), nor on the thread count: the Ray backend's chunks give the local backend's bits.
+    train, test = digits
+    plan = make_plan(train, k=8)
+    whole = collect_logits(train_ensemble(plan, train, recipe=TINY, progress=False), plan, test)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        models = train_ensemble(plan, train, recipe=TINY, progress=False, chunk_size=chunk_size)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(len(ids) for ids, _ in models)[0] >= 2
+    np.testing.assert_array_equal(collect_logits(models, plan, test)[0], whole)
+
+
+def test_default_chunks_do_not_depend_on_the_machine():
+    from runoff.train import CUDA_CHUNK_CAP, default_chunk_size, recipe_for
+
+    train, _ = load_dataset("digits")
+    plan = make_plan(train, k=50)
+    rec = recipe_for("digits")
+    assert default_chunk_size(plan, rec, torch.device("cpu")) == 50
+    # no GPU query: the same on every machine, and capped so chunks spread over GPUs
+    assert default_chunk_size(plan, rec, torch.device("cuda")) == CUDA_CHUNK_CAP
+
+
 def _sequential_reference(plan, train, recipe, j, seed_version=1):
     """Plain one-model training loop: torch.nn layers, torch.optim.SGD, model j alone."""
     canon = plan.canonical(train)

@@ -285,13 +285,20 @@ def train_on_ray(
 
 
 def _default_chunk_size(plan, recipe, device, slots) -> int:
+    """The local backend's default chunks; on CPUs, cut further to keep every worker busy.
+
+    On CUDA a model's rounding depends on its chunk, so the Ray backend keeps exactly the
+    local backend's chunks (its results are then the local ones bit for bit). On CPUs it does
+    not (tested), so the models are spread evenly over the workers.
+    """
     import torch
 
     from .train import default_chunk_size
 
-    # The driver may have no GPU, so CUDA tasks are sized for 10 GB of activations.
     dev = torch.device(device)
-    fit = default_chunk_size(plan, recipe, dev, memory=10e9 if dev.type == "cuda" else None)
+    fit = default_chunk_size(plan, recipe, dev)
+    if dev.type == "cuda":
+        return fit
     return max(1, min(fit, math.ceil(plan.n_models / slots)))
 
 

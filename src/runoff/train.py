@@ -406,15 +406,25 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
     chunk.epoch += 1
 
 
+CUDA_CHUNK_CAP = 8  # most models per default chunk on a GPU; see default_chunk_size
+
+
 def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device, *, memory=None) -> int:
-    """As many models per chunk as fit a memory budget (activations of one training step).
+    """Models per chunk when the caller gives none: as many as fit a memory budget.
 
-    ``memory``: bytes for activations (default: 60% of the GPU's free memory on CUDA, 6 GB
-    on a CPU).
+    ``memory``: bytes for the activations of one training step (default: 6 GB on a CPU,
+    10 GB on a GPU). The default depends on the plan, recipe and device type only, never on
+    the machine's free memory or the backend, so every run of a plan is chunked alike.
 
-    On a CPU, NiN-sized models are trained one at a time: their convolutions already keep
-    the cores busy, and oneDNN's grouped convolutions are slower than its dense ones for
-    96-192 channel groups (see benchmarks/bench_train.py), so batching them cannot win there.
+    * On a CPU a model's numbers do not depend on its chunk (two or more models; see
+      docs/training.md), so all small models go in one chunk; NiN-sized models are trained
+      one at a time, since their convolutions already keep the cores busy and oneDNN's
+      grouped convolutions are slower than its dense ones for 96-192 channel groups (see
+      benchmarks/bench_train.py).
+    * On CUDA the chunk changes the rounding (cuDNN picks kernels by shape), so chunks must
+      match for identical results; at most :data:`CUDA_CHUNK_CAP` models per chunk keeps the
+      local and Ray backends on the same chunks while leaving enough tasks to spread over
+      GPUs.
     """
     if device.type == "cpu" and recipe.model == "nin":
         return 1
@@ -431,9 +441,11 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device
             _, k, s, p = layer
             hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
     per_model = per_sample * 4 * recipe.batch_size * 2
+    cuda = device.type == "cuda"
     if memory is None:
-        memory = torch.cuda.mem_get_info(device)[0] * 0.6 if device.type == "cuda" else 6e9
-    return max(1, min(plan.n_models, int(memory // max(per_model, 1))))
+        memory = 10e9 if cuda else 6e9
+    fit = int(memory // max(per_model, 1))
+    return max(1, min(plan.n_models, fit, CUDA_CHUNK_CAP if cuda else plan.n_models))
 
 
 @dataclass
