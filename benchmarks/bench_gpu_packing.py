@@ -7,7 +7,7 @@ aggregate training samples per second and the seconds per model-epoch that a clu
 needs. Usage::
 
     python benchmarks/bench_gpu_packing.py [--processes 1,2,4] [--models 8] [--size 32]
-        [--channels 3] [--batch 128] [--steps 6]
+        [--channels 3] [--batch 128] [--steps 6] [--threads 2]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 def _worker(args, start, results):
     import torch
 
+    torch.set_num_threads(args.threads)  # as Ray does with a task's num_cpus
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_train import random_images
 
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=6, help="training steps per model")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per process (Ray: --cpus-per-task)")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     print(f"NiN on {args.size}x{args.size}x{args.channels}, batch {args.batch}, chunks of {args.models} models")

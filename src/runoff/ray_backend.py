@@ -355,6 +355,7 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
         for ref in running:
             ray.cancel(ref, force=True)
         raise
+    attempts, _ = ray.get(tracker.snapshot.remote())  # final count: every task has reported its start
     if failures:
         lines = "; ".join(f"models {chunks[i][0]}..{chunks[i][-1]}: {msg}" for i, msg in sorted(failures.items()))
         raise BackendError(

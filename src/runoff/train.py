@@ -25,8 +25,10 @@ models whose subsets hold it (tested bit for bit).
 Checkpoints (one file per chunk, written atomically after every ``checkpoint_every`` epochs)
 hold parameters, BatchNorm statistics, momentum buffers and every model's generator state,
 so an interrupted run resumes where it stopped and gives the same models bit for bit (on the
-same hardware and thread count). A corrupt checkpoint raises :class:`CheckpointError` naming
-the file.
+same hardware). A corrupt checkpoint raises :class:`CheckpointError` naming the file. Which
+models share a chunk is fixed by the checkpoint files already there
+(:func:`runoff.checkpoints.chunk_layout`); on a CPU it does not change a model's numbers
+(two or more models per chunk; see :func:`runoff.models.sum_rows`).
 """
 
 from __future__ import annotations
