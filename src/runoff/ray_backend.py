@@ -309,7 +309,7 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
 
     from .train import _steps_per_epoch
 
-    tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+    tracker = _start_tracker(ray)
     task = ray.remote(_run_chunk)
     refs = [ray.put(plan), ray.put(train), ray.put(test.images)]
     per_chunk = [_steps_per_epoch([len(plan.subsets[j]) for j in ids], recipe.batch_size) * recipe.epochs
@@ -320,6 +320,7 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
     failures: dict[int, str] = {}
     scores = np.zeros((len(test.labels), plan.n_models, plan.n_classes), dtype=np.float32)
 
+    attempts: dict = {}
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False)
     try:
@@ -345,7 +346,7 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
                         continue
                     _keep(out, ckdir, scores)
                     results[i] = out
-                attempts, done = ray.get(tracker.snapshot.remote())
+                attempts, done = _snapshot(ray, tracker, attempts)
                 for i in results:
                     done[i] = per_chunk[i]
                 models_done = sum(len(chunks[i]) for i in results)
@@ -355,7 +356,7 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
         for ref in running:
             ray.cancel(ref, force=True)
         raise
-    attempts, _ = ray.get(tracker.snapshot.remote())  # final count: every task has reported its start
+    attempts, _ = _snapshot(ray, tracker, attempts)  # final count: every task has reported its start
     if failures:
         lines = "; ".join(f"models {chunks[i][0]}..{chunks[i][-1]}: {msg}" for i, msg in sorted(failures.items()))
         raise BackendError(
@@ -370,6 +371,22 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
         "retries": sum(max(0, n - 1) for n in attempts.values()),
     }
     return scores, stats
+
+
+def _start_tracker(ray):
+    """The progress actor, on the driver's node: a lost worker node must not take it along."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, max_restarts=-1)(_Tracker).options(scheduling_strategy=here).remote()
+
+
+def _snapshot(ray, tracker, last):
+    """Attempts and steps per chunk; the last known attempts if the tracker cannot answer."""
+    try:
+        return ray.get(tracker.snapshot.remote(), timeout=10)
+    except (ray.exceptions.RayError, TimeoutError):  # progress is best effort, training is not
+        return last, {}
 
 
 def _keep(out: dict, ckdir: Path, scores: np.ndarray) -> None:

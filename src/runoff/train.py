@@ -475,7 +475,8 @@ class _TrainingSet:
         canon = plan.canonical(train)
         self.X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(device)
         self.Y = torch.from_numpy(canon.labels).to(device)
-        self.subsets = [torch.from_numpy(s) for s in plan.subsets]
+        # writable copies: a plan from Ray's object store holds read-only arrays
+        self.subsets = [torch.from_numpy(np.array(s, dtype=np.int64)) for s in plan.subsets]
         dtype = torch.get_default_dtype()  # float32 unless the caller chose otherwise
         self.mean = torch.tensor(plan.mean, dtype=dtype)
         self.std = torch.tensor(plan.std, dtype=dtype)
