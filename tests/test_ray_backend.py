@@ -108,6 +108,26 @@ def test_ray_without_gpus_refuses_cuda(tmp_path, local_cluster):
         train_run(tmp_path / "gpu", device="cuda", backend="ray", **RUN)
 
 
+def test_unreachable_cluster_fails_fast(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        train_run(tmp_path / "run", backend=RayBackend(address=f"127.0.0.1:{port}"), **RUN)
+    assert time.monotonic() - t0 < 30
+
+
+def test_fa_run_on_ray_equals_local(tmp_path, local_cluster):
+    kw = dict(dataset="digits", k=3, d=2, epochs=2, progress=False)
+    local = train_run(tmp_path / "local", **kw)
+    remote = train_run(tmp_path / "ray", backend=RayBackend(workers=2), **kw)
+    np.testing.assert_array_equal(local.scores, remote.scores)
+    assert remote.summary.chunks == 2 and remote.scores.shape[1] == 6
+
+
 def test_ray_backend_options_are_checked():
     with pytest.raises(InvalidParameterError, match="workers"):
         RayBackend(workers=0)

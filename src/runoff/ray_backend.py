@@ -155,6 +155,8 @@ def _run_chunk(plan, train, test_images, ids, index, recipe, seed_version, devic
 
 def _connect(ray, address, workers, cpus_per_task):
     """Join ``address`` or start a local instance. Returns True when this call started Ray."""
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         return False
     quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -168,6 +170,20 @@ def _connect(ray, address, workers, cpus_per_task):
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise BackendError(f"cannot start or join {where}: {exc}") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds on an address nothing listens at (Ray itself retries for minutes)."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves them and fails fast on its own
+    try:
+        socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BackendError(f"cannot reach the Ray cluster at {address} ({exc}); is `ray start --head` running there?") from None
 
 
 def _slots(ray, cpus_per_task, gpus_per_task) -> int:
