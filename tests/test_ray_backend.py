@@ -53,6 +53,12 @@ def test_ray_logits_identical_to_local(tmp_path, local_cluster, local_run):
     np.testing.assert_array_equal(res.labels, local_run.labels)
     s = res.summary
     assert (s.backend, s.trained, s.already_done, s.chunks, s.retries, s.workers) == ("ray", 6, 0, 3, 0, 2)
+    # the run folder is complete: the models load and give the same logits
+    from runoff.data import load_dataset
+    from runoff.ensemble import Ensemble
+
+    _, test = load_dataset("digits")
+    np.testing.assert_array_equal(Ensemble.load(tmp_path / "ray").scores(test.images), res.scores)
 
 
 def test_ray_same_chunks_give_identical_checkpoints(tmp_path, local_cluster):
@@ -101,6 +107,27 @@ def test_ray_failed_chunk_names_models_and_keeps_the_others(tmp_path, local_clus
     with pytest.raises(BackendError, match=r"1 of 2 chunks failed.*models 0\.\.2.*checksum mismatch.*rerun"):
         train_run(run, backend=RayBackend(workers=2, max_retries=1), **RUN)
     assert (run / CHECKPOINT_DIR / "models-00003-00005.pt").read_bytes() == good
+
+
+def test_driver_writes_final_checkpoints_a_task_returns(tmp_path):
+    # without a shared file system the task's own file is on its node; the driver writes it
+    from runoff.checkpoints import checkpoint_bytes
+    from runoff.ray_backend import _keep
+
+    data = checkpoint_bytes({"format": "runoff-checkpoint", "epoch": 3})
+    scores = np.zeros((4, 6, 2), dtype=np.float32)
+    out = {"ids": [2, 3], "logits": np.ones((4, 2, 2), dtype=np.float32), "checkpoint": data}
+    _keep(out, tmp_path, scores)
+    path = tmp_path / "models-00002-00003.pt"
+    assert path.read_bytes() == data and load_checkpoint(path)["epoch"] == 3
+    assert scores[:, 2:4].all() and not scores[:, [0, 1, 4, 5]].any()
+    stamp = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    _keep(out, tmp_path, scores)  # already there (one machine, shared file system): not rewritten
+    assert path.stat().st_mtime_ns == stamp
+    path.write_bytes(b"stale")
+    _keep(out, tmp_path, scores)
+    assert path.read_bytes() == data
 
 
 def test_ray_without_gpus_refuses_cuda(tmp_path, local_cluster):

@@ -114,8 +114,8 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoint-interval", type=float, default=10.0,
                    help="least seconds between two checkpoints of a chunk (0: after every epoch); default 10")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="most models trained together in one batched computation (one Ray task); "
-                        "default: by memory, and spread over the Ray workers")
+                   help="most models trained together in one batched computation (one Ray task); default: "
+                        "on a CPU all small models (spread over the workers with Ray) and one NiN, on a GPU 8")
     _add_training_options(p)
     g = p.add_argument_group("backend (where the chunks of models are trained)")
     g.add_argument("--backend", default="local", choices=["local", "ray"],
