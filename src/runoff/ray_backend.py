@@ -323,13 +323,12 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from .train import _steps_per_epoch
+    from .train import chunk_steps
 
     tracker = _start_tracker(ray)
     task = ray.remote(_run_chunk)
     refs = [ray.put(plan), ray.put(train), ray.put(test.images)]
-    per_chunk = [_steps_per_epoch([len(plan.subsets[j]) for j in ids], recipe.batch_size) * recipe.epochs
-                 for ids in chunks]
+    per_chunk = [chunk_steps(plan, ids, recipe) for ids in chunks]
     todo = list(range(len(chunks)))[::-1]  # submitted from the end of the list
     running: dict = {}
     results: dict[int, dict] = {}

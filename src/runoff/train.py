@@ -61,6 +61,7 @@ __all__ = [
     "train_chunk",
     "train_ensemble",
     "default_chunk_size",
+    "chunk_steps",
     "chunk_logits",
     "collect_logits",
     "model_logits",
@@ -361,6 +362,11 @@ def _steps_per_epoch(sizes, batch_size: int) -> int:
     return max((math.ceil(n / batch_size) for n in sizes), default=0)
 
 
+def chunk_steps(plan: PartitionPlan, ids, recipe: Recipe) -> int:
+    """Training steps of a chunk over all epochs (its largest subset sets the steps per epoch)."""
+    return _steps_per_epoch([len(plan.subsets[j]) for j in ids], recipe.batch_size) * recipe.epochs
+
+
 def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
     """One epoch of every model of the chunk, batched. X uint8 (n, C, H, W) on device."""
     recipe = chunk.recipe
@@ -481,9 +487,6 @@ class _TrainingSet:
         self.mean = torch.tensor(plan.mean, dtype=dtype)
         self.std = torch.tensor(plan.std, dtype=dtype)
 
-    def steps_per_epoch(self, ids, batch_size: int) -> int:
-        return _steps_per_epoch([self.subsets[j].numel() for j in ids], batch_size)
-
 
 def train_chunk(
     plan: PartitionPlan,
@@ -529,9 +532,8 @@ def train_chunk(
     if path is not None and path.exists():
         chunk.restore(load_checkpoint(path), path, key)
     start = chunk.epoch
-    per_epoch = data.steps_per_epoch(ids, recipe.batch_size)
-    total = per_epoch * recipe.epochs
-    done = per_epoch * start
+    total = chunk_steps(plan, ids, recipe)
+    done = total // recipe.epochs * start
     if on_progress is not None:
         on_progress(done, total)
 
@@ -631,21 +633,20 @@ def train_ensemble(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    total = sum(data.steps_per_epoch(ids, recipe.batch_size) * recipe.epochs for ids in chunks)
-    results, finished_steps = [], 0
+    steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
+    results = []
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False)
     with bar:
-        task = bar.add_task("training", total=total)
+        task = bar.add_task("training", total=sum(steps))
         for ci, ids in enumerate(chunks):
             bar.update(task, description=f"chunk {ci + 1}/{len(chunks)}")
             res = train_chunk(
                 plan, data, ids, recipe=recipe, seed_version=seed_version, device=dev,
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                 checkpoint_min_interval=checkpoint_min_interval,
-                on_progress=lambda done, _t, base=finished_steps: bar.update(task, completed=base + done),
+                on_progress=lambda done, _t, base=sum(steps[:ci]): bar.update(task, completed=base + done),
             )
-            finished_steps += data.steps_per_epoch(ids, recipe.batch_size) * recipe.epochs
             results.append((res.ids, res.net))
             if on_chunk is not None:
                 on_chunk(res)
