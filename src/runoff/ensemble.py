@@ -30,7 +30,6 @@ from .partition import PLAN_FILE, PartitionPlan
 __all__ = ["Ensemble", "default_method", "read_inputs"]
 
 
-
 def default_method(d: int) -> str:
     """The Run-Off Election method of an ensemble with ``d`` models per bucket."""
     return "dpa-roe" if int(d) == 1 else "fa-roe"
