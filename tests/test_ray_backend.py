@@ -22,6 +22,7 @@ from runoff.pipeline import CHECKPOINT_DIR, train_run
 
 ray = pytest.importorskip("ray")
 
+from ray_procs import checkpoint_epoch, task_processes  # noqa: E402
 from runoff.ray_backend import RayBackend  # noqa: E402
 
 RUN = dict(dataset="digits", k=6, epochs=3, progress=False)
@@ -199,19 +200,6 @@ def _cli(out, *extra):
             "--backend", "ray", "--chunk-size", "3", "--checkpoint-interval", "0", "--no-progress", *extra]
 
 
-def _ray_task_pids(name: str) -> list[int]:
-    """Worker processes running the Ray task ``name`` (Ray titles them ``ray::NAME``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
 def _wait_for(predicate, what: str, proc, timeout: float = 120.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -223,13 +211,6 @@ def _wait_for(predicate, what: str, proc, timeout: float = 120.0):
         time.sleep(0.02)
     proc.kill()
     pytest.fail(f"timed out waiting for {what}")
-
-
-def _epoch(path) -> int:
-    try:
-        return load_checkpoint(path)["epoch"]
-    except Exception:  # noqa: BLE001 - not written yet, or being replaced
-        return -1
 
 
 @pytest.fixture(scope="module")
@@ -245,15 +226,15 @@ def test_killed_worker_is_retried_and_logits_identical(tmp_path, reference_60):
     proc = subprocess.Popen(_cli(out, "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = out / CHECKPOINT_DIR / "models-00000-00002.pt"
     # kill the worker of chunk 0..2 once it has checkpointed a few epochs, long before its 60th
-    _wait_for(lambda: 3 <= _epoch(first) < 40, "a partial checkpoint of models 0..2", proc)
-    pids = _wait_for(lambda: _ray_task_pids("runoff-chunk-00000-00002"), "the worker of models 0..2", proc)
-    killed_at = _epoch(first)
+    _wait_for(lambda: 3 <= checkpoint_epoch(first) < 40, "a partial checkpoint of models 0..2", proc)
+    pids = _wait_for(lambda: [pid for pid, _ in task_processes("runoff-chunk-00000-00002")], "the worker of models 0..2", proc)
+    killed_at = checkpoint_epoch(first)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout
     assert "1 retry" in stdout and "6 of 6 models trained" in stdout, stdout
-    assert 3 <= killed_at < 60 and _epoch(first) == 60
+    assert 3 <= killed_at < 60 and checkpoint_epoch(first) == 60
     np.testing.assert_array_equal(np.load(out / "logits.npz")["scores"], reference_60)
 
 
@@ -263,12 +244,12 @@ def test_stopped_run_restarts_with_only_missing_models(tmp_path, reference_60):
     proc = subprocess.Popen(_cli(out, "--workers", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = out / CHECKPOINT_DIR / "models-00000-00002.pt"
     second = out / CHECKPOINT_DIR / "models-00003-00005.pt"
-    _wait_for(lambda: _epoch(first) == 60 and 0 <= _epoch(second) < 50, "chunk 3..5 to start", proc)
+    _wait_for(lambda: checkpoint_epoch(first) == 60 and 0 <= checkpoint_epoch(second) < 50, "chunk 3..5 to start", proc)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout
     assert "rerun the same command to resume" in stdout
-    stopped_at = _epoch(second)
+    stopped_at = checkpoint_epoch(second)
     assert 0 <= stopped_at < 60
     done_bytes, done_stamp = first.read_bytes(), first.stat().st_mtime_ns
 

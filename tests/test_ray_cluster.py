@@ -6,41 +6,25 @@ machine; removing a node kills its raylet and workers as a lost machine would.
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runoff.checkpoints import load_checkpoint
 from runoff.pipeline import CHECKPOINT_DIR, train_run
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
+from ray_procs import checkpoint_epoch, task_processes  # noqa: E402
 from runoff.ray_backend import RayBackend  # noqa: E402
 
 RUN = dict(dataset="digits", k=6, epochs=60, progress=False)
 
 
-def _epoch(path) -> int:
-    try:
-        return load_checkpoint(path)["epoch"]
-    except Exception:  # noqa: BLE001 - not written yet, or being replaced
-        return -1
-
-
 def _node_running(nodes, task_name):
     """The node whose raylet started the worker now running ``task_name`` (Ray titles a busy
     worker ``ray::TASK``; workers are children of their node's raylet)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if not (entry / "cmdline").read_bytes().startswith(f"ray::{task_name}".encode()):
-                continue
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
+    for _, parent in task_processes(task_name):
         for node in nodes:
             if any(p.process.pid == parent for p in node.all_processes.get("raylet", [])):
                 return node
@@ -76,7 +60,7 @@ def test_lost_node_is_retried_elsewhere_with_identical_logits(tmp_path, cluster)
     driver.start()
     first = run / CHECKPOINT_DIR / "models-00000-00002.pt"
     t0 = time.monotonic()
-    while not 3 <= _epoch(first) < 50:
+    while not 3 <= checkpoint_epoch(first) < 50:
         assert time.monotonic() - t0 < 180 and driver.is_alive(), f"models 0..2 did not start: {outcome}"
         time.sleep(0.02)
     node = _node_running(nodes, "runoff-chunk-00000-00002")
