@@ -138,6 +138,7 @@ def train_run(
     checkpoint_every: int = 1,
     checkpoint_min_interval: float = 10.0,
     backend="local",
+    label: str | None = None,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -178,6 +179,8 @@ def train_run(
         Ray instance) or a :class:`~runoff.ray_backend.RayBackend` (cluster address, workers,
         resources per task, retries): every chunk is a Ray task. Both give the same logits
         for the same chunks; a run folder started by one can be resumed by the other.
+    label : str, optional
+        Name shown on the progress bar (e.g. "DPA"), for callers that train several runs.
 
     Returns
     -------
@@ -232,7 +235,7 @@ def train_run(
 
     options = dict(recipe=recipe, seed_version=int(seed_version), device=device, chunk_size=chunk_size,
                    checkpoint_dir=run_dir / CHECKPOINT_DIR, checkpoint_every=checkpoint_every,
-                   checkpoint_min_interval=checkpoint_min_interval, progress=progress)
+                   checkpoint_min_interval=checkpoint_min_interval, progress=progress, label=label)
     if backend is None:
         scores, summary = _train_local(plan, train, test, **options)
     else:

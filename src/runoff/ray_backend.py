@@ -216,6 +216,7 @@ def train_on_ray(
     checkpoint_every: int = 1,
     checkpoint_min_interval: float = 10.0,
     progress: bool = True,
+    label: str | None = None,
     address: str | None = None,
     workers: int | None = None,
     cpus_per_task: float = 1.0,
@@ -240,6 +241,8 @@ def train_on_ray(
         once, at most as many as fit the device's memory.
     progress : bool, default True
         One progress bar for the whole ensemble.
+    label : str, optional
+        Name shown on the progress bar (e.g. "FA").
     address : str, optional
         A running cluster's address (``ray://host:10001``, ``host:6379`` or ``auto``);
         default: start a local Ray instance for this call and stop it afterwards. Ray already
@@ -291,7 +294,7 @@ def train_on_ray(
         chunks = chunk_layout(plan.n_models, chunk_size=chunk_size, checkpoint_dir=ckdir)
         scores, stats = _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckdir,
                                    checkpoint_every, checkpoint_min_interval, progress, slots,
-                                   cpus_per_task, gpus_per_task, int(max_retries))
+                                   cpus_per_task, gpus_per_task, label, int(max_retries))
     finally:
         if started:
             ray.shutdown()
@@ -319,7 +322,7 @@ def _default_chunk_size(plan, recipe, device, slots) -> int:
 
 
 def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckdir, checkpoint_every,
-               checkpoint_min_interval, progress, slots, cpus_per_task, gpus_per_task, max_retries):
+               checkpoint_min_interval, progress, slots, cpus_per_task, gpus_per_task, label, max_retries):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -366,7 +369,7 @@ def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckd
                     done[i] = per_chunk[i]
                 models_done = sum(len(chunks[i]) for i in results)
                 bar.update(bar_task, completed=sum(done.values()),
-                           description=f"{models_done}/{plan.n_models} models, {len(running)} running")
+                           description=f"{label + ': ' if label else ''}{models_done}/{plan.n_models} models, {len(running)} running")
     except BaseException:
         for ref in running:
             ray.cancel(ref, force=True)

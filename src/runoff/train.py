@@ -573,6 +573,7 @@ def train_ensemble(
     progress: bool = True,
     model_ids=None,
     on_chunk=None,
+    label: str | None = None,
 ):
     """Train the base models of a plan, batched, resuming from checkpoints when present.
 
@@ -606,6 +607,8 @@ def train_ensemble(
         Train only these base models (default: all ``k*d``).
     on_chunk : callable, optional
         Called with each chunk's :class:`ChunkResult` when it is done.
+    label : str, optional
+        Name shown on the progress bar before the chunk count (e.g. "FA").
 
     Returns
     -------
@@ -640,7 +643,7 @@ def train_ensemble(
     with bar:
         task = bar.add_task("training", total=sum(steps))
         for ci, ids in enumerate(chunks):
-            bar.update(task, description=f"chunk {ci + 1}/{len(chunks)}")
+            bar.update(task, description=f"{label + ': ' if label else ''}chunk {ci + 1}/{len(chunks)}")
             res = train_chunk(
                 plan, data, ids, recipe=recipe, seed_version=seed_version, device=dev,
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
