@@ -65,3 +65,35 @@ def test_bad_versions_and_shapes():
         train_dpa_star("/nonexistent", versions=0, k=2)
     with pytest.raises(InvalidParameterError, match="different logit shapes"):
         merge_versions([np.zeros((2, 3, 4)), np.zeros((2, 3, 5))])
+
+
+def test_dpa_star_refuses_a_folder_of_another_run_before_training(tmp_path):
+    from runoff.errors import RunDirectoryError
+    from runoff.pipeline import train_run
+
+    dpa = tmp_path / "dpa"
+    train_run(dpa, k=4, epochs=1, progress=False)
+    before = sorted(p.relative_to(dpa) for p in dpa.rglob("*"))
+    with pytest.raises(RunDirectoryError, match="holds another run \\(not DPA\\*\\)"):
+        train_dpa_star(dpa, versions=2, k=4, epochs=1, progress=False)
+    assert sorted(p.relative_to(dpa) for p in dpa.rglob("*")) == before  # no v1/, v2/ written
+    other = tmp_path / "other"
+    (other / "notes").mkdir(parents=True)
+    with pytest.raises(RunDirectoryError, match="not empty"):
+        train_dpa_star(other, versions=2, k=4, epochs=1, progress=False)
+    assert [p.name for p in other.iterdir()] == ["notes"]
+
+
+def test_dpa_star_with_another_plan_is_refused_before_training(star):
+    from runoff.errors import RunDirectoryError
+
+    run, _ = star
+    with pytest.raises(RunDirectoryError, match="another DPA\\* plan"):
+        train_dpa_star(run, versions=3, k=4, epochs=2, progress=False)
+    assert not (run / "v3").exists()
+
+
+def test_dpa_star_bad_option_writes_nothing(tmp_path):
+    with pytest.raises(InvalidParameterError, match="chunk_size"):
+        train_dpa_star(tmp_path / "s", versions=2, k=4, epochs=1, progress=False, chunk_size=0)
+    assert not (tmp_path / "s").exists()

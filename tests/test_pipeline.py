@@ -85,7 +85,7 @@ def test_load_logits_errors(tmp_path):
     with pytest.raises(LogitsFileError, match="'scores' and 'labels'"):
         load_logits(tmp_path)
     (tmp_path / "x.npz").write_bytes(b"garbage")
-    with pytest.raises(LogitsFileError, match="cannot read"):
+    with pytest.raises(LogitsFileError, match="not a valid"):
         load_logits(tmp_path / "x.npz")
 
 
@@ -103,3 +103,24 @@ def test_recipes():
         Recipe(model="small", epochs=0, batch_size=8, lr=0.1)
     with pytest.raises(InvalidParameterError):
         Recipe(model="small", epochs=1, batch_size=8, lr=0.1, augment="rotate")
+
+
+# ------------------------------------------------------------------ no failed command leaves a trap
+
+@pytest.mark.parametrize("bad,match", [
+    ({"chunk_size": 0}, "chunk_size must be an integer >= 1; got 0"),
+    ({"chunk_size": 2.5}, "chunk_size must be an integer >= 1"),
+    ({"seed_version": 0}, "seed_version must be an integer >= 1"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),
+    ({"checkpoint_min_interval": -1}, "checkpoint_min_interval must be >= 0"),
+    ({"checkpoint_min_interval": "soon"}, "checkpoint_min_interval must be >= 0"),
+    ({"k": 0}, "k"),
+    ({"dataset": "nope"}, "unknown data set"),
+])
+def test_bad_option_writes_nothing_and_the_corrected_call_runs(tmp_path, bad, match):
+    run = tmp_path / "run"
+    with pytest.raises(InvalidParameterError, match=match):
+        train_run(run, **{"k": 4, "recipe": FAST, "progress": False, **bad})
+    assert not run.exists()  # nothing written: the corrected command is not blocked
+    res = train_run(run, k=4, recipe=FAST, progress=False)
+    assert res.scores.shape[1] == 4

@@ -115,9 +115,11 @@ def sum_rows(t: torch.Tensor) -> torch.Tensor:
     """Sum over dim 0, rounded the same way whatever the sizes of the other dims.
 
     torch vectorises a dim-0 reduction across the trailing elements and rounds the last,
-    partial block of them differently, so with ``t.sum(dim=0)`` a model's numbers would
-    depend on how many models share its chunk. Summing each contiguous row instead gives
-    every model the same arithmetic in any chunk.
+    partial block of them differently, so with ``t.sum(dim=0)`` a model's sums would change
+    with the number of models in its chunk. Summing each contiguous row keeps this reduction
+    the same in any chunk; other kernels (grouped convolutions, matrix products) still round
+    by shape on some CPUs, which is why the chunk layout is fixed (see
+    :func:`runoff.train.run_chunks`).
     """
     return t.movedim(0, -1).contiguous().sum(dim=-1)
 

@@ -197,15 +197,57 @@ def train_run(
     CheckpointError
         A checkpoint in ``run_dir`` is corrupt.
     """
-    from .train import recipe_for, resolve_device
-
     backend = _resolve_backend(backend)
+    _check_run_options(backend, device=device, seed_version=seed_version, chunk_size=chunk_size,
+                       checkpoint_every=checkpoint_every, checkpoint_min_interval=checkpoint_min_interval)
+    run_dir = Path(run_dir)
+    # Everything is checked, and the cluster reached, before the first file is written: a
+    # command that fails leaves nothing behind that would block the corrected one.
+    with _session(backend):
+        if backend is not None:
+            backend.check(device)
+        plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
+                                                  seed_version=seed_version, hash=hash, spread=spread,
+                                                  data_root=data_root)
+        fresh = _check_run_dir(run_dir, plan, train)
+        ckdir = run_dir / CHECKPOINT_DIR
+        chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size, checkpoint_dir=None if fresh else ckdir)
+        if fresh:
+            plan.save(run_dir)
+        options = dict(recipe=recipe, seed_version=int(seed_version), device=device, chunks=chunks,
+                       checkpoint_dir=ckdir, checkpoint_every=checkpoint_every,
+                       checkpoint_min_interval=checkpoint_min_interval, progress=progress, label=label)
+        if backend is None:
+            scores, summary = _train_local(plan, train, test, **options)
+        else:
+            scores, summary = backend.train(plan, train, test, **options)
+    labels = test.labels.copy()
+    save_logits(run_dir / LOGITS_FILE, scores, labels)
+    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels, summary=summary)
+
+
+def _check_run_options(backend, *, device, seed_version, chunk_size, checkpoint_every, checkpoint_min_interval):
+    """The scalar options of :func:`train_run`, checked before any data is read."""
+    from .train import check_chunk_size, resolve_device
+
     if backend is None:
         resolve_device(device)  # Ray tasks check theirs: the driver may have no GPU
-    if isinstance(seed_version, bool) or not isinstance(seed_version, (int, np.integer)) or seed_version < 1:
-        raise InvalidParameterError(f"seed_version must be an integer >= 1; got {seed_version!r}")
-    if not float(checkpoint_min_interval) >= 0:
+    for name, value in (("seed_version", seed_version), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidParameterError(f"{name} must be an integer >= 1; got {value!r}")
+    check_chunk_size(chunk_size)
+    try:
+        interval_ok = float(checkpoint_min_interval) >= 0
+    except (TypeError, ValueError):
+        interval_ok = False
+    if not interval_ok:
         raise InvalidParameterError(f"checkpoint_min_interval must be >= 0 seconds; got {checkpoint_min_interval!r}")
+
+
+def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root):
+    """Load the data set and build the run's plan (nothing is written)."""
+    from .train import recipe_for
+
     train, test = load_dataset(dataset, root=data_root)
     if recipe is None:
         recipe = recipe_for(dataset, epochs=epochs)
@@ -217,7 +259,11 @@ def train_run(
         "seed_rule": "(j+1)*v*v",
     }
     plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
-    run_dir = Path(run_dir)
+    return plan, train, test, recipe
+
+
+def _check_run_dir(run_dir: Path, plan: PartitionPlan, train) -> bool:
+    """Whether ``run_dir`` is new (True) or holds this very plan (False); else raise."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"{run_dir} exists and is not a directory")
     if (run_dir / PLAN_FILE).exists():
@@ -228,21 +274,22 @@ def train_run(
                 "choose another output folder"
             )
         old.check_dataset(train)
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        return False
+    if run_dir.is_dir() and any(run_dir.iterdir()):
         raise RunDirectoryError(f"{run_dir} is not empty and holds no {PLAN_FILE}; refusing to write into it")
-    else:
-        plan.save(run_dir)
+    return True
 
-    options = dict(recipe=recipe, seed_version=int(seed_version), device=device, chunk_size=chunk_size,
-                   checkpoint_dir=run_dir / CHECKPOINT_DIR, checkpoint_every=checkpoint_every,
-                   checkpoint_min_interval=checkpoint_min_interval, progress=progress, label=label)
-    if backend is None:
-        scores, summary = _train_local(plan, train, test, **options)
-    else:
-        scores, summary = backend.train(plan, train, test, **options)
-    labels = test.labels.copy()
-    save_logits(run_dir / LOGITS_FILE, scores, labels)
-    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels, summary=summary)
+
+def _layout(plan, recipe, *, device, chunk_size, checkpoint_dir):
+    """The chunks both backends train in (:func:`runoff.train.run_chunks`)."""
+    from .train import run_chunks
+
+    return run_chunks(plan, recipe, device=device, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir)
+
+
+def _session(backend):
+    """Ray's connection, opened before anything is written; nothing for the local backend."""
+    return contextlib.nullcontext() if backend is None else backend.session()
 
 
 def _resolve_backend(backend):
@@ -307,34 +354,66 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     RunResult
         ``scores`` are the merged logits, (N, k, C).
     """
-    from dataclasses import replace
-
     if isinstance(versions, bool) or not isinstance(versions, (int, np.integer)) or versions < 1:
         raise InvalidParameterError(f"versions must be an integer >= 1; got {versions!r}")
     if train_kwargs.get("d", 1) != 1 or "seed_version" in train_kwargs:
         raise InvalidParameterError("DPA* trains d=1 partitions and sets each version's seed itself")
+    versions = int(versions)
     run_dir = Path(run_dir)
     backend = _resolve_backend(train_kwargs.pop("backend", "local"))
-    with contextlib.nullcontext() if backend is None else backend.session():
+    label = train_kwargs.pop("label", None) or "DPA*"
+    _check_run_options(backend, device=train_kwargs.get("device", "cpu"), seed_version=1,
+                       chunk_size=train_kwargs.get("chunk_size"),
+                       checkpoint_every=train_kwargs.get("checkpoint_every", 1),
+                       checkpoint_min_interval=train_kwargs.get("checkpoint_min_interval", 10.0))
+    with _session(backend):
+        if backend is not None:
+            backend.check(train_kwargs.get("device", "cpu"))
+        # the top folder's plan first: a folder of another run is refused before any version
+        # is trained into it
+        plan, _train, _test, _recipe = _prepare_plan(
+            dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"),
+            seed_version=1, hash=train_kwargs.get("hash", "pixelsum"), spread=train_kwargs.get("spread"),
+            data_root=train_kwargs.get("data_root"))
+        top = _dpa_star_plan(plan, versions)
+        _check_dpa_star_dir(run_dir, top, versions)
+        top.save(run_dir)
         results = [
             train_run(run_dir / f"v{v}", dataset=dataset, k=k, seed_version=v, progress=progress,
-                      backend=backend or "local", **train_kwargs)
-            for v in range(1, int(versions) + 1)
+                      backend=backend or "local", label=f"{label} v{v}/{versions}", **train_kwargs)
+            for v in range(1, versions + 1)
         ]
-    first = results[0].plan
-    training = dict(first.training or {}, seed_version=None, versions=int(versions),
-                    merge="sum of the versions' logits", version_dirs=[f"v{v}" for v in range(1, versions + 1)])
-    plan = replace(first, training=training)
-    if (run_dir / PLAN_FILE).exists():
-        old = PartitionPlan.load(run_dir)
-        if old != plan:
-            raise RunDirectoryError(f"{run_dir} holds another DPA* plan ({_plan_diff(old, plan)})")
-    else:
-        plan.save(run_dir)
     labels = results[0].labels
     if any(not np.array_equal(r.labels, labels) for r in results[1:]):
         raise RunDirectoryError(f"the versions in {run_dir} were evaluated on different test sets")
     scores = merge_versions([r.scores for r in results])
     save_logits(run_dir / LOGITS_FILE, scores, labels)
     summary = TrainingSummary.total(r.summary for r in results)
-    return RunResult(run_dir=run_dir, plan=plan, scores=scores, labels=labels, summary=summary)
+    return RunResult(run_dir=run_dir, plan=top, scores=scores, labels=labels, summary=summary)
+
+
+def _dpa_star_plan(plan: PartitionPlan, versions: int) -> PartitionPlan:
+    """The top folder's plan of DPA*: the versions' partitions, with every version listed."""
+    from dataclasses import replace
+
+    training = dict(plan.training or {}, seed_version=None, versions=versions,
+                    merge="sum of the versions' logits", version_dirs=[f"v{v}" for v in range(1, versions + 1)])
+    return replace(plan, training=training)
+
+
+def _check_dpa_star_dir(run_dir: Path, top: PartitionPlan, versions: int) -> None:
+    """Refuse a folder that holds anything but this DPA* run (checked before any training)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir} exists and is not a directory")
+    if (run_dir / PLAN_FILE).exists():
+        old = PartitionPlan.load(run_dir)
+        if old != top:
+            what = "DPA* plan" if (old.training or {}).get("versions") else "run (not DPA*)"
+            raise RunDirectoryError(f"{run_dir} holds another {what} ({_plan_diff(old, top)}); "
+                                    "choose another output folder")
+        return
+    if run_dir.is_dir():
+        extra = sorted(p.name for p in run_dir.iterdir() if p.name not in {f"v{v}" for v in range(1, versions + 1)})
+        if extra:
+            raise RunDirectoryError(f"{run_dir} is not empty and holds no {PLAN_FILE} ({', '.join(extra[:3])}); "
+                                    "refusing to write into it")

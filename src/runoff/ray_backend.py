@@ -17,8 +17,10 @@ of base models, trained by :func:`runoff.train.train_chunk` and evaluated on the
 * Chunks whose checkpoints are finished are not trained again: their task only computes
   test logits.
 
-Results equal the local backend's: a model's training depends only on its subset and seed,
-and its numbers not on its chunk's size or the thread count (see ``tests/test_ray_backend.py``).
+Both backends train in the same chunks (:func:`runoff.train.run_chunks`, a function of the
+plan, recipe and device type, never of the number of workers), so a Ray run is the same
+computation as a local one: its logits are the local backend's bit for bit on the same
+machine (see ``tests/test_ray_backend.py``). Chunks of other sizes agree only up to rounding.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import checkpoint_path, chunk_layout, write_checkpoint_bytes
+from .checkpoints import checkpoint_path, write_checkpoint_bytes
 from .errors import BackendError, InvalidParameterError
 from .summary import TrainingSummary
 
@@ -91,9 +93,29 @@ class RayBackend:
             if started:
                 ray.shutdown()
 
+    def check(self, device) -> None:
+        """Raise now, inside :meth:`session` and before any file is written, when the cluster
+        cannot run this backend's tasks on ``device`` (no GPU, too few CPUs)."""
+        cpus, gpus = _task_resources(device, self.cpus_per_task, self.gpus_per_task)
+        _slots(import_ray(), cpus, gpus)
+
     def train(self, plan, train, test, **kwargs):
         """:func:`train_on_ray` with these options."""
         return train_on_ray(plan, train, test, **kwargs, **asdict(self))
+
+
+def _task_resources(device, cpus_per_task, gpus_per_task) -> tuple[float, float]:
+    """(CPUs, GPUs) each task declares, for ``device`` "cpu" or "cuda"."""
+    device = str(device)
+    if device not in ("cpu", "cuda"):
+        raise InvalidParameterError(
+            f"device {device!r}: with the Ray backend give cpu or cuda (Ray gives each task its own GPU)"
+        )
+    cuda = device == "cuda"
+    gpus = (1.0 if cuda else 0.0) if gpus_per_task is None else float(gpus_per_task)
+    if cuda and gpus == 0:
+        raise InvalidParameterError("device cuda needs gpus_per_task > 0")
+    return float(cpus_per_task), gpus
 
 
 def _check_options(workers, cpus_per_task, gpus_per_task, max_retries) -> None:
@@ -213,6 +235,7 @@ def train_on_ray(
     device: str = "cpu",
     checkpoint_dir,
     chunk_size: int | None = None,
+    chunks=None,
     checkpoint_every: int = 1,
     checkpoint_min_interval: float = 10.0,
     progress: bool = True,
@@ -237,8 +260,12 @@ def train_on_ray(
     checkpoint_dir : path-like
         The run's checkpoint folder (on a shared file system for mid-chunk resume across nodes).
     chunk_size : int, optional
-        Most models per task. Default: the models spread evenly over the tasks that can run at
-        once, at most as many as fit the device's memory.
+        Most models per task. Default: the local backend's, :func:`runoff.train.run_chunks`,
+        which depends on the plan, recipe and device type only, never on the workers: the
+        same command trains the same models on one worker or a hundred.
+    chunks : list of list of int, optional
+        The layout from :func:`runoff.train.run_chunks` (overrides ``chunk_size``); one chunk
+        is one task.
     progress : bool, default True
         One progress bar for the whole ensemble.
     label : str, optional
@@ -271,15 +298,7 @@ def train_on_ray(
     t0 = time.perf_counter()
     _check_options(workers, cpus_per_task, gpus_per_task, max_retries)
     device = str(device)
-    if device not in ("cpu", "cuda"):
-        raise InvalidParameterError(
-            f"device {device!r}: with the Ray backend give cpu or cuda (Ray gives each task its own GPU)"
-        )
-    cuda = device == "cuda"
-    gpus_per_task = (1.0 if cuda else 0.0) if gpus_per_task is None else float(gpus_per_task)
-    cpus_per_task = float(cpus_per_task)
-    if cuda and gpus_per_task == 0:
-        raise InvalidParameterError("device cuda needs gpus_per_task > 0")
+    cpus_per_task, gpus_per_task = _task_resources(device, cpus_per_task, gpus_per_task)
     ray = import_ray()
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -289,9 +308,10 @@ def train_on_ray(
         slots = _slots(ray, cpus_per_task, gpus_per_task)
         if workers is not None:
             slots = min(slots, int(workers))
-        if chunk_size is None:
-            chunk_size = _default_chunk_size(plan, recipe, device, slots)
-        chunks = chunk_layout(plan.n_models, chunk_size=chunk_size, checkpoint_dir=ckdir)
+        if chunks is None:
+            from .train import run_chunks
+
+            chunks = run_chunks(plan, recipe, device=device, chunk_size=chunk_size, checkpoint_dir=ckdir)
         scores, stats = _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckdir,
                                    checkpoint_every, checkpoint_min_interval, progress, slots,
                                    cpus_per_task, gpus_per_task, label, int(max_retries))
@@ -301,24 +321,6 @@ def train_on_ray(
     summary = TrainingSummary(backend="ray", n_models=plan.n_models, chunks=len(chunks), workers=slots,
                               seconds=time.perf_counter() - t0, **stats)
     return scores, summary
-
-
-def _default_chunk_size(plan, recipe, device, slots) -> int:
-    """The local backend's default chunks; on CPUs, cut further to keep every worker busy.
-
-    On CUDA a model's rounding depends on its chunk, so the Ray backend keeps exactly the
-    local backend's chunks (its results are then the local ones bit for bit). On CPUs it does
-    not (tested), so the models are spread evenly over the workers.
-    """
-    import torch
-
-    from .train import default_chunk_size
-
-    dev = torch.device(device)
-    fit = default_chunk_size(plan, recipe, dev)
-    if dev.type == "cuda":
-        return fit
-    return max(1, min(fit, math.ceil(plan.n_models / slots)))
 
 
 def _run_tasks(ray, plan, train, test, chunks, recipe, seed_version, device, ckdir, checkpoint_every,

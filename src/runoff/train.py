@@ -25,10 +25,14 @@ models whose subsets hold it (tested bit for bit).
 Checkpoints (one file per chunk, written atomically after every ``checkpoint_every`` epochs)
 hold parameters, BatchNorm statistics, momentum buffers and every model's generator state,
 so an interrupted run resumes where it stopped and gives the same models bit for bit (on the
-same hardware). A corrupt checkpoint raises :class:`CheckpointError` naming the file. Which
-models share a chunk is fixed by the checkpoint files already there
-(:func:`runoff.checkpoints.chunk_layout`); on a CPU it does not change a model's numbers
-(two or more models per chunk; see :func:`runoff.models.sum_rows`).
+same machine). A corrupt checkpoint raises :class:`CheckpointError` naming the file.
+
+Which models share a chunk (:func:`run_chunks`) is a function of the plan, the recipe and the
+device type only, or of the checkpoint files already in the run folder, and every backend
+trains in that layout. It has to be fixed: a model trained in a chunk of another size runs
+kernels of other shapes, which round differently (how differently depends on the CPU and its
+SIMD level), and training amplifies those differences. Different layouts agree only up to
+rounding (tested in float64); the same layout gives the same bits.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint
+from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint  # noqa: F401
 from .data import Dataset
 from .errors import CheckpointError, InvalidParameterError
 from .models import BatchedNet, architecture, sum_rows
@@ -61,6 +65,9 @@ __all__ = [
     "train_chunk",
     "train_ensemble",
     "default_chunk_size",
+    "run_chunks",
+    "CPU_CHUNK_CAP",
+    "CUDA_CHUNK_CAP",
     "chunk_steps",
     "chunk_logits",
     "collect_logits",
@@ -415,26 +422,29 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
 
 
 CUDA_CHUNK_CAP = 8  # most models per default chunk on a GPU; see default_chunk_size
+CPU_CHUNK_CAP = 25  # most small models per default chunk on a CPU; see default_chunk_size
 
 
-def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device, *, memory=None) -> int:
-    """Models per chunk when the caller gives none: as many as fit a memory budget.
+def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=None) -> int:
+    """Models per chunk when the caller gives none: a function of plan, recipe and device type.
 
+    ``device``: a device or its type (``"cpu"``, ``"cuda"``; the index is ignored).
     ``memory``: bytes for the activations of one training step (default: 6 GB on a CPU,
-    10 GB on a GPU). The default depends on the plan, recipe and device type only, never on
-    the machine's free memory or the backend, so every run of a plan is chunked alike.
+    10 GB on a GPU). The result never depends on the machine's free memory, its CPU, the
+    backend or the number of workers, so one command trains the same models wherever it runs.
+    Models in chunks of different sizes agree only up to rounding (kernels for other shapes
+    round differently, in ways that vary from one CPU to another), so a fixed layout is what
+    makes results repeatable.
 
-    * On a CPU a model's numbers do not depend on its chunk (two or more models; see
-      docs/training.md), so all small models go in one chunk; NiN-sized models are trained
-      one at a time, since their convolutions already keep the cores busy and oneDNN's
-      grouped convolutions are slower than its dense ones for 96-192 channel groups (see
-      benchmarks/bench_train.py).
-    * On CUDA the chunk changes the rounding (cuDNN picks kernels by shape), so chunks must
-      match for identical results; at most :data:`CUDA_CHUNK_CAP` models per chunk keeps the
-      local and Ray backends on the same chunks while leaving enough tasks to spread over
-      GPUs.
+    * On a CPU, small models go in chunks of at most :data:`CPU_CHUNK_CAP`: large enough to
+      batch well, small enough that the Ray backend has several chunks to spread over its
+      workers. NiN-sized models are trained one per chunk, since their convolutions already
+      keep the cores busy and oneDNN's grouped convolutions are slower than its dense ones
+      for 96-192 channel groups (see benchmarks/bench_train.py).
+    * On CUDA at most :data:`CUDA_CHUNK_CAP` models per chunk, within the memory budget.
     """
-    if device.type == "cpu" and recipe.model == "nin":
+    dev_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if dev_type == "cpu" and recipe.model == "nin":
         return 1
     h, w, c = plan.image_shape
     spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes)
@@ -449,11 +459,48 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device: torch.device
             _, k, s, p = layer
             hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
     per_model = per_sample * 4 * recipe.batch_size * 2
-    cuda = device.type == "cuda"
+    cuda = dev_type == "cuda"
     if memory is None:
         memory = 10e9 if cuda else 6e9
     fit = int(memory // max(per_model, 1))
-    return max(1, min(plan.n_models, fit, CUDA_CHUNK_CAP if cuda else plan.n_models))
+    return max(1, min(plan.n_models, fit, CUDA_CHUNK_CAP if cuda else CPU_CHUNK_CAP))
+
+
+def check_chunk_size(chunk_size) -> None:
+    """Raise :class:`InvalidParameterError` unless ``chunk_size`` is None or an integer >= 1."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InvalidParameterError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+
+
+def run_chunks(plan: PartitionPlan, recipe: Recipe, *, device="cpu", chunk_size: int | None = None,
+               checkpoint_dir=None, model_ids=None) -> list[list[int]]:
+    """The chunks a run's models are trained in: the one layout every backend uses.
+
+    Parameters
+    ----------
+    plan, recipe
+        The run's plan and training recipe.
+    device : str or torch.device, default "cpu"
+        Only its type matters (:func:`default_chunk_size`).
+    chunk_size : int, optional
+        Most models per new chunk (default: :func:`default_chunk_size`).
+    checkpoint_dir : path-like, optional
+        A run's checkpoint folder: the ranges its files hold stay as they are, so a rerun or
+        a resume keeps the layout already on disk (:func:`runoff.checkpoints.chunk_layout`).
+    model_ids : iterable of int, optional
+        Models wanted (default all).
+
+    Returns
+    -------
+    list of list of int
+        Contiguous ascending ranges of model ids, ordered by first id.
+    """
+    check_chunk_size(chunk_size)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(plan, recipe, device)
+    return chunk_layout(plan.n_models, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir, model_ids=model_ids)
 
 
 @dataclass
@@ -509,7 +556,7 @@ def train_chunk(
     train : Dataset
         The plan's training set (or the internal prepared form used by :func:`train_ensemble`).
     ids : sequence of int
-        Contiguous ascending model ids (one chunk of :func:`runoff.checkpoints.chunk_layout`).
+        Contiguous ascending model ids (one chunk of :func:`run_chunks`).
     recipe, seed_version, device, checkpoint_dir, checkpoint_every, checkpoint_min_interval
         As :func:`train_ensemble`.
     on_progress : callable, optional
@@ -574,6 +621,7 @@ def train_ensemble(
     model_ids=None,
     on_chunk=None,
     label: str | None = None,
+    chunks=None,
 ):
     """Train the base models of a plan, batched, resuming from checkpoints when present.
 
@@ -588,10 +636,10 @@ def train_ensemble(
     device : str or torch.device, default "cpu"
         Training runs in ``torch.get_default_dtype()`` (float32 unless changed).
     chunk_size : int, optional
-        Most models trained together in one batched computation; default: as many as fit a
-        memory budget (all of them for small models). Ranges that checkpoints in
-        ``checkpoint_dir`` already hold keep their chunk (see
-        :func:`runoff.checkpoints.chunk_layout`).
+        Most models trained together in one batched computation; default:
+        :func:`default_chunk_size` (plan, recipe and device type only). Ranges that
+        checkpoints in ``checkpoint_dir`` already hold keep their chunk (see
+        :func:`run_chunks`).
     checkpoint_dir : path-like, optional
         Folder for one checkpoint per chunk (``models-FIRST-LAST.pt``). Existing checkpoints
         are validated and resumed from.
@@ -609,6 +657,9 @@ def train_ensemble(
         Called with each chunk's :class:`ChunkResult` when it is done.
     label : str, optional
         Name shown on the progress bar before the chunk count (e.g. "FA").
+    chunks : list of list of int, optional
+        The layout to train in, from :func:`run_chunks` (overrides ``chunk_size`` and
+        ``model_ids``); the pipeline computes it once and hands it to whichever backend runs.
 
     Returns
     -------
@@ -626,9 +677,9 @@ def train_ensemble(
         raise InvalidParameterError(f"seed_version must be >= 1; got {seed_version}")
     if int(checkpoint_every) < 1:
         raise InvalidParameterError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
-    if chunk_size is None:
-        chunk_size = default_chunk_size(plan, recipe, dev)
-    chunks = chunk_layout(plan.n_models, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir, model_ids=model_ids)
+    if chunks is None:
+        chunks = run_chunks(plan, recipe, device=dev, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir,
+                            model_ids=model_ids)
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     data = _TrainingSet(plan, train, dev)
