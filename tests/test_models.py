@@ -1,6 +1,5 @@
 """Base architectures: the batched module computes exactly what E separate models compute."""
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -80,6 +79,14 @@ def test_init_is_per_model():
 
 
 def test_unknown_architecture():
-    with pytest.raises(InvalidParameterError, match="known: nin, small"):
+    with pytest.raises(InvalidParameterError, match="known: nin, small") as info:
         architecture("resnet", in_channels=3, n_classes=10)
-    assert np.isfinite(1.0)
+    message = str(info.value)
+    assert "'resnet'" in message
+    # Every name the message offers is a working architecture, and names are case-sensitive.
+    known = message.split("known: ")[1].split(", ")
+    for name in known:
+        spec = architecture(name, in_channels=1, n_classes=7)
+        assert spec[-1][0] == "linear" and spec[-1][2] == 7
+    with pytest.raises(InvalidParameterError):
+        architecture("NIN", in_channels=3, n_classes=10)
