@@ -85,8 +85,8 @@ def test_without_labels_reports_certified_fraction(tmp_path, capsys):
     "setup, args, message",
     [
         (None, ["certify", "{tmp}/missing.npz"], "no such file"),
-        ("garbage", ["certify", "{tmp}/bad.npz"], "cannot read"),
-        ("garbage", ["certify", "{tmp}/bad.pth"], "cannot read"),
+        ("garbage", ["certify", "{tmp}/bad.npz"], r"not a valid \.npz file"),
+        ("garbage", ["certify", "{tmp}/bad.pth"], "not a valid PyTorch file"),
         ("nokey", ["certify", "{tmp}/nokey.npz"], "no 'scores' array"),
         ("good", ["certify", "{tmp}/good.npz", "-m", "what"], "unknown method"),
         ("good", ["certify", "{tmp}/good.npz", "-m", "fa", "--d", "5"], "does not divide"),

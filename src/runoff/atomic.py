@@ -35,14 +35,31 @@ def atomic_write(path, mode: str = "wb", *, fsync: bool = False):
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, mode) as f:
+        try:
+            f = open(tmp, mode)
+        except OSError as exc:
+            raise _about(exc, path) from None
+        with f:
             yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _about(exc, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the parent is a file: nothing was created, keep the real error
+            pass
+
+
+def _about(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the file the caller asked for instead of its temporary name."""
+    if exc.errno is None:
+        return OSError(f"cannot write {path}: {exc}")
+    return OSError(exc.errno, exc.strerror, str(path))  # the matching subclass, e.g. PermissionError
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -1,25 +1,147 @@
 """The ``runoff`` command line. Thin: parse, call the library, print a table or JSON.
 
 PyTorch is imported only by the commands that train or read ``.pth`` files.
+
+Every failure ends in one line on stderr, ``runoff: error: ...``, and exit status 1: usage
+errors, bad options (named as typed), bad files, missing optional dependencies, operating
+system errors. Anything else is a bug: one line saying so, or, with ``--debug`` (or
+``RUNOFF_DEBUG=1``), the traceback. A closed stdout (``runoff ... | head``) ends quietly
+with status 141, as a tool stopped by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
+from pathlib import Path
 
 from . import __version__
-from .errors import RunoffError
+from .errors import InvalidParameterError, RunoffError, one_line, require
 
 _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
+_DEBUG_HELP = "on an unexpected error, show the traceback (for bug reports); also RUNOFF_DEBUG=1"
+#: Exit status when stdout is closed early (128 + SIGPIPE), as the shell reports for other tools.
+EXIT_BROKEN_PIPE = 141
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
+# ---------------------------------------------------------------------------- argument types
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _budget_list(text: str) -> list[int]:
+    """Budgets: non-negative integers, sorted, each once."""
+    budgets = _int_list(text)
+    if not budgets:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    negative = [b for b in budgets if b < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"budgets must be >= 0; got {', '.join(map(str, negative))}")
+    return sorted(set(budgets))
+
+
+def _method_list(text: str) -> list[str]:
+    """Method names, comma-separated, each once (in the order given); no empty entry."""
+    names = [m.strip() for m in text.split(",")]
+    if any(not m for m in names):
+        raise argparse.ArgumentTypeError(f"empty entry in {text!r}; give method names separated by commas, "
+                                         "e.g. dpa,dpa-roe")
+    return list(dict.fromkeys(names))
+
+
+def _number(text: str) -> float:
+    """A finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- option checks
+def _at_least(value, option: str, low, what: str = "an integer") -> None:
+    """Refuse ``value < low`` (None: the option was not given)."""
+    if value is not None and not value >= low:
+        raise InvalidParameterError(f"{option} must be {what} >= {low}; got {value:g}")
+
+
+def _check_device(device: str, *, ray: bool = False) -> None:
+    """``--device``: cpu, cuda or cuda:N, and (locally) present on this machine."""
+    if not _DEVICE.fullmatch(device):
+        raise InvalidParameterError(f"--device {device}: give cpu, cuda or cuda:N")
+    if ray:
+        if device not in ("cpu", "cuda"):
+            raise InvalidParameterError(f"--device {device}: with --backend ray give cpu or cuda "
+                                        "(Ray gives each task its own GPU)")
+        return  # the driver may have no GPU: the Ray tasks check theirs
+    if device == "cpu":
+        return
+    torch = require("torch", f"--device {device}")
+    if not torch.cuda.is_available():
+        raise InvalidParameterError(f"--device {device}: CUDA is not available (no GPU, or this torch build has no "
+                                    "CUDA support); use --device cpu")
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise InvalidParameterError(f"--device {device}: this machine has {count} GPU{'s' if count != 1 else ''} "
+                                    f"(cuda:0 to cuda:{count - 1})")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (as absolute paths)."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _check_out_folder(out, option: str = "--out") -> None:
+    """``out`` is a writable folder, or can be created as one; nothing is left behind."""
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            raise InvalidParameterError(f"{option} {out}: exists and is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InvalidParameterError(f"{option} {out}: cannot write into this folder (permission denied)")
+        return
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise InvalidParameterError(f"{option} {out}: cannot create a folder there: {base} is a file, not a folder")
+    # create (and remove) the first missing folder: the only sure test (read-only file systems, /proc, ...)
+    first = Path(os.path.abspath(path))
+    while first.parent != base:
+        first = first.parent
+    try:
+        first.mkdir()
+    except OSError as exc:
+        raise InvalidParameterError(f"{option} {out}: cannot create this folder ({exc.strerror or exc})") from None
+    first.rmdir()
+
+
+def _check_out_file(out, option: str = "--out") -> None:
+    """``out`` (written as ``out`` or ``out.npz``) can be created in an existing, writable folder."""
+    path = Path(out)
+    target = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    if target.is_dir():
+        raise InvalidParameterError(f"{option} {out}: is a folder; give a file name, e.g. {target / 'certificates.npz'}")
+    folder = target.parent
+    if not folder.is_dir():
+        base = _nearest_existing(folder)
+        if base.exists() and not base.is_dir():
+            raise InvalidParameterError(f"{option} {out}: {base} is a file, not a folder")
+        raise InvalidParameterError(f"{option} {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"{option} {out}: cannot write into {folder} (permission denied)")
 
 
 def _add_certify(sub) -> None:
@@ -33,10 +155,12 @@ def _add_certify(sub) -> None:
         ),
     )
     p.add_argument("file", help="logits file (.npz or .pth)")
-    p.add_argument("--method", "-m", default="dpa,dpa-roe", help=f"{_METHOD_HELP}; default dpa,dpa-roe")
+    p.add_argument("--method", "-m", type=_method_list, default=None,
+                   help=f"{_METHOD_HELP}; default dpa,dpa-roe, or fa,fa-roe when --d > 1")
     p.add_argument("--d", type=int, default=1, help="FA: models per bucket (M = k*d); default 1")
     p.add_argument("--spread", type=_int_list, default=None, help="FA: the d shifts, comma-separated; default: the reference spread")
-    p.add_argument("--budgets", type=_int_list, default=None, help="comma-separated budgets; default: 0 to the largest certificate")
+    p.add_argument("--budgets", type=_budget_list, default=None,
+                   help="comma-separated budgets (sorted, each once); default: 0 to the largest certificate")
     p.add_argument("--out", default=None, help="write predictions and certificates to this .npz file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--n-jobs", type=int, default=None, help="threads; default: all cores")
@@ -47,17 +171,22 @@ def _cmd_certify(args) -> int:
     import numpy as np
 
     from .certificates import certify_ensemble
-    from .certificates._validate import check_budgets, check_labels, check_methods
+    from .certificates._validate import check_labels, check_methods
+    from .evaluation import methods_for
     from .logits_io import load_logits, save_certificates
     from .report import default_budgets, summarize
 
-    methods = check_methods([m for m in args.method.split(",") if m.strip()], args.d)
+    _at_least(args.d, "--d", 1)
+    _at_least(args.n_jobs, "--n-jobs", 1)
+    if args.out:
+        _check_out_file(args.out)
+    methods = check_methods(args.method or methods_for(args.d), args.d)
     scores, labels = load_logits(args.file)
     results = {m: certify_ensemble(scores, m, d=args.d, spread=args.spread, n_jobs=args.n_jobs) for m in methods}
     n, m, c = np.shape(scores)
     if labels is not None:
         labels = check_labels(labels, n, c)
-    budgets = check_budgets(args.budgets) if args.budgets is not None else default_budgets(results, labels)
+    budgets = np.asarray(args.budgets, dtype=np.int64) if args.budgets is not None else default_budgets(results, labels)
     summary = summarize(results, labels, budgets)
     summary.update(file=str(args.file), n_points=int(n), n_models=int(m), n_classes=int(c), d=args.d)
     if args.out:
@@ -111,7 +240,7 @@ def _add_train(sub) -> None:
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
-    p.add_argument("--checkpoint-interval", type=float, default=10.0,
+    p.add_argument("--checkpoint-interval", type=_number, default=10.0,
                    help="least seconds between two checkpoints of a chunk (0: after every epoch); default 10")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="most models trained together in one batched computation (one Ray task); default: "
@@ -124,37 +253,58 @@ def _add_train(sub) -> None:
                    help="Ray: join this running cluster (ray://head:10001, head:6379 or auto); default: a local Ray instance")
     g.add_argument("--workers", type=int, default=None,
                    help="Ray: most chunks trained at once; default: what the cluster's CPUs/GPUs allow")
-    g.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs (and torch threads) per task; default 1")
-    g.add_argument("--gpus-per-task", type=float, default=None,
+    g.add_argument("--cpus-per-task", type=_number, default=None, help="Ray: CPUs (and torch threads) per task; default 1")
+    g.add_argument("--gpus-per-task", type=_number, default=None,
                    help="Ray: GPUs per task, fractions share a GPU; default 1 with --device cuda, else 0")
-    g.add_argument("--max-retries", type=int, default=3,
+    g.add_argument("--max-retries", type=int, default=None,
                    help="Ray: retries of a chunk whose worker or node dies; default 3")
     p.set_defaults(func=_cmd_train)
 
 
-def _backend(args):
-    """'local' or a RayBackend from the backend options (Ray-only options need --backend ray)."""
-    from .errors import InvalidParameterError
+def _check_train_options(args) -> None:
+    """Every number and name of ``runoff train``, by the option that gives it, before any work."""
+    _at_least(args.k, "--k", 1)
+    _at_least(args.d, "--d", 1)
+    _at_least(args.versions, "--versions", 1)
+    _at_least(args.version, "--version", 1)
+    _at_least(args.epochs, "--epochs", 1)
+    _at_least(args.chunk_size, "--chunk-size", 1)
+    _at_least(args.checkpoint_interval, "--checkpoint-interval", 0, "a number of seconds")
+    _at_least(args.workers, "--workers", 1)
+    _at_least(args.max_retries, "--max-retries", 0)
+    _at_least(args.gpus_per_task, "--gpus-per-task", 0, "a number")
+    if args.cpus_per_task is not None and not args.cpus_per_task > 0:
+        raise InvalidParameterError(f"--cpus-per-task must be a number > 0; got {args.cpus_per_task:g}")
+    if args.dataset is not None:
+        from .data import DATASETS
 
+        if args.dataset not in DATASETS:
+            raise InvalidParameterError(f"--dataset {args.dataset}: unknown data set; known: {', '.join(DATASETS)}")
     ray_only = {"--address": args.address, "--workers": args.workers, "--gpus-per-task": args.gpus_per_task,
-                "--cpus-per-task": None if args.cpus_per_task == 1.0 else args.cpus_per_task,
-                "--max-retries": None if args.max_retries == 3 else args.max_retries}
+                "--cpus-per-task": args.cpus_per_task, "--max-retries": args.max_retries}
     if args.backend == "local":
         given = [name for name, value in ray_only.items() if value is not None]
         if given:
             raise InvalidParameterError(f"{', '.join(given)}: Ray options; add --backend ray")
+    _check_device(args.device, ray=args.backend == "ray")
+    if args.backend == "ray" and args.device == "cuda" and args.gpus_per_task == 0:
+        raise InvalidParameterError("--device cuda with --backend ray needs --gpus-per-task > 0")
+
+
+def _backend(args):
+    """'local' or a RayBackend from the backend options."""
+    if args.backend == "local":
         return "local"
     from .ray_backend import RayBackend, import_ray
 
     import_ray()  # fail before any data is loaded when Ray is missing
-    return RayBackend(address=args.address, workers=args.workers, cpus_per_task=args.cpus_per_task,
-                      gpus_per_task=args.gpus_per_task, max_retries=args.max_retries)
+    return RayBackend(address=args.address, workers=args.workers,
+                      cpus_per_task=1.0 if args.cpus_per_task is None else args.cpus_per_task,
+                      gpus_per_task=args.gpus_per_task, max_retries=3 if args.max_retries is None else args.max_retries)
 
 
 def _train_settings(args) -> dict:
     """dataset, k, d, versions from --config and the explicit options (which must agree with it)."""
-    from .errors import InvalidParameterError
-
     given = {"dataset": args.dataset, "k": args.k, "d": args.d, "versions": args.versions}
     if args.config:
         from .configs import get_config
@@ -166,18 +316,32 @@ def _train_settings(args) -> dict:
         if clash:
             raise InvalidParameterError(f"{' '.join(clash)} contradicts --config {cfg.name} "
                                         f"(dataset {cfg.dataset}, k={cfg.k}, d={cfg.d}, {cfg.kind})")
-        return chosen
-    if args.k is None:
-        raise InvalidParameterError("give --k (number of partitions) or --config NAME")
-    if args.versions is not None and (args.d or 1) != 1:
+    else:
+        if args.k is None:
+            raise InvalidParameterError("give --k (number of partitions) or --config NAME")
+        chosen = {"dataset": args.dataset or "digits", "k": args.k, "d": 1 if args.d is None else args.d,
+                  "versions": args.versions}
+    if chosen["versions"] is not None and chosen["d"] != 1:
         raise InvalidParameterError("--versions (DPA*) and --d (FA) cannot be combined")
-    return {"dataset": args.dataset or "digits", "k": args.k, "d": args.d or 1, "versions": args.versions}
+    if chosen["versions"] is not None and args.version != 1:
+        raise InvalidParameterError("--version picks one seed version; DPA* (--versions) trains 1..V")
+    return chosen
+
+
+def _require_training(command: str, dataset: str | None) -> None:
+    """PyTorch, and scikit-learn for the embedded digits, before anything is written."""
+    require("torch", command)
+    if dataset == "digits":
+        require("sklearn", f"{command} (the digits data set)")
 
 
 def _cmd_train(args) -> int:
     import time
 
+    _check_train_options(args)
     cfg = _train_settings(args)
+    _require_training("runoff train", cfg["dataset"])
+    _check_out_folder(args.out)
     backend = _backend(args)
     t0 = time.perf_counter()
     common = dict(dataset=cfg["dataset"], k=cfg["k"], epochs=args.epochs, hash=args.hash, device=args.device,
@@ -186,8 +350,7 @@ def _cmd_train(args) -> int:
     try:
         res = _train(args, cfg, common)
     except KeyboardInterrupt:
-        print(f"runoff: interrupted; finished chunks and the last checkpoints are saved in {args.out}: "
-              "rerun the same command to resume", file=sys.stderr)
+        _interrupted(args.out)
         return 130
     n, m, c = res.scores.shape
     if res.summary is not None:
@@ -197,14 +360,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _interrupted(out) -> None:
+    print(f"runoff: interrupted; finished chunks and the last checkpoints are saved in {out}: "
+          "rerun the same command to resume", file=sys.stderr)
+
+
 def _train(args, cfg, common):
     from .pipeline import train_dpa_star, train_run
 
     if cfg["versions"] is not None:
-        if args.version != 1:
-            from .errors import InvalidParameterError
-
-            raise InvalidParameterError("--version picks one seed version; DPA* (--versions) trains 1..V")
         return train_dpa_star(args.out, versions=cfg["versions"], **common)
     return train_run(args.out, d=cfg["d"], seed_version=args.version, **common)
 
@@ -219,17 +383,21 @@ def _add_evaluate(sub) -> None:
         ),
     )
     p.add_argument("run", help="run folder written by runoff train")
-    p.add_argument("--method", "-m", default=None, help=f"{_METHOD_HELP}; default: by the run's d")
-    p.add_argument("--budgets", type=_int_list, default=None, help="comma-separated budgets")
+    p.add_argument("--method", "-m", type=_method_list, default=None, help=f"{_METHOD_HELP}; default: by the run's d")
+    p.add_argument("--budgets", type=_budget_list, default=None, help="comma-separated budgets (sorted, each once)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run
+    from .report import require_matplotlib
 
-    methods = [m for m in args.method.split(",") if m.strip()] if args.method else None
-    ev = evaluate_run(args.run, methods=methods, budgets=args.budgets)
+    require_matplotlib("runoff evaluate (its plot)")
+    run = Path(args.run)
+    if run.is_dir() and not os.access(run, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"{args.run}: cannot write the report into this run folder (permission denied)")
+    ev = evaluate_run(args.run, methods=args.method, budgets=args.budgets)
     if args.json:
         print(json.dumps(ev.summary, indent=2))
     else:
@@ -246,7 +414,7 @@ def _add_demo(sub) -> None:
         description=(
             "The main job end to end on scikit-learn's digits (no download): trains a DPA ensemble and an FA "
             "ensemble, certifies DPA, DPA+ROE, FA and FA+ROE, prints the certified-accuracy table and writes "
-            "the run folders, report and certified_accuracy.png."
+            "the run folders, report and certified_accuracy.png. Rerunning resumes or reuses the runs."
         ),
     )
     p.add_argument("--out", default="runs/demo", help="output folder; default runs/demo")
@@ -255,16 +423,29 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import DEMO_DPA, DEMO_FA, run_demo
+    from .report import require_matplotlib
 
-    ev, timings = run_demo(args.out, device=args.device, progress=not args.no_progress, epochs=args.epochs)
+    _at_least(args.epochs, "--epochs", 1)
+    _check_device(args.device)
+    _require_training("runoff demo", "digits")
+    require_matplotlib("runoff demo (its plot)")
+    _check_out_folder(args.out)
+    from .demo import DEMO_DPA, DEMO_FA, describe_training, run_demo
+
+    try:
+        ev, timings, training = run_demo(args.out, device=args.device, progress=not args.no_progress,
+                                         epochs=args.epochs)
+    except KeyboardInterrupt:
+        _interrupted(args.out)
+        return 130
     _print_evaluation(
         ev.summary,
         f"digits, {ev.summary['n_test']} test points: DPA k={DEMO_DPA['k']} ({DEMO_DPA['k']} models), "
         f"FA k={DEMO_FA['k']} d={DEMO_FA['d']} ({DEMO_FA['k'] * DEMO_FA['d']} models)",
     )
     t = timings
-    print(f"training: DPA {t['train_dpa']:.1f} s, FA {t['train_fa']:.1f} s; certification and report "
+    print(f"training: {describe_training('DPA', t['train_dpa'], training['dpa'])}, "
+          f"{describe_training('FA', t['train_fa'], training['fa'])}; certification and report "
           f"{t['certify_and_report']:.1f} s")
     print(f"wrote {args.out}/ (report.md, report.json, certified_accuracy.png; run folders dpa/ and fa/)")
     return 0
@@ -275,14 +456,15 @@ def _add_predict(sub) -> None:
         "predict",
         help="predict and certify new inputs with a trained run",
         description=(
-            "Load a trained run folder (plan.json and its final checkpoints), evaluate every base model on new "
-            "inputs with its own per-subset normalisation, aggregate with the run's method and certify each "
-            "prediction. INPUTS: one .npy/.npz file of uint8 images (N, H, W, C) as the data set loader gives "
-            "them, or one or more image files (PNG, ...) of the run's size."
+            "Load a trained run folder (plan.json and its final checkpoints; a DPA* run sums its seed versions), "
+            "evaluate every base model on new inputs with its own per-subset normalisation, aggregate with the "
+            "run's method and certify each prediction. INPUTS: one .npy/.npz file of uint8 images (N, H, W, C) "
+            "as the data set loader gives them, or image files (PNG, ...) of the run's size and folders of them "
+            "(every image file in the folder, sorted by name)."
         ),
     )
     p.add_argument("run", help="run folder written by runoff train")
-    p.add_argument("inputs", nargs="+", help="a .npy/.npz array of images, or image files")
+    p.add_argument("inputs", nargs="+", help="a .npy/.npz array of images, or image files and folders of images")
     p.add_argument("--method", "-m", default=None,
                    help="dpa, dpa-roe, fa or fa-roe; default dpa-roe for d = 1, fa-roe for d > 1")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default cpu")
@@ -292,6 +474,10 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
+    require("torch", "runoff predict")
+    _check_device(args.device)
+    if args.out:
+        _check_out_file(args.out)
     from .ensemble import Ensemble, read_inputs
     from .logits_io import save_certificates
 
@@ -301,6 +487,8 @@ def _cmd_predict(args) -> int:
     pred, cert = res.predictions.tolist(), res.certificates.tolist()
     out = {"run": str(args.run), "method": res.method, "k": ens.plan.k, "d": ens.d, "n_models": ens.n_models,
            "n_classes": ens.n_classes, "inputs": names, "predictions": pred, "certificates": cert}
+    if ens.versions > 1:
+        out["versions"] = ens.versions
     if args.out:
         out["out"] = str(save_certificates(args.out, {res.method: res}))
     if args.json:
@@ -309,7 +497,8 @@ def _cmd_predict(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.run}: {ens.plan.dataset}, k={ens.plan.k}, d={ens.d}, {res.method}")
+    star = f", DPA* of {ens.versions} versions" if ens.versions > 1 else ""
+    table = Table(title=f"{args.run}: {ens.plan.dataset}, k={ens.plan.k}, d={ens.d}{star}, {res.method}")
     table.add_column("input")
     table.add_column("prediction", justify="right")
     table.add_column("certificate", justify="right")
@@ -359,9 +548,10 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="compare runs side by side in the paper's format (table, JSON, plots)",
                        description="Certify every run, print a paper-style table (certified accuracy at the budgets, "
                                    "the points ROE gains, the paper's numbers where a run matches a named "
-                                   "configuration) and write report.md, report.json and plots to --out.")
-    p.add_argument("runs", nargs="+", help="run folders written by runoff train")
-    p.add_argument("--budgets", type=_int_list, default=None, help="comma-separated budgets")
+                                   "configuration) and write report.md, report.json and plots to --out. Runs are "
+                                   "named by their folder, or by as much of their path as tells them apart.")
+    p.add_argument("runs", nargs="+", help="run folders written by runoff train (each once)")
+    p.add_argument("--budgets", type=_budget_list, default=None, help="comma-separated budgets (sorted, each once)")
     p.add_argument("--out", default=None, help="folder for report.md, report.json, certified_accuracy.png, certificates_hist.png")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cmd_report)
@@ -370,6 +560,11 @@ def _add_report(sub) -> None:
 def _cmd_report(args) -> int:
     from .comparison import compare_runs, markdown_comparison
 
+    if args.out:
+        from .report import require_matplotlib
+
+        require_matplotlib("runoff report --out (its plots)")
+        _check_out_folder(args.out)
     report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets)
     print(json.dumps(report, indent=2) if args.json else markdown_comparison(report))
     if args.out and not args.json:
@@ -377,12 +572,29 @@ def _cmd_report(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- parser and main
+class _UsageError(Exception):
+    """A command line argparse refuses; ``prog`` is the (sub)command it belongs to."""
+
+    def __init__(self, message: str, prog: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``runoff: error: ...`` line and exit status 1 (see :func:`main`)."""
+
+    def error(self, message):
+        raise _UsageError(message, self.prog)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="runoff",
         description="Provable defenses against data poisoning: partition ensembles with certified predictions.",
     )
     parser.add_argument("--version", action="version", version=f"runoff {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_demo(sub)
@@ -392,20 +604,83 @@ def build_parser() -> argparse.ArgumentParser:
     _add_configs(sub)
     _add_certify(sub)
     _add_predict(sub)
+    for p in sub.choices.values():  # also after the command: runoff certify FILE --debug
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _error(message: str) -> None:
     try:
-        return args.func(args)
-    except RunoffError as exc:
-        print(f"runoff: error: {exc}", file=sys.stderr)
+        print(f"runoff: error: {one_line(message)}", file=sys.stderr)
+    except (OSError, ValueError):  # stderr closed too: nothing left to tell
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    """The one-line message of a failure."""
+    if isinstance(exc, RunoffError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc) or type(exc).__name__
+        files = [f for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{' -> '.join(map(str, files))}: {what}" if files else what
+    return (f"{type(exc).__name__}: {exc} (internal error; rerun with --debug for the traceback and report it)")
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``runoff ... | head``): stop quietly.
+
+    Further writes, including Python's own flush at exit, go to /dev/null, so no
+    "Exception ignored ... BrokenPipeError" follows.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _debug_env() -> bool:
+    return os.environ.get("RUNOFF_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def main(argv=None) -> int:
+    """Run the ``runoff`` command line; returns the exit status.
+
+    0: done; 1: a failure, told in one line ``runoff: error: ...`` on stderr; 130: interrupted;
+    141: stdout was closed before the output was written. With ``--debug`` or
+    ``RUNOFF_DEBUG=1`` an unexpected error shows its traceback.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _error(f"{exc} (see: {exc.prog} --help)")
         return 1
+    debug = args.debug or _debug_env()
+    try:
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
-        print("runoff: interrupted", file=sys.stderr)
+        _error_interrupted()
         return 130
+    except Exception as exc:  # noqa: BLE001 - every failure is one line unless debugging
+        if debug:
+            raise
+        _error(_describe(exc))
+        return 1
+
+
+def _error_interrupted() -> None:
+    try:
+        print("runoff: interrupted", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

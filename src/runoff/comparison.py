@@ -17,9 +17,9 @@ from .atomic import atomic_write_text
 from .certificates import certified_accuracy
 from .configs import CONFIGS, Config
 from .errors import RunDirectoryError
-from .evaluation import evaluate_run
+from .evaluation import check_budget_list, evaluate_run, make_folder
 
-__all__ = ["matching_config", "compare_runs"]
+__all__ = ["matching_config", "compare_runs", "run_labels"]
 
 
 def matching_config(plan) -> Config | None:
@@ -32,24 +32,68 @@ def matching_config(plan) -> Config | None:
     return None
 
 
+def run_labels(run_dirs) -> list[str]:
+    """A short distinct name for each run folder: the shortest ending of its path that no
+    other run's path ends with (``dpa``; ``demo/dpa`` and ``demo3/dpa`` for two ``dpa`` folders).
+
+    Raises
+    ------
+    RunDirectoryError
+        The same folder is given twice.
+    """
+    paths = [Path(r) for r in run_dirs]
+    resolved = [p.resolve() for p in paths]
+    seen = {}
+    for path, real in zip(paths, resolved):
+        if real in seen:
+            raise RunDirectoryError(f"{seen[real]} and {path} are the same run folder; give each run once")
+        seen[real] = path
+    parts = [r.parts[1:] or r.parts for r in resolved]  # without the root ("/" or "C:\\")
+    labels = []
+    for i, mine in enumerate(parts):
+        for n in range(1, len(mine) + 1):
+            tail = mine[-n:]
+            if all(other[-n:] != tail for j, other in enumerate(parts) if j != i):
+                break
+        labels.append("/".join(tail))
+    return labels
+
+
 def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
     """Certify every run and build one comparison; write it to ``out_dir`` if given.
 
     Returns a JSON-ready dict with ``budgets``, and per column (``run: method``) the clean and
     certified accuracy (%), the paper's values where a configuration matches, and ROE's gain.
+    A run is named by its folder, or by as much of its path as tells it from the others
+    (:func:`run_labels`). Budgets are sorted and de-duplicated.
     Files: ``report.json``, ``report.md``, ``certified_accuracy.png``, ``certificates_hist.png``.
+
+    Raises
+    ------
+    RunDirectoryError
+        No run, the same run twice, a run folder without logits, runs on different test
+        sets, or an ``out_dir`` that cannot be a folder.
+    MissingDependencyError
+        ``out_dir`` given without matplotlib installed (checked before anything is written).
     """
     from .partition import PartitionPlan
-    from .report import plot_certificate_histogram, plot_certified_accuracy
+    from .report import plot_certificate_histogram, plot_certified_accuracy, require_matplotlib
 
     runs = [Path(r) for r in run_dirs]
     if not runs:
         raise RunDirectoryError("no run folder given")
-    evaluations, configs, names = [], [], []
+    if out_dir is not None:
+        require_matplotlib("writing the report's plots")
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise RunDirectoryError(f"the report folder {out} is a file, not a folder")
+    names = run_labels(runs)
+    if budgets is not None:
+        budgets = check_budget_list(budgets)
+    evaluations, configs = [], []
     for run in runs:
         evaluations.append(evaluate_run(run, write=False))
         configs.append(matching_config(PartitionPlan.load(run)))
-        names.append(run.name or str(run))
     labels = evaluations[0].labels
     for run, ev in zip(runs[1:], evaluations[1:]):
         if not np.array_equal(ev.labels, labels):
@@ -76,8 +120,7 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
             columns[key] = col
     report = {"budgets": budgets.tolist(), "n_test": int(labels.size), "columns": columns}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_folder(out_dir, "the report folder")
         atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         atomic_write_text(out / "report.md", markdown_comparison(report))
         plot_certified_accuracy(results, labels, out / "certified_accuracy.png", title="certified accuracy")

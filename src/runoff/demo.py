@@ -9,14 +9,14 @@ folders it trained.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
-from .evaluation import Evaluation, evaluate_run, write_report
-from .report import default_budgets, summarize
+from .errors import require
+from .evaluation import Evaluation, evaluate_run, make_folder, write_report
+from .report import default_budgets, require_matplotlib, summarize
 
-__all__ = ["DEMO_DPA", "DEMO_FA", "run_demo"]
+__all__ = ["DEMO_DPA", "DEMO_FA", "run_demo", "describe_training"]
 
 #: Partitions of the demo's DPA ensemble.
 DEMO_DPA = {"k": 50, "d": 1}
@@ -25,26 +25,53 @@ DEMO_FA = {"k": 50, "d": 4}
 
 
 def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True, epochs: int | None = None,
-             dpa: dict | None = None, fa: dict | None = None) -> tuple[Evaluation, dict]:
+             dpa: dict | None = None, fa: dict | None = None) -> tuple[Evaluation, dict, dict]:
     """Train, certify and report; resumes (or reuses) runs already in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like, default "runs/demo"
+        Gets the run folders ``dpa/`` and ``fa/`` and the combined report.
+    device : str, default "cpu"
+    progress : bool, default True
+        Progress bars, labelled ``DPA`` and ``FA``.
+    epochs : int, optional
+        Overrides the digits recipe's epochs.
+    dpa, fa : dict, optional
+        ``{"k": ..., "d": ...}`` of each ensemble; default :data:`DEMO_DPA`, :data:`DEMO_FA`.
 
     Returns
     -------
     evaluation : Evaluation
         All four methods on the digits test set.
     timings : dict
-        Seconds spent training each ensemble and certifying.
+        Seconds spent training each ensemble (``train_dpa``, ``train_fa``) and certifying
+        (``certify_and_report``).
+    training : dict
+        ``{"dpa": TrainingSummary, "fa": TrainingSummary}``: what this call trained (nothing
+        when the runs were already finished).
+
+    Raises
+    ------
+    MissingDependencyError
+        PyTorch, scikit-learn or matplotlib is missing (checked before anything is written).
+    RunDirectoryError
+        ``out_dir`` is a file or cannot be created, or holds runs of other plans.
     """
+    require("torch", "runoff demo")
+    require("sklearn", "runoff demo (its digits data set)")
+    require_matplotlib("runoff demo (its plot)")
     from .pipeline import train_run
 
-    out_dir = Path(out_dir)
-    timings = {}
+    out_dir = make_folder(out_dir, "the demo folder")
+    timings, training = {}, {}
     evaluations = []
     for name, cfg in (("dpa", dpa or DEMO_DPA), ("fa", fa or DEMO_FA)):
         t0 = time.perf_counter()
-        train_run(out_dir / name, dataset="digits", k=cfg["k"], d=cfg["d"], epochs=epochs,
-                  device=device, progress=progress)
+        res = train_run(out_dir / name, dataset="digits", k=cfg["k"], d=cfg["d"], epochs=epochs,
+                        device=device, progress=progress, label=name.upper())
         timings[f"train_{name}"] = time.perf_counter() - t0
+        training[name] = res.summary
         evaluations.append(evaluate_run(out_dir / name))
     t0 = time.perf_counter()
     labels = evaluations[0].labels
@@ -60,4 +87,14 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
     combined = Evaluation(results=results, labels=labels, budgets=np.asarray(budgets), summary=summary)
     write_report(out_dir, combined, title="runoff demo: digits")
     timings["certify_and_report"] = time.perf_counter() - t0
-    return combined, timings
+    return combined, timings, training
+
+
+def describe_training(name: str, seconds: float, summary) -> str:
+    """``DPA 9.4 s``, or ``DPA already trained`` when the call trained nothing (a rerun)."""
+    if summary is not None and summary.trained == 0:
+        return f"{name} already trained"
+    text = f"{name} {seconds:.1f} s"
+    if summary is not None and (summary.resumed or summary.already_done):
+        text += " (resumed)"
+    return text

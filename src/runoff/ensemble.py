@@ -6,7 +6,8 @@ evaluates every base model on new images through the same code path that compute
 test logits (:func:`runoff.train.model_logits`): ``images / 255``, normalised with each
 model's own subset's per-channel mean and std, BatchNorm in evaluation mode. Predictions and
 certificates come from :func:`runoff.certify` with the run's ``d`` and ``spread``, so for the
-test images they are exactly those of the run's ``certificates.npz``.
+test images they are exactly those of the run's ``certificates.npz``. A DPA* run (seed
+versions in ``v1/ ... vV/``) is one ensemble whose logits are the sum of its versions'.
 
 Inputs are images exactly as the data set loader gives them: ``uint8`` (or any integer
 array with values in ``0..255``), shape ``(N, H, W, C)`` with ``(H, W, C)`` the run's image
@@ -24,10 +25,10 @@ import numpy as np
 
 from .certificates import Certification, certify_ensemble
 from .certificates._validate import check_methods
-from .errors import CheckpointError, InvalidParameterError, RunDirectoryError
+from .errors import CheckpointError, InvalidParameterError, RunDirectoryError, one_line, require
 from .partition import PLAN_FILE, PartitionPlan
 
-__all__ = ["Ensemble", "default_method", "read_inputs"]
+__all__ = ["Ensemble", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
 
 def default_method(d: int) -> str:
@@ -55,15 +56,18 @@ class Ensemble:
         Shape of one input image.
     d : int
     spread : tuple of int
+    versions : int
+        Seed versions summed (DPA*); 1 for DPA and FA runs.
     method : str
         Default aggregation: ``"dpa-roe"`` for d = 1, ``"fa-roe"`` for d > 1.
     device : torch.device
     """
 
-    def __init__(self, run_dir, plan: PartitionPlan, models, device):
+    def __init__(self, run_dir, plan: PartitionPlan, members, device):
         self.run_dir = Path(run_dir)
         self.plan = plan
-        self._models = models
+        # one (plan, [(model ids, net), ...]) per seed version: one for DPA and FA, V for DPA*
+        self._members = list(members)
         self.device = device
         self.method = default_method(plan.d)
 
@@ -75,7 +79,10 @@ class Ensemble:
         Parameters
         ----------
         run_dir : path-like
-            Folder written by ``runoff train`` (``plan.json`` and ``checkpoints/``).
+            Folder written by ``runoff train`` (``plan.json`` and ``checkpoints/``). A DPA*
+            run (``runoff train --versions V``) keeps each seed version as a complete run in
+            ``v1/ ... vV/``; it loads as one ensemble of ``k`` models whose logits are the sum
+            of its versions' logits, as in the run's ``logits.npz``.
         device : str, default "cpu"
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
@@ -83,72 +90,32 @@ class Ensemble:
         ------
         RunDirectoryError
             No such folder, no or unreadable ``plan.json``, no checkpoints, models missing,
-            or training not finished (resume it with the same ``runoff train`` command).
+            a DPA* version folder missing, or training not finished (resume it with the same
+            ``runoff train`` command).
         CheckpointError
             A checkpoint is corrupt or belongs to another plan or recipe.
         InvalidParameterError
             Unknown device, or CUDA asked for without CUDA.
         """
-        from .pipeline import CHECKPOINT_DIR
-        from .checkpoints import existing_ranges, load_checkpoint, plan_key
-        from .train import Recipe, _Chunk, resolve_device
+        from .train import resolve_device
 
         dev = resolve_device(device)
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RunDirectoryError(f"{run_dir} is not a run folder (no such directory)")
         if not (run_dir / PLAN_FILE).is_file():
+            if (run_dir / "v1" / PLAN_FILE).is_file():
+                raise RunDirectoryError(
+                    f"{run_dir}: DPA* training is not finished (the versions' summed plan is written last); "
+                    "resume it by running the same `runoff train` command"
+                )
             raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
         plan = PartitionPlan.load(run_dir)
-        training = plan.training or {}
-        try:
-            recipe = Recipe.from_dict(training["recipe"])
-            seed_version = int(training["seed_version"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunDirectoryError(
-                f"{run_dir / PLAN_FILE}: no usable training recipe ({exc}); was it written by `runoff train`?"
-            ) from None
-        ckdir = run_dir / CHECKPOINT_DIR
-        ranges = existing_ranges(ckdir, plan.n_models)
-        if not ranges:
-            raise RunDirectoryError(
-                f"{run_dir}: no trained models (no checkpoints in {ckdir}); the run has not been trained "
-                "or its checkpoints were deleted: run `runoff train` into it"
-            )
-        key = plan_key(plan)
-        models = []
-        covered = np.zeros(plan.n_models, dtype=np.int64)
-        unfinished = []
-        for first, last, path in ranges:
-            obj = load_checkpoint(path)
-            ids = obj.get("model_ids")
-            if (not isinstance(ids, list) or not ids or not all(isinstance(j, int) for j in ids)
-                    or any(j < 0 or j >= plan.n_models for j in ids)):
-                raise CheckpointError(f"checkpoint {path}: bad model ids {ids!r} for a run of {plan.n_models} models")
-            if ids != list(range(first, last + 1)):
-                raise CheckpointError(f"checkpoint {path}: holds models {ids[0]}..{ids[-1]}, which its name does not say")
-            chunk = _Chunk(plan, ids, recipe, seed_version, dev)
-            chunk.restore(obj, path, key)
-            if chunk.epoch < recipe.epochs:
-                unfinished.append(f"{path.name} at epoch {chunk.epoch}/{recipe.epochs}")
-            chunk.net.eval()
-            covered[ids] += 1
-            models.append((chunk.model_ids, chunk.net))
-        if unfinished:
-            raise RunDirectoryError(
-                f"{run_dir}: training is not finished ({', '.join(unfinished)}); "
-                "resume it by running the same `runoff train` command"
-            )
-        if (covered != 1).any():
-            missing = np.flatnonzero(covered == 0).tolist()
-            twice = np.flatnonzero(covered > 1).tolist()
-            what = []
-            if missing:
-                what.append(f"no checkpoint holds models {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
-            if twice:
-                what.append(f"models {twice[:10]} are in several checkpoints")
-            raise RunDirectoryError(f"{run_dir}: {'; '.join(what)} (of {plan.n_models} models)")
-        return cls(run_dir, plan, models, dev)
+        if (plan.training or {}).get("versions") is not None:
+            members = _load_versions(run_dir, plan, dev)
+        else:
+            members = [(plan, _load_models(run_dir, plan, dev))]
+        return cls(run_dir, plan, members, dev)
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -168,12 +135,18 @@ class Ensemble:
         return int(self.plan.d)
 
     @property
+    def versions(self) -> int:
+        """Seed versions whose logits are summed: V for a DPA* run, else 1."""
+        return len(self._members)
+
+    @property
     def spread(self) -> tuple:
         return tuple(int(s) for s in self.plan.spread)
 
     def __repr__(self) -> str:
         p = self.plan
-        return (f"Ensemble({str(self.run_dir)!r}: {p.dataset}, k={p.k}, d={p.d}, {self.n_models} models, "
+        star = f", DPA* of {self.versions} versions" if self.versions > 1 else ""
+        return (f"Ensemble({str(self.run_dir)!r}: {p.dataset}, k={p.k}, d={p.d}{star}, {self.n_models} models, "
                 f"{self.n_classes} classes, images {_shape_text(self.image_shape)}, method {self.method!r})")
 
     # ------------------------------------------------------------------ inputs
@@ -195,10 +168,16 @@ class Ensemble:
             arr = np.asarray(x)
         except Exception as exc:  # noqa: BLE001 - anything that is not an array
             raise InvalidParameterError(f"inputs must be an image array {expected}; got {type(x).__name__} ({exc})") from None
-        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == bool:
+            raise InvalidParameterError(
+                "inputs must be uint8 images (or integers in 0..255) as the data set loader gives them; "
+                "got booleans (dtype bool): is 'True' white or ink? Convert them to 0..255 integers first"
+            )
+        if not np.issubdtype(arr.dtype, np.integer):
+            what = "float images" if np.issubdtype(arr.dtype, np.floating) else "them"
             raise InvalidParameterError(
                 f"inputs must be uint8 images (or integers in 0..255) as the data set loader gives them; "
-                f"got dtype {arr.dtype}. Convert float images to 0..255 integers first"
+                f"got dtype {arr.dtype}. Convert {what} to 0..255 integers first"
             )
         if arr.ndim == 3 and tuple(arr.shape) == (h, w, c) and tuple(arr.shape[1:]) != (h, w):
             raise InvalidParameterError(
@@ -246,11 +225,18 @@ class Ensemble:
         Returns
         -------
         numpy.ndarray of float32, shape (N, n_models, n_classes)
+            For a DPA* run, each base model's logits summed over the seed versions.
         """
         from .train import model_logits
 
         images = self.check_images(x)
-        return model_logits(self._models, self.plan, images, device=self.device, batch_size=int(batch_size))
+        per_version = [model_logits(models, plan, images, device=self.device, batch_size=int(batch_size))
+                       for plan, models in self._members]
+        if len(per_version) == 1:
+            return per_version[0]
+        from .pipeline import merge_versions
+
+        return merge_versions(per_version)  # DPA*: the sum, as the run's logits.npz
 
     def certify(self, x, *, method=None) -> Certification:
         """:func:`runoff.certify` of the ensemble's logits on ``x`` with the run's d and spread."""
@@ -282,13 +268,119 @@ class Ensemble:
         return res.predictions, res.certificates
 
 
+# ---------------------------------------------------------------------------- loading runs
+def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
+    """The finished base models of one run folder: ``[(model ids, net), ...]``."""
+    from .checkpoints import existing_ranges, load_checkpoint, plan_key
+    from .pipeline import CHECKPOINT_DIR
+    from .train import Recipe, _Chunk
+
+    training = plan.training or {}
+    try:
+        recipe = Recipe.from_dict(training["recipe"])
+        seed_version = int(training["seed_version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirectoryError(
+            f"{run_dir / PLAN_FILE}: no usable training recipe ({exc}); was it written by `runoff train`?"
+        ) from None
+    ckdir = run_dir / CHECKPOINT_DIR
+    ranges = existing_ranges(ckdir, plan.n_models)
+    if not ranges:
+        raise RunDirectoryError(
+            f"{run_dir}: no trained models (no checkpoints in {ckdir}); the run has not been trained "
+            "or its checkpoints were deleted: run `runoff train` into it"
+        )
+    key = plan_key(plan)
+    models = []
+    covered = np.zeros(plan.n_models, dtype=np.int64)
+    unfinished = []
+    for first, last, path in ranges:
+        obj = load_checkpoint(path)
+        ids = obj.get("model_ids")
+        if (not isinstance(ids, list) or not ids or not all(isinstance(j, int) for j in ids)
+                or any(j < 0 or j >= plan.n_models for j in ids)):
+            raise CheckpointError(f"checkpoint {path}: bad model ids {ids!r} for a run of {plan.n_models} models")
+        if ids != list(range(first, last + 1)):
+            raise CheckpointError(f"checkpoint {path}: holds models {ids[0]}..{ids[-1]}, which its name does not say")
+        chunk = _Chunk(plan, ids, recipe, seed_version, dev)
+        chunk.restore(obj, path, key)
+        if chunk.epoch < recipe.epochs:
+            unfinished.append(f"{path.name} at epoch {chunk.epoch}/{recipe.epochs}")
+        chunk.net.eval()
+        covered[ids] += 1
+        models.append((chunk.model_ids, chunk.net))
+    if unfinished:
+        raise RunDirectoryError(
+            f"{run_dir}: training is not finished ({', '.join(unfinished)}); "
+            "resume it by running the same `runoff train` command"
+        )
+    if (covered != 1).any():
+        missing = np.flatnonzero(covered == 0).tolist()
+        twice = np.flatnonzero(covered > 1).tolist()
+        what = []
+        if missing:
+            what.append(f"no checkpoint holds models {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
+        if twice:
+            what.append(f"models {twice[:10]} are in several checkpoints")
+        raise RunDirectoryError(f"{run_dir}: {'; '.join(what)} (of {plan.n_models} models)")
+    return models
+
+
+def _partition_fields(plan: PartitionPlan) -> dict:
+    """The plan without its training description: what the versions of a DPA* run share."""
+    return {key: value for key, value in plan.to_dict().items() if key != "training"}
+
+
+def _load_versions(run_dir: Path, plan: PartitionPlan, dev) -> list:
+    """The seed versions of a DPA* run: ``[(version plan, models), ...]`` in version order."""
+    training = plan.training or {}
+    versions = training.get("versions")
+    if isinstance(versions, bool) or not isinstance(versions, int) or versions < 1:
+        raise RunDirectoryError(f"{run_dir / PLAN_FILE}: 'versions' must be an integer >= 1; got {versions!r}")
+    dirs = training.get("version_dirs", [f"v{v}" for v in range(1, versions + 1)])
+    if (not isinstance(dirs, list) or len(dirs) != versions
+            or not all(isinstance(v, str) and v and Path(v).name == v and v not in (".", "..") for v in dirs)):
+        raise RunDirectoryError(
+            f"{run_dir / PLAN_FILE}: 'version_dirs' must name {versions} folders inside the run; got {dirs!r}"
+        )
+    if plan.d != 1:
+        raise RunDirectoryError(f"{run_dir / PLAN_FILE}: a DPA* run has d = 1; this plan has d = {plan.d}")
+    shared = _partition_fields(plan)
+    members = []
+    for name in dirs:
+        sub = run_dir / name
+        if not (sub / PLAN_FILE).is_file():
+            raise RunDirectoryError(
+                f"{run_dir}: DPA* version folder {name}/ is missing or has no {PLAN_FILE}; "
+                "rerun the same `runoff train` command to train it"
+            )
+        sub_plan = PartitionPlan.load(sub)
+        if _partition_fields(sub_plan) != shared:
+            raise RunDirectoryError(
+                f"{sub}: its partitions differ from those of the DPA* run in {run_dir}; "
+                "every version must be trained on the same plan"
+            )
+        members.append((sub_plan, _load_models(sub, sub_plan, dev)))
+    return members
+
+
 # ---------------------------------------------------------------------------- files on disk
 _ARRAY_SUFFIXES = (".npy", ".npz")
+_ARRAY_MAGIC = {".npy": (b"\x93NUMPY", "a .npy file (np.save)"), ".npz": (b"PK\x03\x04", "a .npz file (np.savez)")}
 
 
 def _read_array(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    magic, what = _ARRAY_MAGIC[suffix]
     try:
-        if path.suffix.lower() == ".npy":
+        with open(path, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as exc:
+        raise InvalidParameterError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != magic:
+        raise InvalidParameterError(f"{path} is not a valid {suffix} file: expected {what} of uint8 images")
+    try:
+        if suffix == ".npy":
             return np.load(path, allow_pickle=False)
         with np.load(path, allow_pickle=False) as z:
             if "images" in z.files:
@@ -300,16 +392,44 @@ def _read_array(path: Path) -> np.ndarray:
             )
     except InvalidParameterError:
         raise
-    except Exception as exc:  # noqa: BLE001 - unreadable, truncated, pickled, not numpy
-        raise InvalidParameterError(f"{path}: not a readable numpy array file ({exc})") from None
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise InvalidParameterError(
+                f"{path} holds Python objects, not a numeric array; save the images as a uint8 array"
+            ) from None
+        raise InvalidParameterError(f"{path} is not a valid {suffix} file ({one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt
+        raise InvalidParameterError(f"{path} is not a valid {suffix} file (truncated or corrupt: {one_line(exc)})") from None
+
+
+def _pillow():
+    return require("PIL", "reading image files").Image
+
+
+#: Files of a folder given to :func:`read_inputs` that are read as images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff", ".webp")
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The image files of a folder (not its subfolders or hidden files), sorted by name."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise InvalidParameterError(f"cannot read the folder {folder}: {exc.strerror or exc}") from None
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        arrays = [p.name for p in files if p.suffix.lower() in _ARRAY_SUFFIXES]
+        hint = f" (it holds {', '.join(arrays[:3])}: give an array file by its name)" if arrays else ""
+        raise InvalidParameterError(
+            f"{folder}: a folder without image files ({', '.join(IMAGE_SUFFIXES)}){hint}"
+        )
+    return images
 
 
 def _read_image(path: Path, image_shape) -> np.ndarray:
     """One image file as uint8 (H, W, C), converted only where the conversion is unambiguous."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise InvalidParameterError("reading image files needs Pillow: pip install pillow") from None
+    Image = _pillow()
     h, w, c = image_shape
     try:
         with Image.open(path) as im:
@@ -354,16 +474,18 @@ def _read_image(path: Path, image_shape) -> np.ndarray:
 
 
 def read_inputs(paths, image_shape) -> tuple[np.ndarray, list[str]]:
-    """Read new inputs from disk: one ``.npy``/``.npz`` array, or one or more image files.
+    """Read new inputs from disk: one ``.npy``/``.npz`` array, or image files and folders of them.
 
     Parameters
     ----------
     paths : sequence of path-like
         Either a single ``.npy`` file, or ``.npz`` file (its array ``images``, or its only
         array), holding uint8 images ``(N, H, W, C)`` (``(N, H, W)`` for one channel); or
-        image files Pillow reads (PNG, JPEG, ...). Grey images are repeated into three
-        channels for a colour run; colour images are accepted by a grey run only when their
-        three channels are equal. Images are never resized.
+        image files Pillow reads (PNG, JPEG, ...) and folders, each standing for its image
+        files (names ending in one of :data:`IMAGE_SUFFIXES`; not its subfolders or hidden
+        files), sorted by name. Grey images are repeated
+        into three channels for a colour run; colour images are accepted by a grey run only
+        when their three channels are equal. Images are never resized.
     image_shape : tuple (H, W, C)
         The run's image shape.
 
@@ -372,19 +494,37 @@ def read_inputs(paths, image_shape) -> tuple[np.ndarray, list[str]]:
     images : numpy.ndarray (unvalidated for arrays: :meth:`Ensemble.check_images` does that)
     names : list of str
         One name per input: ``FILE[i]`` for arrays, the file path for images.
+
+    Raises
+    ------
+    InvalidParameterError
+        A missing file, a folder without images, an unreadable or invalid file, or arrays
+        mixed with other inputs.
+    MissingDependencyError
+        Image files without Pillow installed.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise InvalidParameterError("no inputs given")
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise InvalidParameterError(f"no such file: {', '.join(missing)}")
-    arrays = [p for p in paths if p.suffix.lower() in _ARRAY_SUFFIXES]
+        raise InvalidParameterError(f"no such file or folder: {', '.join(missing)}")
+    arrays = [p for p in paths if p.is_file() and p.suffix.lower() in _ARRAY_SUFFIXES]
     if arrays:
         if len(paths) != 1:
-            raise InvalidParameterError("give either one .npy/.npz array file or image files, not several arrays or both")
+            raise InvalidParameterError(
+                "give either one .npy/.npz array file or image files and folders, not several arrays or both"
+            )
         arr = _read_array(paths[0])
         n = arr.shape[0] if arr.ndim >= 1 else 0
         return arr, [f"{paths[0].name}[{i}]" for i in range(n)]
-    images = [_read_image(p, tuple(image_shape)) for p in paths]
-    return np.stack(images), [str(p) for p in paths]
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(_folder_images(p))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InvalidParameterError(f"{p} is neither a file nor a folder")
+    images = [_read_image(p, tuple(image_shape)) for p in files]
+    return np.stack(images), [str(p) for p in files]

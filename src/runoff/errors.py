@@ -6,6 +6,8 @@ Every error that bad input can cause is a :class:`RunoffError`, which is also a
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "RunoffError",
     "InvalidScoresError",
@@ -16,7 +18,19 @@ __all__ = [
     "CheckpointError",
     "DataFileError",
     "BackendError",
+    "MissingDependencyError",
+    "require",
+    "one_line",
 ]
+
+#: What ``pip install`` gives each optional dependency (the extra of pyproject.toml).
+INSTALL_HINTS = {
+    "torch": ("PyTorch", "pip install 'runoff[train]'"),
+    "matplotlib": ("matplotlib", "pip install 'runoff[train]'"),
+    "sklearn": ("scikit-learn", "pip install 'runoff[train]'"),
+    "PIL": ("Pillow", "pip install 'runoff[train]'"),
+    "ray": ("Ray", "pip install 'runoff[ray]'"),
+}
 
 
 class RunoffError(ValueError):
@@ -54,3 +68,46 @@ class DataFileError(RunoffError):
 class BackendError(RunoffError):
     """A training backend cannot run: Ray missing or unreachable, too few resources, or a
     chunk that failed on every retry (finished chunks stay saved; rerunning resumes)."""
+
+
+class MissingDependencyError(RunoffError):
+    """An optional dependency (PyTorch, matplotlib, scikit-learn, Pillow, Ray) is not
+    installed; the message says which ``pip install`` provides it."""
+
+
+def require(module: str, purpose: str):
+    """Import an optional dependency, or say how to install it.
+
+    Parameters
+    ----------
+    module : str
+        Top-level module name: ``"torch"``, ``"matplotlib"``, ``"sklearn"``, ``"PIL"`` or ``"ray"``.
+    purpose : str
+        What needs it, for the message (e.g. ``"runoff train"``).
+
+    Returns
+    -------
+    module
+        The imported module.
+
+    Raises
+    ------
+    MissingDependencyError
+        The module cannot be imported.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name, hint = INSTALL_HINTS.get(module, (module, f"pip install {module}"))
+        raise MissingDependencyError(f"{purpose} needs {name}, which is not installed; install it with: {hint}") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text) -> str:
+    """``text`` on one line, for an error message: terminal colour codes removed, lines
+    joined and runs of white space collapsed."""
+    return " ".join(_ANSI.sub("", str(text)).split())

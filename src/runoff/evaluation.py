@@ -18,9 +18,9 @@ from .certificates import Certification, certify_ensemble
 from .certificates._validate import check_budgets, check_labels, check_methods
 from .errors import RunDirectoryError
 from .logits_io import save_certificates
-from .report import default_budgets, markdown_table, plot_certified_accuracy, summarize
+from .report import default_budgets, markdown_table, plot_certified_accuracy, require_matplotlib, summarize
 
-__all__ = ["Evaluation", "methods_for", "evaluate_run", "write_report"]
+__all__ = ["Evaluation", "methods_for", "evaluate_run", "write_report", "check_budget_list", "make_folder"]
 
 CERTIFICATES_FILE = "certificates.npz"
 REPORT_JSON = "report.json"
@@ -44,9 +44,17 @@ def methods_for(d: int) -> tuple[str, str]:
 
 
 def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | None = None) -> Path:
-    """Write certificates.npz, report.json, report.md and certified_accuracy.png into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write certificates.npz, report.json, report.md and certified_accuracy.png into ``out_dir``.
+
+    Raises
+    ------
+    MissingDependencyError
+        matplotlib is not installed (checked before any file is written).
+    RunDirectoryError
+        ``out_dir`` is a file, or cannot be created.
+    """
+    require_matplotlib("writing the report's plot")
+    out_dir = make_folder(out_dir, "the report folder")
     summary = dict(evaluation.summary, title=title, **(extra or {}))
     save_certificates(out_dir / CERTIFICATES_FILE, evaluation.results, labels=evaluation.labels,
                       budgets=evaluation.budgets)
@@ -54,6 +62,23 @@ def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | N
     atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
     plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / PLOT_FILE, title=title)
     return out_dir
+
+
+def make_folder(path, what: str) -> Path:
+    """Create the folder ``path`` (and its parents) if needed; a clear error if it cannot be one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def check_budget_list(budgets) -> np.ndarray:
+    """Budgets as sorted distinct non-negative integers (int64)."""
+    return np.unique(check_budgets(budgets))
 
 
 def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True) -> Evaluation:
@@ -68,6 +93,10 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
         they assume one model per poison and would overstate the certificates.
     budgets : sequence of int, optional
         Default: evenly spaced from 0 to the largest certificate of a correct prediction.
+        Given budgets are sorted and de-duplicated.
+    write : bool, default True
+        Write ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accuracy.png``
+        into ``run_dir`` (needs matplotlib, checked before anything is computed or written).
 
     Returns
     -------
@@ -76,6 +105,8 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     from .partition import PLAN_FILE, PartitionPlan
     from .pipeline import load_logits
 
+    if write:
+        require_matplotlib("writing the report's plot")
     run_dir = Path(run_dir)
     if not (run_dir / PLAN_FILE).is_file():
         raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
@@ -89,7 +120,7 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     labels = check_labels(labels, scores.shape[0], scores.shape[2])
     chosen = check_methods(methods or methods_for(plan.d), plan.d)
     results = {m: certify_ensemble(scores, m, d=plan.d, spread=list(plan.spread), n_jobs=n_jobs) for m in chosen}
-    budgets = check_budgets(budgets) if budgets is not None else default_budgets(results, labels)
+    budgets = check_budget_list(budgets) if budgets is not None else default_budgets(results, labels)
     summary = summarize(results, labels, budgets)
     summary.update(dataset=plan.dataset, k=plan.k, d=plan.d, n_models=plan.n_models,
                    n_test=int(scores.shape[0]), hash=plan.hash)

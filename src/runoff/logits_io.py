@@ -16,35 +16,77 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import LogitsFileError
+from .errors import LogitsFileError, MissingDependencyError, one_line
 
 __all__ = ["load_logits", "save_certificates"]
 
 _TORCH_SUFFIXES = (".pth", ".pt")
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+_PICKLE_MAGIC = b"\x80"  # pickle protocol 2+: torch.save's legacy (non-zip) format
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise LogitsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _load_npz(path: Path) -> dict:
+    if not _head(path).startswith(_ZIP_MAGIC):
+        raise LogitsFileError(f"{path} is not a valid .npz file (numpy's zip archive of arrays, as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise LogitsFileError(f"cannot read {path} as a .npz file: {exc}") from exc
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise LogitsFileError(
+                f"{path} holds Python objects rather than numeric arrays; runoff reads only numeric arrays "
+                "(save 'scores' and 'labels' as float and integer arrays)"
+            ) from None
+        raise LogitsFileError(f"{path} is not a valid .npz file: {one_line(exc)}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise LogitsFileError(f"{path} is not a valid .npz file (truncated or corrupt: {one_line(exc)})") from None
+
+
+def _tensor_to_numpy(value):
+    """A tensor (any dtype, bfloat16 included) or array-like as a numpy array."""
+    if not hasattr(value, "detach"):
+        return np.asarray(value)
+    import torch
+
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
+        value = value.float()  # bfloat16 and float8 have no numpy dtype: float32 holds them exactly
+    return value.numpy()
 
 
 def _load_pth(path: Path) -> dict:
     try:
         import torch
     except ImportError as exc:
-        raise LogitsFileError(
-            f"reading {path.name} needs PyTorch; install it (pip install torch) or convert the file to .npz"
+        raise MissingDependencyError(
+            f"reading {path.name} needs PyTorch, which is not installed; install it with: pip install 'runoff[train]' "
+            "(or convert the file to .npz)"
         ) from exc
+    head = _head(path)
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        raise LogitsFileError(f"{path} is not a valid PyTorch file (torch.save of a dict of tensors)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise LogitsFileError(f"cannot read {path} with torch.load: {exc}") from exc
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise LogitsFileError(
+                f"{path} holds objects other than tensors (numpy arrays or other Python objects), which runoff "
+                "does not load; save a dict of torch tensors (torch.from_numpy) or an .npz file"
+            ) from None
+        raise LogitsFileError(f"{path} is not a valid PyTorch file (truncated or corrupt: "
+                              f"{type(exc).__name__}: {one_line(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise LogitsFileError(f"{path} holds a {type(obj).__name__}; expected a dict with 'scores' and 'labels'")
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in obj.items()}
+    return {k: _tensor_to_numpy(v) for k, v in obj.items()}
 
 
 def load_logits(path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -109,5 +151,5 @@ def save_certificates(path, results: dict, *, labels=None, budgets=None) -> Path
         with atomic_write(path) as f:
             np.savez(f, **arrays)
     except OSError as exc:
-        raise LogitsFileError(f"cannot write {path}: {exc}") from exc
+        raise LogitsFileError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

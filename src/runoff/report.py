@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .certificates import Certification, certified_accuracy
+from .errors import require
 
 __all__ = [
     "default_budgets",
@@ -14,7 +15,14 @@ __all__ = [
     "markdown_table",
     "plot_certified_accuracy",
     "plot_certificate_histogram",
+    "require_matplotlib",
 ]
+
+
+def require_matplotlib(purpose: str = "plotting"):
+    """Import matplotlib, or raise :class:`~runoff.errors.MissingDependencyError` naming the
+    extra that installs it. Callers that write several files call it before the first one."""
+    return require("matplotlib", purpose)
 
 
 def default_budgets(results: dict[str, Certification], labels=None, *, n_budgets: int = 8) -> np.ndarray:
@@ -88,8 +96,7 @@ def table_caption(summary: dict) -> str:
 
 def _save_figure(path, draw, *, xlabel: str, ylabel: str, title: str | None):
     """Draw on one fresh axes with ``draw(ax)`` and save a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
+    matplotlib = require_matplotlib("writing a plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
