@@ -1,10 +1,12 @@
-"""Does a model's training depend on how the ensemble is chunked? (It should not.)
+"""How much does a model's training depend on how the ensemble is chunked?
 
 Trains the same digits ensemble with several chunk sizes (and once more with the first, for
 run-to-run determinism) and prints, for each, the largest logit difference from the first
-run and how many (test point, model) predictions differ. On CPU every chunk of two or more
-models gives identical bits; a lone-model chunk runs PyTorch's ungrouped kernels and agrees
-to rounding. Usage::
+run and how many (test point, model) predictions differ. Chunks of other sizes run kernels
+of other shapes and agree only to rounding, by amounts that depend on the CPU or GPU (on one
+AVX2 CPU they happened to match bit for bit, on an AVX-512 one they did not); the rerun with
+the same chunks must give identical bits. This is why runoff fixes the layout
+(``runoff.train.run_chunks``). Usage::
 
     python benchmarks/bench_chunk_invariance.py [--device cuda] [--k 12] [--epochs 5] [--chunks 12,6,4,3,2,1]
 """
