@@ -210,3 +210,114 @@ def test_cli_predict_without_models_exits_1(dpa_run, tmp_path, capsys):
     np.save(x, np.zeros((1, 8, 8, 1), np.uint8))
     assert main(["predict", str(run), str(x)]) == 1
     assert "runoff: error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- issue 11
+@pytest.fixture(scope="module")
+def star_run(tmp_path_factory):
+    from runoff.pipeline import train_dpa_star
+
+    run = tmp_path_factory.mktemp("ens") / "star"
+    train_dpa_star(run, versions=2, dataset="digits", k=3, epochs=1, progress=False)
+    evaluate_run(run)
+    return run
+
+
+def test_dpa_star_run_loads_as_the_sum_of_its_versions(star_run, test_set):
+    ens = Ensemble.load(star_run)
+    assert ens.versions == 2 and ens.n_models == 3 and ens.d == 1 and ens.method == "dpa-roe"
+    assert "DPA* of 2 versions" in repr(ens)
+    scores = ens.scores(test_set.images)
+    with np.load(star_run / "logits.npz") as z:
+        ref = z["scores"]
+    assert scores.shape == ref.shape == (len(test_set), 3, 10)
+    np.testing.assert_allclose(scores, ref, rtol=0, atol=1e-5)
+    # each version alone is a run of its own, and the sum is theirs
+    parts = [Ensemble.load(star_run / v).scores(test_set.images) for v in ("v1", "v2")]
+    np.testing.assert_allclose(scores, parts[0] + parts[1], rtol=0, atol=1e-5)
+    assert not np.allclose(parts[0], parts[1])  # two seed versions, two ensembles
+    for method in ("dpa", "dpa-roe"):
+        pred, cert = ens.predict_certified(test_set.images, method=method)
+        ref_pred, ref_cert = _certs(star_run, method)
+        assert np.array_equal(pred, ref_pred) and np.array_equal(cert, ref_cert)
+
+
+def test_cli_predict_on_a_dpa_star_run(star_run, test_set, tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, test_set.images[:5])
+    assert main(["predict", str(star_run), str(x), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    ref_pred, ref_cert = _certs(star_run, "dpa-roe")
+    assert got["versions"] == 2 and got["method"] == "dpa-roe"
+    assert got["predictions"] == ref_pred[:5].tolist() and got["certificates"] == ref_cert[:5].tolist()
+
+
+def test_dpa_star_run_with_a_missing_or_unfinished_version(star_run, tmp_path, capsys):
+    lost = tmp_path / "lost"
+    shutil.copytree(star_run, lost)
+    shutil.rmtree(lost / "v2")
+    with pytest.raises(RunDirectoryError, match="v2/ is missing"):
+        Ensemble.load(lost)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(star_run, unfinished)
+    (unfinished / "plan.json").unlink()  # train_dpa_star writes the top plan last
+    with pytest.raises(RunDirectoryError, match="DPA\\* training is not finished"):
+        Ensemble.load(unfinished)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 8, 8, 1), np.uint8))
+    assert main(["predict", str(unfinished), str(x)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("runoff: error:") and "resume" in err and len(err.splitlines()) == 1
+
+
+def test_cli_predict_on_a_folder_of_images(dpa_run, test_set, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in (2, 0, 1):  # written out of order: read sorted by name
+        Image.fromarray(test_set.images[i, :, :, 0]).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"not read")
+    (folder / "sub").mkdir()
+    Image.fromarray(test_set.images[3, :, :, 0]).save(folder / "sub" / "deeper.png")
+    assert main(["predict", str(dpa_run), str(folder), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["inputs"] == [str(folder / f"img{i}.png") for i in range(3)]
+    ref_pred, ref_cert = _certs(dpa_run, "dpa-roe")
+    assert got["predictions"] == ref_pred[:3].tolist() and got["certificates"] == ref_cert[:3].tolist()
+    # a folder and a file together
+    extra = tmp_path / "extra.png"
+    Image.fromarray(test_set.images[3, :, :, 0]).save(extra)
+    assert main(["predict", str(dpa_run), str(folder), str(extra), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["predictions"] == ref_pred[:4].tolist()
+    # a folder without images says so
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    np.save(empty / "x.npy", test_set.images[:2])
+    assert main(["predict", str(dpa_run), str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "a folder without image files" in err and "x.npy" in err and len(err.splitlines()) == 1
+
+
+def test_bool_inputs_are_refused_without_talking_of_floats(dpa_run, test_set, tmp_path, capsys):
+    ens = Ensemble.load(dpa_run)
+    with pytest.raises(InvalidParameterError, match="dtype bool") as info:
+        ens.predict(test_set.images[:2] > 100)
+    assert "float" not in str(info.value)
+    x = tmp_path / "b.npy"
+    np.save(x, test_set.images[:2] > 100)
+    assert main(["predict", str(dpa_run), str(x)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("runoff: error:") and "bool" in err and "float" not in err
+
+
+def test_cli_predict_out_is_checked_before_loading(dpa_run, test_set, tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, test_set.images[:2])
+    file = tmp_path / "file"
+    file.write_text("a file")
+    assert main(["predict", str(dpa_run), str(x), "--out", str(file / "p.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("runoff: error: --out") and "is a file, not a folder" in err
