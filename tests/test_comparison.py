@@ -92,3 +92,40 @@ def test_report_files_are_valid_images_and_json_round_trips(runs, tmp_path):
         assert img.ndim == 3 and min(img.shape[:2]) > 100
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
+
+
+def test_runs_with_the_same_folder_name_are_told_apart(runs, tmp_path):
+    """Issue 11: runs/demo/dpa and runs/demo3/dpa used to overwrite each other as "dpa"."""
+    import shutil
+
+    from runoff.errors import RunDirectoryError
+    from runoff.pipeline import save_logits
+
+    twin = tmp_path / "demo3" / "dpa"
+    shutil.copytree(runs / "dpa", twin)
+    scores, labels = load_logits(twin)
+    scores = np.roll(scores, 1, axis=2)  # another ensemble (other votes) on the same test set
+    save_logits(twin / "logits.npz", scores, labels)
+    report = compare_runs([runs / "dpa", twin, runs / "fa"], budgets=[0, 1])
+    here = runs.name
+    assert list(report["columns"]) == [f"{here}/dpa: dpa", f"{here}/dpa: dpa-roe", "demo3/dpa: dpa",
+                                       "demo3/dpa: dpa-roe", "fa: fa", "fa: fa-roe"]
+    mine = runoff.certify(load_logits(runs / "dpa")[0], "dpa").certified_accuracy(labels, [0, 1])
+    theirs = runoff.certify(scores, "dpa").certified_accuracy(labels, [0, 1])
+    assert not np.allclose(mine, theirs)
+    np.testing.assert_allclose([report["columns"][f"{here}/dpa: dpa"]["certified"][b] for b in (0, 1)], 100 * mine)
+    np.testing.assert_allclose([report["columns"]["demo3/dpa: dpa"]["certified"][b] for b in (0, 1)], 100 * theirs)
+    with pytest.raises(RunDirectoryError, match="same run folder"):
+        compare_runs([runs / "dpa", runs / "fa" / ".." / "dpa"])
+
+
+def test_report_into_a_file_is_refused_before_writing(runs, tmp_path):
+    from runoff.errors import RunDirectoryError
+
+    file = tmp_path / "report"
+    file.write_text("a file")
+    with pytest.raises(RunDirectoryError, match="is a file, not a folder"):
+        compare_runs([runs / "dpa"], out_dir=file)
+    with pytest.raises(RunDirectoryError, match="cannot create the report folder"):
+        compare_runs([runs / "dpa"], out_dir=file / "sub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"] and file.read_text() == "a file"
