@@ -244,7 +244,8 @@ def _add_train(sub) -> None:
                    help="least seconds between two checkpoints of a chunk (0: after every epoch); default 10")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="most models trained together in one batched computation (one Ray task); default: "
-                        "on a CPU all small models (spread over the workers with Ray) and one NiN, on a GPU 8")
+                        "by plan, recipe and device type only (CPU: 25 small models or one NiN; GPU: 8), the same "
+                        "for both backends and any --workers")
     _add_training_options(p)
     g = p.add_argument_group("backend (where the chunks of models are trained)")
     g.add_argument("--backend", default="local", choices=["local", "ray"],

@@ -196,7 +196,7 @@ def resolve_device(device) -> torch.device:
         if not torch.cuda.is_available():
             raise InvalidParameterError(
                 f"device {device!r} asked for, but CUDA is not available "
-                "(no GPU, or this torch build has no CUDA support); use device='cpu'"
+                "(no GPU, or this torch build has no CUDA support); use 'cpu'"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InvalidParameterError(f"device {device!r}: only {torch.cuda.device_count()} GPUs")
