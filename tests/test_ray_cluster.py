@@ -16,6 +16,10 @@ ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 from ray_procs import checkpoint_epoch, task_processes  # noqa: E402
+
+# Every Ray task here runs with one torch thread (one CPU per task); the local runs they are
+# compared with bit for bit run with one too, so both are the same computation on any CPU.
+pytest.importorskip("torch").set_num_threads(1)
 from runoff.ray_backend import RayBackend  # noqa: E402
 
 RUN = dict(dataset="digits", k=6, epochs=60, progress=False)
