@@ -70,12 +70,66 @@ def test_eval_mode_and_roundtrip():
     torch.testing.assert_close(net(x)[:, 1], single(x[:, 1:2]), rtol=1e-5, atol=1e-6)
 
 
-def test_init_is_per_model():
+@pytest.mark.parametrize("rule", ["pytorch", "rotnet"])
+def test_init_is_per_model(rule):
     spec = architecture("small", in_channels=1, n_classes=10)
-    a = BatchedNet(spec, 3).init_([torch.Generator().manual_seed(s) for s in (1, 2, 3)])
-    b = BatchedNet(spec, 2).init_([torch.Generator().manual_seed(s) for s in (9, 2)])
+    a = BatchedNet(spec, 3).init_([torch.Generator().manual_seed(s) for s in (1, 2, 3)], rule=rule)
+    b = BatchedNet(spec, 2).init_([torch.Generator().manual_seed(s) for s in (9, 2)], rule=rule)
     assert all(torch.equal(pa[1], pb[1]) for pa, pb in zip(a.weights, b.weights))
     assert not torch.equal(a.weights[0][0], a.weights[0][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,channels,classes", [("nin", 1, 10), ("nin", 3, 43), ("small", 1, 10)])
+def test_pytorch_rule_is_torch_default_init_bit_for_bit(name, channels, classes, dtype):
+    # The published scripts seed torch and then build their network: every layer draws its
+    # default initialisation from the global generator, in construction order. A model drawn
+    # by the "pytorch" rule from its own generator with the same seed is that network, bit for
+    # bit, and leaves its generator where the construction leaves torch's.
+    spec = architecture(name, in_channels=channels, n_classes=classes)
+    seeds = (4, 9)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        net = BatchedNet(spec, len(seeds)).init_(gens, rule="pytorch")
+        for e, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = build_model(spec)  # torch.nn layers: their own reset_parameters()
+                state_after = torch.get_rng_state()
+            ours = net.model_state(e)
+            ref = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+            assert set(ours) == set(ref)
+            for key, val in ref.items():
+                assert val.dtype == dtype and torch.equal(ours[key], val), key
+            assert torch.equal(gens[e].get_state(), state_after)
+    finally:
+        torch.set_default_dtype(prev)
+
+
+def test_init_rules_draw_their_distributions():
+    spec = architecture("nin", in_channels=3, n_classes=10)
+    convs = [i for i, (kind, *_rest) in enumerate(BatchedNet(spec, 1)._plan) if kind == "conv"]
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(4)]  # noqa: E731
+    torch_net = BatchedNet(spec, 4).init_(gens(), rule="pytorch")
+    rot_net = BatchedNet(spec, 4).init_(gens(), rule="rotnet")
+    for i in convs:
+        _, cin, cout, k, _s, _p = spec[i]
+        a = torch_net.model_state(0)[f"{i}.weight"]
+        bound = 1 / (cin * k * k) ** 0.5  # kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in))
+        assert float(a.abs().max()) <= bound * (1 + 1e-6) and float(a.abs().max()) > 0.95 * bound
+        r = torch.stack([rot_net.model_state(e)[f"{i}.weight"] for e in range(4)])
+        assert float(r.std()) == pytest.approx((2 / (k * k * cout)) ** 0.5, rel=0.1)
+    last = len(spec) - 1
+    bias = torch.stack([torch_net.model_state(e)[f"{last}.bias"] for e in range(4)])
+    assert float(bias.abs().max()) <= 192 ** -0.5 and bool((bias != 0).all())
+    assert all(torch.equal(rot_net.model_state(e)[f"{last}.bias"], torch.zeros(10)) for e in range(4))
+    for net in (torch_net, rot_net):
+        state = net.model_state(2)
+        assert torch.equal(state["1.weight"], torch.ones(192)) and torch.equal(state["1.bias"], torch.zeros(192))
+    with pytest.raises(InvalidParameterError, match="unknown initialisation rule 'xavier'; known: pytorch, rotnet"):
+        BatchedNet(spec, 1).init_(gens()[:1], rule="xavier")
 
 
 def test_unknown_architecture():

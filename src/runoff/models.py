@@ -28,8 +28,23 @@ Architectures:
     on CPU, where oneDNN's grouped stride-2 backward pass is slow, and more accurate.)
 
 Initialisation (:meth:`BatchedNet.init_`) draws every model's weights from that model's own
-``torch.Generator``: convolutions ``N(0, 2 / (kh*kw*C_out))`` (RotNet), BatchNorm weight 1 and
-bias 0, linear weight ``U(-1/sqrt(in), 1/sqrt(in))`` and bias 0.
+``torch.Generator``, by one of two rules (:data:`INIT_RULES`):
+
+``"pytorch"``
+    What ``torch.nn`` layers do when they are built (``reset_parameters``), and so what the
+    paper's published scripts train from (their NiN defines a ``weight_initialization()``
+    that nothing calls): convolution and linear weights ``kaiming_uniform_(a=sqrt(5))``, i.e.
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = C_in*kh*kw`` (convolutions have
+    no bias here), linear bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, BatchNorm weight 1 and
+    bias 0. The draws are made in the order in which ``torch.nn`` modules built one after
+    another make them (each convolution's weight, then the classifier's weight and bias), so
+    a model initialised from a generator seeded ``s`` equals :func:`build_model`'s model
+    built right after ``torch.manual_seed(s)``, bit for bit, and leaves the generator in the
+    same state.
+``"rotnet"``
+    The rule of RotNet's uncalled ``weight_initialization()``, kept for the ``digits``
+    recipe: convolutions ``N(0, 2 / (kh*kw*C_out))``, BatchNorm weight 1 and bias 0, linear
+    weight ``U(-1/sqrt(in), 1/sqrt(in))`` and bias 0.
 """
 
 from __future__ import annotations
@@ -42,9 +57,12 @@ from torch import nn
 
 from .errors import InvalidParameterError
 
-__all__ = ["ARCHITECTURES", "architecture", "build_model", "BatchedNet"]
+__all__ = ["ARCHITECTURES", "INIT_RULES", "architecture", "build_model", "BatchedNet", "kaiming_uniform_bound"]
 
 ARCHITECTURES = ("nin", "small")
+
+#: Initialisation rules of :meth:`BatchedNet.init_` (see the module docstring).
+INIT_RULES = ("pytorch", "rotnet")
 
 
 def architecture(name: str, *, in_channels: int, n_classes: int) -> list[tuple]:
@@ -84,6 +102,17 @@ def architecture(name: str, *, in_channels: int, n_classes: int) -> list[tuple]:
             ("gap",), ("linear", 32, int(n_classes)),
         ]
     raise InvalidParameterError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+def kaiming_uniform_bound(fan_in: int) -> float:
+    """Half-width of ``torch.nn.init.kaiming_uniform_(w, a=sqrt(5))`` for a given ``fan_in``.
+
+    Mathematically ``1/sqrt(fan_in)``; computed as PyTorch computes it (gain of a leaky ReLU
+    with slope ``sqrt(5)``, times ``sqrt(3)``, over ``sqrt(fan_in)``), so that the draws are
+    PyTorch's own to the last bit.
+    """
+    gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+    return math.sqrt(3.0) * (gain / math.sqrt(fan_in))
 
 
 def build_model(spec) -> nn.Sequential:
@@ -221,27 +250,49 @@ class BatchedNet(nn.Module):
 
     # ----------------------------------------------------------------- initialisation
     @torch.no_grad()
-    def init_(self, generators) -> "BatchedNet":
+    def init_(self, generators, rule: str = "pytorch") -> "BatchedNet":
         """Initialise model ``e`` from ``generators[e]`` (CPU ``torch.Generator``), in place.
 
         Each model draws its parameters in layer order from its own generator only, so the
         result for model ``e`` does not depend on the other models.
+
+        Parameters
+        ----------
+        generators : sequence of torch.Generator, length n_models
+        rule : {"pytorch", "rotnet"}, default "pytorch"
+            See the module docstring. Values are drawn in the parameters' dtype.
+
+        Returns
+        -------
+        BatchedNet
+            ``self``.
         """
         if len(generators) != self.n_models:
             raise InvalidParameterError(f"need {self.n_models} generators; got {len(generators)}")
+        if rule not in INIT_RULES:
+            raise InvalidParameterError(f"unknown initialisation rule {rule!r}; known: {', '.join(INIT_RULES)}")
         for kind, layer, idx in self._plan:
-            if kind == "conv":
+            if kind == "bn":
+                self.weights[idx[0]].fill_(1.0)
+                self.weights[idx[0] + 1].zero_()
+                getattr(self, f"running_mean_{idx[1]}").zero_()
+                getattr(self, f"running_var_{idx[1]}").fill_(1.0)
+            elif kind in ("conv", "linear") and rule == "pytorch":
+                w = self.weights[idx]
+                fan_in = math.prod(w.shape[2:])  # (E, out, in[, kh, kw]): in * kh * kw
+                bound = kaiming_uniform_bound(fan_in)
+                for e, g in enumerate(generators):
+                    w[e].uniform_(-bound, bound, generator=g)
+                    if kind == "linear":
+                        self.weights[idx + 1][e].uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in),
+                                                          generator=g)
+            elif kind == "conv":  # rotnet
                 w = self.weights[idx]
                 _, cin, cout, k, s, p = layer
                 std = math.sqrt(2.0 / (k * k * cout))
                 for e, g in enumerate(generators):
                     w[e].copy_(torch.randn(w.shape[1:], generator=g) * std)
-            elif kind == "bn":
-                self.weights[idx[0]].fill_(1.0)
-                self.weights[idx[0] + 1].zero_()
-                getattr(self, f"running_mean_{idx[1]}").zero_()
-                getattr(self, f"running_var_{idx[1]}").fill_(1.0)
-            elif kind == "linear":
+            elif kind == "linear":  # rotnet
                 w = self.weights[idx]
                 bound = 1.0 / math.sqrt(layer[1])
                 for e, g in enumerate(generators):
