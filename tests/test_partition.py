@@ -48,7 +48,9 @@ def test_dpa_subsets_by_hand():
     vals = np.array([1, 2, 0, 0, 2, 4]) / 255.0
     j0 = (0 + shift) % 3
     assert plan.mean[j0, 0] == pytest.approx(vals.mean())
-    assert plan.std[j0, 0] == pytest.approx(vals.std())
+    # sample std (n - 1), as torch.std in the published partition script
+    assert plan.std[j0, 0] == pytest.approx(vals.std(ddof=1), rel=1e-12)
+    assert make_plan(ds, k=3, std_rule="population").std[j0, 0] == pytest.approx(vals.std(), rel=1e-12)
     j2 = (2 + shift) % 3
     assert plan.mean[j2, 0] == 0 and plan.std[j2, 0] == 1
 
@@ -138,6 +140,47 @@ def test_bad_k_and_d():
         make_plan(train, k=5, d=0)
     with pytest.raises(InvalidParameterError, match="unknown hash"):
         make_plan(train, k=5, hash="crc")
+    with pytest.raises(InvalidParameterError, match="unknown std_rule 'biased'; known: sample, population"):
+        make_plan(train, k=5, std_rule="biased")
+
+
+def _colour_set(n=60, seed=3):
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, size=(n, 5, 4, 3), dtype=np.uint8)
+    imgs[:, :, :, 2] //= 7  # channels with different spreads
+    return Dataset(imgs, rng.integers(0, 4, size=n), 4, "colour/train")
+
+
+@pytest.mark.parametrize("std_rule,ddof", [("sample", 1), ("population", 0)])
+def test_subset_stats_equal_a_plain_computation(std_rule, ddof):
+    # the exact integer computation against numpy on every subset's pixel values (FA: d = 2,
+    # so subsets overlap); the published script's torch.std is the ddof = 1 one
+    ds = _colour_set()
+    plan = make_plan(ds, k=4, d=2, std_rule=std_rule)
+    canon = plan.canonical(ds)
+    assert plan.std_rule == std_rule
+    for j, sub in enumerate(plan.subsets):
+        vals = canon.images[sub].reshape(-1, 3).astype(np.float64) / 255
+        np.testing.assert_allclose(plan.mean[j], vals.mean(axis=0), rtol=1e-13)
+        np.testing.assert_allclose(plan.std[j], vals.std(axis=0, ddof=ddof), rtol=1e-12)
+
+
+def test_std_rule_is_recorded_and_old_plans_keep_their_json(tmp_path):
+    ds = _colour_set()
+    plan = make_plan(ds, k=4)
+    plan.save(tmp_path)
+    obj = json.loads((tmp_path / "plan.json").read_text())
+    assert obj["std_rule"] == "sample"
+    # A plan written before the rule was recorded has no std_rule and population stds: it
+    # loads as such and writes the same JSON back (checkpoints are tied to that JSON).
+    old = make_plan(ds, k=4, std_rule="population")
+    old_obj = json.loads(json.dumps(old.to_dict()))
+    assert "std_rule" not in old_obj and not np.array_equal(old.std, plan.std)
+    loaded = PartitionPlan.from_dict(old_obj)
+    assert loaded.std_rule == "population" and loaded.to_dict() == old_obj and loaded == old
+    assert loaded != plan  # never mistaken for a plan of the sample rule
+    with pytest.raises(RunDirectoryError, match="unknown std_rule 'n-2'"):
+        PartitionPlan.from_dict({**obj, "std_rule": "n-2"})
 
 
 def test_digits_loader_and_registry():

@@ -30,7 +30,10 @@ order, process or machine:
    every shift ``s`` of the spread (:func:`runoff.spread.reference_spread` by default);
    ``d = 1`` is DPA.
 4. **Per-subset normalisation.** Each base model normalises its inputs with the per-channel
-   mean and standard deviation of its own subset (pixel values scaled to ``[0, 1]``).
+   mean and standard deviation of its own subset (pixel values scaled to ``[0, 1]``). The std
+   is the sample std (``n - 1`` in the denominator, ``n`` the subset's pixel values in the
+   channel), as ``torch.std`` in the published partition script; the plan records this as
+   ``std_rule`` (:data:`STD_RULES`).
 
 Plans are saved as ``plan.json`` in a run directory (:meth:`PartitionPlan.save`) and
 validated on load (:meth:`PartitionPlan.load`).
@@ -53,6 +56,7 @@ from .spread import bucket_models, reference_spread, validate_spread
 __all__ = [
     "HASHES",
     "PLAN_FILE",
+    "STD_RULES",
     "PartitionPlan",
     "content_order",
     "dataset_fingerprint",
@@ -62,6 +66,11 @@ __all__ = [
 
 #: Known content hashes (see the module docstring for what each means for an attacker).
 HASHES = ("pixelsum", "sha256")
+#: How a subset's std is computed: ``"sample"`` (n - 1, the published rule and runoff's) or
+#: ``"population"`` (n), the rule of plans written before runoff recorded one; those have no
+#: ``std_rule`` field, and a population-rule plan is written without one, so that their
+#: JSON, and the checkpoints tied to it, stay as they were.
+STD_RULES = ("sample", "population")
 #: File name of a plan inside a run directory.
 PLAN_FILE = "plan.json"
 _FORMAT = "runoff-plan"
@@ -164,8 +173,24 @@ def dataset_fingerprint(images, labels) -> str:
     return h.hexdigest()
 
 
-def _subset_stats(images_canon, buckets, spread, n_models):
-    """Exact per-subset, per-channel mean and std (population) of pixel values / 255."""
+def _subset_stats(images_canon, buckets, spread, n_models, std_rule="sample"):
+    """Per-subset, per-channel mean and std of pixel values / 255, each rounded once.
+
+    Parameters
+    ----------
+    images_canon : numpy.ndarray of uint8, shape (n, H, W, C)
+    buckets : numpy.ndarray of int64, shape (n,)
+    spread : tuple of int
+    n_models : int
+    std_rule : {"sample", "population"}
+        Denominator ``count - 1`` or ``count``, ``count`` the subset's values in a channel
+        (images times H*W).
+
+    Returns
+    -------
+    mean, std : numpy.ndarray of float64, shape (n_models, C)
+        An empty subset gets mean 0 and std 1; a constant channel (or a single value) std 1.
+    """
     n = images_canon.shape[0]
     c = images_canon.shape[3]
     pix = images_canon.reshape(n, -1, c).astype(np.int64)
@@ -189,9 +214,10 @@ def _subset_stats(images_canon, buckets, spread, n_models):
             t2 = int(b2[src, ch].sum())
             # Exact integer arithmetic, then one rounding: identical on every machine.
             mean[m, ch] = t1 / (255 * count)
-            var_num = t2 * count - t1 * t1  # = count^2 * 255^2 * var
-            if var_num > 0:
-                std[m, ch] = float(np.sqrt(var_num / (count * count * 65025)))
+            var_num = t2 * count - t1 * t1  # = count^2 * 255^2 * population variance
+            denom = count * (count - 1 if std_rule == "sample" else count) * 65025
+            if var_num > 0:  # implies count >= 2
+                std[m, ch] = float(np.sqrt(var_num / denom))
     return mean, std
 
 
@@ -219,11 +245,13 @@ class PartitionPlan:
     buckets : numpy.ndarray of int64, shape (n_train,)
         Bucket of each sample in canonical order.
     mean, std : numpy.ndarray of float64, shape (n_models, C)
-        Per-subset, per-channel mean and (population) std of pixel values / 255; an empty
-        subset or a constant channel gets std 1.
+        Per-subset, per-channel mean and std (by ``std_rule``) of pixel values / 255; an
+        empty subset or a constant channel gets std 1.
     training : dict or None
         Free-form JSON-serialisable description of how the ensemble is trained (recipe,
         model, seeds), recorded by the pipeline so that a run directory names its run.
+    std_rule : {"sample", "population"}
+        How ``std`` was computed (:data:`STD_RULES`); plans made now use ``"sample"``.
     """
 
     dataset: str
@@ -238,6 +266,7 @@ class PartitionPlan:
     mean: np.ndarray
     std: np.ndarray
     training: dict | None = None
+    std_rule: str = "sample"
     _subsets: list | None = field(default=None, repr=False)
 
     @property
@@ -314,6 +343,7 @@ class PartitionPlan:
             "spread": [int(s) for s in self.spread],
             "hash": self.hash,
             "training": self.training,
+            **({} if self.std_rule == "population" else {"std_rule": self.std_rule}),
             "mean": [[float(v) for v in row] for row in self.mean],
             "std": [[float(v) for v in row] for row in self.std],
             "buckets": [int(b) for b in self.buckets],
@@ -385,11 +415,14 @@ class PartitionPlan:
         training = obj.get("training")
         if training is not None and not isinstance(training, dict):
             raise bad("field 'training' must be an object or null")
+        std_rule = obj.get("std_rule", "population")  # plans written before the field existed
+        if std_rule not in STD_RULES:
+            raise bad(f"unknown std_rule {std_rule!r}; known: {', '.join(STD_RULES)}")
         return cls(
             dataset=obj["dataset"], k=k, d=d, spread=tuple(int(s) for s in spread),
             hash=obj["hash"], n_classes=obj["n_classes"], image_shape=tuple(shape),
             fingerprint=obj["fingerprint"], buckets=buckets, mean=mean, std=std,
-            training=training,
+            training=training, std_rule=std_rule,
         )
 
     def save(self, run_dir) -> Path:
@@ -444,6 +477,7 @@ def make_plan(
     spread=None,
     hash: str = "pixelsum",
     training: dict | None = None,
+    std_rule: str = "sample",
 ) -> PartitionPlan:
     """Build the partition plan of a training set.
 
@@ -461,6 +495,9 @@ def make_plan(
         Content hash (see the module docstring).
     training : dict, optional
         Recorded in the plan as is (see :class:`PartitionPlan`).
+    std_rule : {"sample", "population"}, default "sample"
+        Each subset's per-channel std: sample std (``n - 1``, the published rule) or population
+        std (``n``, the rule of plans made before runoff recorded it).
 
     Returns
     -------
@@ -470,7 +507,7 @@ def make_plan(
     Raises
     ------
     InvalidParameterError
-        For k, d, spread or hash out of range.
+        For k, d, spread, hash or std_rule out of range.
     """
     for name, val in (("k", k), ("d", d)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
@@ -484,6 +521,8 @@ def make_plan(
         )
     if hash not in HASHES:
         raise InvalidParameterError(f"unknown hash {hash!r}; known hashes: {', '.join(HASHES)}")
+    if std_rule not in STD_RULES:
+        raise InvalidParameterError(f"unknown std_rule {std_rule!r}; known: {', '.join(STD_RULES)}")
     m = k * d
     spread = reference_spread(k, d) if spread is None else spread
     spread = tuple(int(s) for s in validate_spread(spread, n_models=m, d=d))
@@ -492,10 +531,10 @@ def make_plan(
     labels = train.labels[order]
     sums = None if train.pixel_sums is None else train.pixel_sums[order]
     buckets = hash_samples(images, labels, n_buckets=m, method=hash, pixel_sums=sums)
-    mean, std = _subset_stats(images, buckets, spread, m)
+    mean, std = _subset_stats(images, buckets, spread, m, std_rule)
     name = train.name.split("/")[0]
     return PartitionPlan(
         dataset=name, k=k, d=d, spread=spread, hash=hash, n_classes=train.n_classes,
         image_shape=tuple(train.image_shape), fingerprint=dataset_fingerprint(images, labels),
-        buckets=buckets, mean=mean, std=std, training=training,
+        buckets=buckets, mean=mean, std=std, training=training, std_rule=std_rule,
     )
