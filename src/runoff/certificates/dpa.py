@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vote import class_major, gaps, plurality, preferred_counts, roe_finalists, round1_votes, vote_counts
+from .vote import (
+    class_major,
+    gaps,
+    plurality,
+    preferred_counts,
+    roe_finalists,
+    round1_votes,
+    run_off_gaps,
+    vote_counts,
+)
 
 __all__ = ["dpa_1v1", "dpa_2v1", "certify_dpa", "certify_dpa_roe"]
 
@@ -72,9 +81,8 @@ def certify_dpa_roe(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, sec = roe_finalists(by_class, counts)
 
     # Round 2: c must first overtake `sec` in round 1, then beat `pred` in the run-off.
-    wins_c = preferred_counts(by_class, pred)
-    run_off_gap = (m - wins_c) - wins_c + (np.arange(c)[None, :] > pred[:, None])
-    r2 = np.maximum(dpa_1v1(gaps(counts, sec)), dpa_1v1(run_off_gap))
+    run_off = run_off_gaps(preferred_counts(by_class, pred), m, pred[:, None], np.arange(c)[None, :])
+    r2 = np.maximum(dpa_1v1(gaps(counts, sec)), dpa_1v1(run_off))
     r2[rows, pred] = _NO_BOUND
     cert = r2.min(axis=1)
 

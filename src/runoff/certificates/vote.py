@@ -20,7 +20,9 @@ import numpy as np
 __all__ = [
     "round1_votes",
     "vote_counts",
+    "margin",
     "gaps",
+    "run_off_gaps",
     "plurality",
     "top_two",
     "prefers",
@@ -42,6 +44,15 @@ def vote_counts(votes: np.ndarray, n_classes: int) -> np.ndarray:
     return np.bincount(flat.ravel(), minlength=n * n_classes).reshape(n, n_classes)
 
 
+def margin(n_ref, n_rival, ref, rival):
+    """Gap of class ``ref`` over class ``rival``: ``n_ref - n_rival + [rival > ref]``, elementwise.
+
+    ``n_ref`` and ``n_rival`` are their votes; ``ref`` wins exactly when the gap is positive
+    (on equal votes the smaller index wins). Broadcasts like numpy arithmetic.
+    """
+    return n_ref - n_rival + (rival > ref)
+
+
 def gaps(counts: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """gap(ref, c) = N_ref - N_c + [c > ref] for every class c. -> (N, C) int64.
 
@@ -49,7 +60,17 @@ def gaps(counts: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """
     n, c = counts.shape
     own = np.take_along_axis(counts, ref[:, None], axis=1)
-    return own - counts + (np.arange(c)[None, :] > ref[:, None])
+    return margin(own, counts, ref[:, None], np.arange(c)[None, :])
+
+
+def run_off_gaps(wins, n_models: int, ref, rival):
+    """Gap of ``ref`` over ``rival`` in a two-way vote of ``n_models`` models, ``wins`` of
+    which prefer ``rival``: ``margin(n_models - wins, wins, ref, rival)``, elementwise.
+
+    With ``wins = preferred_counts(by_class, ref)`` (N, C), ``ref[:, None]`` and
+    ``np.arange(C)[None, :]`` it gives every class's run-off gap, (N, C).
+    """
+    return margin(n_models - wins, wins, ref, rival)
 
 
 def plurality(counts: np.ndarray) -> np.ndarray:
@@ -65,13 +86,14 @@ def top_two(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.argmax(masked, axis=1)
 
 
-def prefers(by_class: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether each model prefers class ``a[n]`` to class ``b[n]`` in a two-way vote.
+def prefers(by_class: np.ndarray, a: np.ndarray, b: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Whether each model prefers class ``a[r]`` to class ``b[r]`` in a two-way vote.
 
     ``by_class`` (N, C, M) is the class-major layout of :func:`class_major`; ``a``, ``b``
-    are (N,). Returns (N, M) bool: the logit for ``a`` is larger, or equal and ``a < b``.
+    are (R,) and ``rows`` (R,) the points they belong to (default: every point, R = N).
+    Returns (R, M) bool: the logit for ``a`` is larger, or equal and ``a < b``.
     """
-    rows = np.arange(by_class.shape[0])
+    rows = np.arange(by_class.shape[0]) if rows is None else rows
     sa, sb = by_class[rows, a], by_class[rows, b]
     return (sa > sb) | ((sa == sb) & (a < b)[:, None])
 
@@ -100,8 +122,7 @@ def roe_finalists(by_class: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray,
     """
     first, second = top_two(counts)
     n_first = prefers(by_class, first, second).sum(axis=1)
-    n_second = by_class.shape[2] - n_first
-    first_wins = (n_first - n_second + (second > first)) > 0
+    first_wins = margin(n_first, by_class.shape[2] - n_first, first, second) > 0
     winner = np.where(first_wins, first, second)
     loser = np.where(first_wins, second, first)
     return winner, loser
