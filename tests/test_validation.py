@@ -1,5 +1,7 @@
 """Bad input gets a clear RunoffError (also a ValueError) that names the problem."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -13,13 +15,13 @@ GOOD = RNG.normal(size=(4, 6, 3))
 @pytest.mark.parametrize(
     "scores, match",
     [
-        (np.zeros((4, 6)), r"shape \(N, M, C\).*\(4, 6\)"),
-        (np.zeros((4, 6, 3, 1)), r"shape \(N, M, C\)"),
-        (np.zeros((0, 6, 3)), "empty"),
-        (np.zeros((4, 0, 3)), "empty"),
-        (np.zeros((4, 6, 1)), "at least 2 classes"),
-        (np.zeros((4, 6, 3), dtype=bool), "real numbers"),
-        (np.array([[["a", "b"]]]), "real numbers"),
+        (np.zeros((4, 6)), r"^scores must be an array of shape \(N, M, C\).*; got shape \(4, 6\)$"),
+        (np.zeros((4, 6, 3, 1)), r"^scores must be an array of shape \(N, M, C\).*; got shape \(4, 6, 3, 1\)$"),
+        (np.zeros((0, 6, 3)), r"^scores must be non-empty.*; got shape \(0, 6, 3\)$"),
+        (np.zeros((4, 0, 3)), r"^scores must be non-empty.*; got shape \(4, 0, 3\)$"),
+        (np.zeros((4, 6, 1)), r"^scores must be logits of at least 2 classes \(C >= 2\); got shape \(4, 6, 1\)$"),
+        (np.zeros((4, 6, 3), dtype=bool), "^scores must be real numbers; got dtype bool$"),
+        (np.array([[["a", "b"]]]), "^scores must be real numbers; got dtype <U1$"),
     ],
 )
 def test_bad_scores_shape_and_type(scores, match):
@@ -31,13 +33,20 @@ def test_bad_scores_shape_and_type(scores, match):
 def test_non_finite_logits_are_located(bad, word):
     s = GOOD.copy()
     s[2, 4, 1] = bad
-    with pytest.raises(InvalidScoresError, match=rf"{word} at \(point 2, model 4, class 1\)"):
+    with pytest.raises(InvalidScoresError, match=rf"^scores must be finite; got 1 non-finite values; first: {word} at \(point 2, model 4, class 1\)$"):
         runoff.certify(s, "dpa-roe")
 
 
 def test_unknown_method_lists_choices():
     with pytest.raises(InvalidParameterError, match="unknown method 'roe'.*dpa, dpa-roe, fa, fa-roe"):
         runoff.certify(GOOD, "roe")
+
+
+def test_unknown_method_suggests_close_names():
+    with pytest.raises(InvalidParameterError, match="^unknown method 'fa-reo'; did you mean fa-roe"):
+        runoff.certify(GOOD, "fa-reo")
+    with pytest.raises(InvalidParameterError, match=r"^method must be a name \(choose one of: dpa, dpa-roe, fa, fa-roe\); got 3$"):
+        runoff.certify(GOOD, 3)
 
 
 def test_method_spelling_variants_are_accepted():
@@ -48,27 +57,29 @@ def test_method_spelling_variants_are_accepted():
 
 
 def test_d_must_divide_the_number_of_models():
-    with pytest.raises(InvalidParameterError, match="d=4 does not divide the number of base models M=6"):
+    with pytest.raises(InvalidParameterError, match=r"^d must be a divisor of the number of base models M=6 "
+                       r"\(FA needs M = k\*d\); got 4, which does not divide 6$"):
         runoff.certify(GOOD, "fa", d=4)
 
 
 @pytest.mark.parametrize("d", [0, -1, 1.5, "2", True])
 def test_d_must_be_a_positive_integer(d):
-    with pytest.raises(InvalidParameterError, match="d must be"):
+    with pytest.raises(InvalidParameterError, match=f"^d must be an integer >= 1; got {d!r}$"):
         runoff.certify(GOOD, "fa", d=d)
 
 
 def test_d_is_refused_for_dpa():
-    with pytest.raises(InvalidParameterError, match="FA methods only"):
+    with pytest.raises(InvalidParameterError, match=r"^d must be 1 for method 'dpa' \(d and spread apply to the FA methods only.*; got 2$"):
         runoff.certify(GOOD, "dpa", d=2)
+    with pytest.raises(InvalidParameterError, match=r"^spread must be None for method 'dpa-roe' \(.*FA methods only.*; got \[0\]$"):
+        runoff.certify(GOOD, "dpa-roe", spread=[0])
 
 
-@pytest.mark.parametrize(
-    "spread, match",
-    [([0], "d=2 shifts"), ([0, 1, 2], "d=2 shifts"), ([0, 6], r"\[0, 6\)"), ([-1, 2], r"\[0, 6\)"), ([3, 3], "distinct"), ([0.5, 1], "integers")],
-)
-def test_bad_spread(spread, match):
-    with pytest.raises(InvalidParameterError, match=match):
+@pytest.mark.parametrize("spread", [[0], [0, 1, 2], [0, 6], [-1, 2], [3, 3], [0.5, 1], ["a", "b"], [[0, 1]]])
+def test_bad_spread(spread):
+    # One message names every rule (d shifts, distinct, integers, in [0, k*d)) and the value given.
+    full = rf"^spread must be d=2 distinct integer shifts in \[0, k\*d\) = \[0, 6\); got {re.escape(repr(spread))}$"
+    with pytest.raises(InvalidParameterError, match=full):
         runoff.certify(GOOD, "fa-roe", d=2, spread=spread)
 
 
@@ -122,20 +133,35 @@ class TestCertifiedAccuracy:
         assert r.certified_accuracy(labels, [0]).tolist() == [1.0]
 
     @pytest.mark.parametrize(
-        "labels, match", [([0, 1], r"shape \(4,\)"), ([0, 1, 2, -1], r"\[0,"), ([0.5, 1, 1, 1], "integer")]
+        "labels, match",
+        [
+            ([0, 1], r"^labels must be an array of shape \(4,\) to match the scores; got shape \(2,\)$"),
+            ([0, 1, 2, -1], r"^labels must be class indices >= 0; got values from -1 to 2$"),
+            ([0.5, 1, 1, 1], "^labels must be integer class indices; got dtype float64$"),
+        ],
     )
     def test_bad_labels(self, labels, match):
         with pytest.raises(InvalidLabelsError, match=match):
             runoff.certified_accuracy([0, 1, 2, 1], [3, 0, 5, 2], labels, [0])
 
-    @pytest.mark.parametrize("budgets, match", [([-1], ">= 0"), ([1.5], "integers"), ([], "non-empty")])
+    @pytest.mark.parametrize(
+        "budgets, match",
+        [
+            ([-1], r"^budgets must be a non-empty list of integers >= 0; got \[-1\]$"),
+            ([1.5], r"^budgets must be a non-empty list of integers >= 0; got \[1.5\]$"),
+            ([], r"^budgets must be a non-empty list of integers >= 0; got \[\]$"),
+            ([[1, 2]], r"^budgets must be a non-empty list of integers >= 0; got shape \(1, 2\)$"),
+        ],
+    )
     def test_bad_budgets(self, budgets, match):
         with pytest.raises(InvalidParameterError, match=match):
             runoff.certified_accuracy([0], [1], [0], budgets)
 
     def test_mismatched_certificates(self):
-        with pytest.raises(InvalidParameterError, match="shape of predictions"):
+        with pytest.raises(InvalidParameterError, match=r"^certificates must be an array of the shape of predictions \(2,\); got shape \(1,\)$"):
             runoff.certified_accuracy([0, 1], [1], [0, 1], [0])
+        with pytest.raises(InvalidParameterError, match=r"^predictions must be a non-empty 1-D array; got shape \(0,\)$"):
+            runoff.certified_accuracy([], [], [], [0])
 
 
 def test_certify_ensemble_passes_d_and_spread_to_fa_methods_only():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_n_jobs
 from . import _validate
 from .dpa import certify_dpa, certify_dpa_roe
 from .fa import certify_fa, certify_fa_roe
@@ -93,7 +93,9 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
         FA only: the d distinct shifts in [0, M); by default the reference pipeline's
         (:func:`runoff.spread.reference_spread`), so its logit files certify the same.
     n_jobs : int, optional
-        Threads to use; all cores by default.
+        Threads over chunks of test points, with scikit-learn's meaning: None is 1, -1 is
+        every core, -2 all but one, and so on (:func:`runoff.checks.check_n_jobs`). The
+        result does not depend on it.
 
     Returns
     -------
@@ -103,14 +105,12 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
     Raises
     ------
     InvalidScoresError, InvalidParameterError
-        Wrong shape, non-finite logits, unknown method, bad ``d`` or ``spread``.
+        Wrong shape, non-finite logits, unknown method, bad ``d``, ``spread`` or ``n_jobs``.
     """
     method = _validate.check_method(method)
     arr = _validate.check_scores(scores)
     d, shifts = _validate.check_fa(method, arr.shape[1], d, spread)
-    jobs = (os.cpu_count() or 1) if n_jobs is None else int(n_jobs)
-    if jobs < 1:
-        raise _validate.InvalidParameterError(f"n_jobs must be >= 1; got {n_jobs}")
+    jobs = check_n_jobs(n_jobs)
     pred, cert = _compute(arr, method, d, shifts, jobs)
     return Certification(
         method=method,
@@ -126,7 +126,7 @@ def certify_ensemble(scores, method: str, *, d: int = 1, spread=None, n_jobs: in
 
     For callers that hold one ensemble (a run, a fitted estimator) and certify it with
     several methods: DPA methods take neither option, FA methods take both. Whether a DPA
-    method is sound for ``d > 1`` is the caller's check (:func:`_validate.check_methods`).
+    method is sound for ``d > 1`` is the caller's check (:func:`runoff.checks.check_methods`).
     """
     if _validate.check_method(method).startswith("fa"):
         return certify(scores, method, d=d, spread=spread, n_jobs=n_jobs)
@@ -147,14 +147,7 @@ def certified_accuracy(predictions, certificates, labels, budgets) -> np.ndarray
     ndarray of shape (B,), float64
         Fraction of points with ``prediction == label`` and ``certificate >= budget``.
     """
-    pred = _validate.as_numpy(predictions)
-    if pred.ndim != 1 or pred.size == 0:
-        raise _validate.InvalidParameterError(f"predictions must be a non-empty 1-D array; got shape {pred.shape}")
-    cert = _validate.as_numpy(certificates)
-    if cert.shape != pred.shape:
-        raise _validate.InvalidParameterError(
-            f"certificates must have the shape of predictions {pred.shape}; got {cert.shape}"
-        )
+    pred, cert = _validate.check_predictions(predictions, certificates)
     lab = _validate.check_labels(labels, pred.shape[0])
     b = _validate.check_budgets(budgets)
     correct = pred == lab

@@ -20,7 +20,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vote import class_major, gaps, plurality, preferred_counts, roe_finalists, round1_votes, vote_counts
+from ..spread import bucket_sums
+from .vote import (
+    class_major,
+    gaps,
+    plurality,
+    preferred_counts,
+    prefers,
+    roe_finalists,
+    round1_votes,
+    run_off_gaps,
+    vote_counts,
+)
 
 __all__ = ["greedy_certificate", "bucket_sums", "certify_fa", "certify_fa_roe"]
 
@@ -30,21 +41,6 @@ _NO_BOUND = np.iinfo(np.int64).max
 def _small_int(d: int):
     # Bucket powers are at most 3*d; the narrowest type keeps the sorts fast (radix sort).
     return np.int8 if 3 * d <= np.iinfo(np.int8).max else np.int16
-
-
-def bucket_sums(x: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """Sum per-model values over each bucket's models.
-
-    ``x`` (R, kd) -> (R, kd) with ``out[r, b] = sum_s x[r, (b + s) mod kd]``.
-    """
-    kd = x.shape[1]
-    out = np.zeros_like(x)
-    for s in spread:
-        s = int(s)
-        out[:, : kd - s] += x[:, s:]
-        if s:
-            out[:, kd - s :] += x[:, :s]
-    return out
 
 
 def greedy_certificate(pw: np.ndarray, gap: np.ndarray) -> np.ndarray:
@@ -201,18 +197,15 @@ def _run_off_bound(by_class, buckets, pred, sec):
     def run_off(n_idx, c_idx):
         # Binary models g^c vote c when they prefer c to pred; a bucket's power is 2 per
         # model of it that votes pred.
-        sc, sp = by_class[n_idx, c_idx], by_class[n_idx, pred[n_idx]]  # (R, kd) each
-        pref = ((sc > sp) | ((sc == sp) & (c_idx < pred[n_idx])[:, None])).astype(buckets.dtype)
-        wins_c = pref.sum(axis=1, dtype=np.int64)
-        gap = (kd - wins_c) - wins_c + (c_idx > pred[n_idx])
+        pref = prefers(by_class, c_idx, pred[n_idx], rows=n_idx).astype(buckets.dtype)  # (R, kd)
+        gap = run_off_gaps(pref.sum(axis=1, dtype=np.int64), kd, pred[n_idx], c_idx)
         pw = (2 * (d - bucket_sums(pref, buckets.spread))).astype(buckets.dtype)
         return greedy_certificate(pw, gap)
 
     # c = sec needs no round-1 help (its round-1 term is -1): an upper bound to prune with.
     best = run_off(rows, sec)
     # Lower bounds: each bucket moves the run-off gap by at most 2 per model, 2d in all.
-    wins_c = preferred_counts(by_class, pred)
-    g2 = (kd - wins_c) - wins_c + (np.arange(n_classes)[None, :] > pred[:, None])
+    g2 = run_off_gaps(preferred_counts(by_class, pred), kd, pred[:, None], np.arange(n_classes)[None, :])
     lower2 = np.where(g2 > 0, -((-g2) // (2 * d)) - 1, -1)
     sec_vs = _OneVsAll(buckets, sec)
     lower = np.maximum(sec_vs.lower, lower2)
