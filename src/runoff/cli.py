@@ -171,8 +171,7 @@ def _cmd_certify(args) -> int:
     import numpy as np
 
     from .certificates import certify_ensemble
-    from .certificates._validate import check_labels, check_methods
-    from .evaluation import methods_for
+    from .checks import check_labels, check_methods, methods_for
     from .logits_io import load_logits, save_certificates
     from .report import default_budgets, summarize
 

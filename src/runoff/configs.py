@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import InvalidParameterError
+from .checks import check_choice
 
 __all__ = ["Config", "CONFIGS", "get_config"]
 
@@ -133,11 +133,5 @@ CONFIGS: dict[str, Config] = _build()
 
 
 def get_config(name: str) -> Config:
-    """The configuration called ``name``; a clear error listing close names otherwise."""
-    if name in CONFIGS:
-        return CONFIGS[name]
-    import difflib
-
-    close = difflib.get_close_matches(name, CONFIGS, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `runoff configs` lists them"
-    raise InvalidParameterError(f"unknown configuration {name!r}{hint}")
+    """The configuration called ``name``; an unknown name gets the close ones ("did you mean")."""
+    return CONFIGS[check_choice(name, "configuration", CONFIGS, listing="`runoff configs` lists them")]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .certificates import Certification, certify_ensemble
-from .certificates._validate import check_methods
+from .checks import check_methods
 from .errors import CheckpointError, InvalidParameterError, RunDirectoryError, one_line, require
 from .partition import PLAN_FILE, PartitionPlan
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .certificates import Certification, certify_ensemble
-from .certificates._validate import check_budgets, check_labels, check_methods
+from .checks import check_budgets, check_labels, check_methods, methods_for
 from .errors import RunDirectoryError
 from .logits_io import save_certificates
 from .report import default_budgets, markdown_table, plot_certified_accuracy, require_matplotlib, summarize
@@ -36,11 +36,6 @@ class Evaluation:
     labels: np.ndarray
     budgets: np.ndarray
     summary: dict
-
-
-def methods_for(d: int) -> tuple[str, str]:
-    """The methods that are sound for an ensemble with ``d`` models per bucket."""
-    return ("dpa", "dpa-roe") if d == 1 else ("fa", "fa-roe")
 
 
 def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | None = None) -> Path:
