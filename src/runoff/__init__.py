@@ -9,10 +9,12 @@ from .certificates import METHODS, Certification, certified_accuracy, certify
 from .errors import (
     BackendError,
     CheckpointError,
+    DataFileError,
     InvalidLabelsError,
     InvalidParameterError,
     InvalidScoresError,
     LogitsFileError,
+    MissingDependencyError,
     RunDirectoryError,
     RunoffError,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "LogitsFileError",
     "RunDirectoryError",
     "CheckpointError",
+    "DataFileError",
     "BackendError",
+    "MissingDependencyError",
     "__version__",
 ]

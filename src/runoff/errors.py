@@ -70,12 +70,15 @@ class BackendError(RunoffError):
     chunk that failed on every retry (finished chunks stay saved; rerunning resumes)."""
 
 
-class MissingDependencyError(RunoffError):
+class MissingDependencyError(RunoffError, ImportError):
     """An optional dependency (PyTorch, matplotlib, scikit-learn, Pillow, Ray) is not
-    installed; the message says which ``pip install`` provides it."""
+    installed; the message says which ``pip install`` provides it.
+
+    Also an :class:`ImportError`, so ``except ImportError`` around an optional import keeps
+    working."""
 
 
-def require(module: str, purpose: str):
+def require(module: str, purpose: str, *, hint: str | None = None):
     """Import an optional dependency, or say how to install it.
 
     Parameters
@@ -84,6 +87,8 @@ def require(module: str, purpose: str):
         Top-level module name: ``"torch"``, ``"matplotlib"``, ``"sklearn"``, ``"PIL"`` or ``"ray"``.
     purpose : str
         What needs it, for the message (e.g. ``"runoff train"``).
+    hint : str, optional
+        How to install it, when it differs from the usual extra (``INSTALL_HINTS``).
 
     Returns
     -------
@@ -100,7 +105,8 @@ def require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        name, hint = INSTALL_HINTS.get(module, (module, f"pip install {module}"))
+        name, usual = INSTALL_HINTS.get(module, (module, f"pip install {module}"))
+        hint = hint or usual
         raise MissingDependencyError(f"{purpose} needs {name}, which is not installed; install it with: {hint}") from None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import LogitsFileError, MissingDependencyError, one_line
+from .errors import LogitsFileError, one_line, require
 
 __all__ = ["load_logits", "save_certificates"]
 
@@ -64,13 +64,7 @@ def _tensor_to_numpy(value):
 
 
 def _load_pth(path: Path) -> dict:
-    try:
-        import torch
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"reading {path.name} needs PyTorch, which is not installed; install it with: pip install 'runoff[train]' "
-            "(or convert the file to .npz)"
-        ) from exc
+    torch = require("torch", f"reading {path.name}", hint="pip install 'runoff[train]' (or convert the file to .npz)")
     head = _head(path)
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
         raise LogitsFileError(f"{path} is not a valid PyTorch file (torch.save of a dict of tensors)")
@@ -106,6 +100,8 @@ def load_logits(path) -> tuple[np.ndarray, np.ndarray | None]:
     LogitsFileError
         Missing or unreadable file, or no ``scores`` array in it. Shapes and values are
         checked later, by :func:`runoff.certify`.
+    MissingDependencyError
+        A ``.pth`` file, and PyTorch is not installed.
     """
     path = Path(path)
     if not path.exists():
