@@ -162,6 +162,68 @@ def test_parallel_fit_gives_the_same_models():
     a = _fit(X, y, estimator=LogisticRegression(), k=4)
     b = _fit(X, y, estimator=LogisticRegression(), k=4, n_jobs=2)
     assert np.array_equal(a.base_scores(X_test), b.base_scores(X_test))
+    c = _fit(X, y, estimator=LogisticRegression(), k=4, n_jobs=-1)
+    for other in (b, c):
+        pa, ca = a.predict_certified(X_test)
+        pb, cb = other.predict_certified(X_test)
+        assert np.array_equal(pa, pb) and np.array_equal(ca, cb)
+
+
+def test_n_jobs_has_scikit_learns_meaning_in_fit_and_certify(monkeypatch):
+    """None is one worker (unless a joblib context says otherwise) for fitting and certifying alike."""
+    import joblib
+
+    import runoff.sklearn as rsk
+
+    seen = []
+    real = rsk.certify_ensemble
+
+    def spy(*args, n_jobs=None, **kwargs):
+        seen.append(n_jobs)
+        return real(*args, n_jobs=n_jobs, **kwargs)
+
+    monkeypatch.setattr(rsk, "certify_ensemble", spy)
+    X, y = _blobs(n=40)
+    _fit(X, y, k=3).predict(X)
+    _fit(X, y, k=3, n_jobs=2).predict(X)
+    with joblib.parallel_config(n_jobs=3):
+        _fit(X, y, k=3).predict(X)
+    _fit(X, y, k=3, n_jobs=-1).predict(X)
+    assert seen == [1, 2, 3, joblib.cpu_count()]
+
+
+def test_subsets_follow_the_spread_rule():
+    # Row i trains model j exactly when j = (bucket_i + s) mod k*d for a shift s, in content order.
+    X, y = _blobs()
+    clf = _fit(X, y, estimator=DecisionTreeClassifier(random_state=0), k=4, d=3)
+    m = 12
+    digests = row_hashes(X, y)
+    for j, rows in enumerate(clf.subsets_):
+        expected = [i for i in range(len(y)) if any((int(clf.buckets_[i]) + s) % m == j for s in clf.spread_)]
+        assert sorted(rows.tolist()) == expected
+        assert [digests[i] for i in rows] == sorted(digests[i] for i in rows)
+
+
+def test_row_hashes_are_named_apart_from_image_hashes():
+    import runoff.sklearn as rsk
+
+    assert rsk.ROW_HASHES == ("sha256",) and not hasattr(rsk, "HASHES")
+
+
+def test_missing_scikit_learn_is_a_missing_dependency_error():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "from runoff.errors import MissingDependencyError\n"
+        "try:\n    import runoff.sklearn\n"
+        "except MissingDependencyError as exc:\n"
+        "    assert isinstance(exc, ImportError) and isinstance(exc, ValueError)\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("runoff.sklearn needs scikit-learn, which is not installed; "
+                           "install it with: pip install 'runoff[sklearn]'")
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,7 +370,7 @@ def test_any_label_type_and_fixed_classes():
     assert fixed.classes_.tolist() == ["ant", "cat", "dog", "emu"]
     assert fixed.base_scores(X).shape[2] == 4
     assert fixed.predict_proba(X)[:, 0].max() == 0.0
-    with pytest.raises(InvalidParameterError, match="not in classes"):
+    with pytest.raises(InvalidParameterError, match=r"^y must be labels from classes; got labels not in classes: \['emu'\]$"):
         _fit(X, names, estimator=DecisionTreeClassifier(), k=4, classes=["cat", "dog"])
 
 
@@ -351,14 +413,19 @@ class _NoScores:
 @pytest.mark.parametrize(
     "params, match",
     [
-        (dict(k=0), "k must be >= 1"),
-        (dict(k=2.5), "k must be a positive integer"),
-        (dict(d=0), "d must be >= 1"),
-        (dict(aggregation="borda"), "unknown aggregation"),
-        (dict(hash="pixelsum"), "unknown hash"),
-        (dict(k=3, d=2, spread=[0, 0]), "distinct"),
-        (dict(k=3, d=2, spread=[1]), "d=2 shifts"),
-        (dict(estimator=_NoScores()), "neither predict_proba nor decision_function"),
+        (dict(k=0), "^k must be an integer >= 1; got 0$"),
+        (dict(k=2.5), "^k must be an integer >= 1; got 2.5$"),
+        (dict(k=True), "^k must be an integer >= 1; got True$"),
+        (dict(d=0), "^d must be an integer >= 1; got 0$"),
+        (dict(aggregation="borda"), "^unknown aggregation 'borda'; choose one of: roe, plurality$"),
+        (dict(aggregation="plurallity"), "^unknown aggregation 'plurallity'; did you mean plurality\\? choose one of"),
+        (dict(hash="pixelsum"), "^unknown hash 'pixelsum'; choose one of: sha256$"),
+        (dict(n_jobs=0), "^n_jobs must be None, an integer >= 1, or -1 for every core .*; got 0$"),
+        (dict(n_jobs=1.5), "^n_jobs must be None, .*; got 1.5$"),
+        (dict(k=3, d=2, spread=[0, 0]), r"^spread must be d=2 distinct integer shifts in \[0, k\*d\) = \[0, 6\); got \[0, 0\]$"),
+        (dict(k=3, d=2, spread=[1]), r"^spread must be d=2 distinct integer shifts in \[0, k\*d\) = \[0, 6\); got \[1\]$"),
+        (dict(estimator=_NoScores()), "^estimator must be a classifier with predict_proba or decision_function, "
+                                      "to rank its votes; got _NoScores, which has neither$"),
     ],
 )
 def test_bad_parameters(params, match):
@@ -369,7 +436,7 @@ def test_bad_parameters(params, match):
 
 def test_bad_data():
     X, y = _blobs(n=20)
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(InvalidParameterError, match="^y must be labels of at least 2 classes .*; got labels of one class, 0$"):
         PartitionEnsembleClassifier(k=2).fit(X, np.zeros(20, dtype=int))
     with pytest.raises(ValueError, match="Unknown label type"):
         PartitionEnsembleClassifier(k=2).fit(X, np.linspace(0, 1, 20))

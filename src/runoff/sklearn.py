@@ -7,7 +7,8 @@ plurality vote or Run-Off Election and certifies every prediction with
 :func:`runoff.certify`: the certificate is the number of training rows an attacker could
 insert or remove without changing that prediction.
 
-Needs scikit-learn >= 1.6 (``pip install scikit-learn``); ``import runoff`` alone never
+Needs scikit-learn >= 1.6 (``pip install 'runoff[sklearn]'``; importing this module without
+it raises :class:`~runoff.errors.MissingDependencyError`); ``import runoff`` alone never
 imports it.
 
 Why the certificates hold
@@ -41,12 +42,18 @@ import warnings
 
 import numpy as np
 
+from .errors import MissingDependencyError, require
+
+_sklearn = require("sklearn", "runoff.sklearn", hint="pip install 'runoff[sklearn]'")
 try:
     from sklearn.utils.validation import validate_data as _validate_data
-except ImportError as exc:  # pragma: no cover - scikit-learn < 1.6
-    raise ImportError("runoff.sklearn needs scikit-learn >= 1.6: pip install -U scikit-learn") from exc
+except ImportError:  # pragma: no cover - scikit-learn < 1.6
+    raise MissingDependencyError(
+        f"runoff.sklearn needs scikit-learn >= 1.6, but {_sklearn.__version__} is installed; "
+        "upgrade it with: pip install -U 'scikit-learn>=1.6'"
+    ) from None
 
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.tree import DecisionTreeClassifier
@@ -56,13 +63,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from .certificates import certified_accuracy as _certified_accuracy
 from .certificates import certify_ensemble
-from .errors import InvalidParameterError
-from .spread import reference_spread, validate_spread
+from .checks import check_choice, check_int, check_n_jobs, invalid, methods_for, shown
+from .spread import model_subsets, reference_spread, validate_spread
 
-__all__ = ["HASHES", "AGGREGATIONS", "ConstantModel", "PartitionEnsembleClassifier", "row_hashes"]
+__all__ = ["ROW_HASHES", "AGGREGATIONS", "ConstantModel", "PartitionEnsembleClassifier", "row_hashes"]
 
-#: Content hashes of training rows.
-HASHES = ("sha256",)
+#: How a training row's bucket is chosen: content hashes of a row of features and its label
+#: (:func:`row_hashes`). Not the image hashes of :data:`runoff.partition.HASHES`.
+ROW_HASHES = ("sha256",)
 #: Aggregation rules: Run-Off Election or plurality vote.
 AGGREGATIONS = ("roe", "plurality")
 
@@ -193,8 +201,10 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
         certificates also cover poisons that would add or remove a whole class (see the
         module documentation). Default: the classes found in ``y``.
     n_jobs : int, optional
-        Base models fitted in parallel by joblib (None: 1 unless in a
-        ``joblib.parallel_config`` context; -1: all cores). The result does not depend on it.
+        Workers, with scikit-learn's meaning: None is 1 unless in a
+        ``joblib.parallel_config`` context, -1 is every core, -2 all but one, and so on.
+        Base models are fitted in parallel by joblib, and predictions are certified by
+        :func:`runoff.certify` with as many threads. The result does not depend on it.
 
     Attributes
     ----------
@@ -254,40 +264,34 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _check_params(self):
-        for name in ("k", "d"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-                raise InvalidParameterError(f"{name} must be a positive integer; got {value!r}")
-            if value < 1:
-                raise InvalidParameterError(f"{name} must be >= 1; got {name}={value}")
-        if self.aggregation not in AGGREGATIONS:
-            raise InvalidParameterError(
-                f"unknown aggregation {self.aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}"
-            )
-        if self.hash not in HASHES:
-            raise InvalidParameterError(f"unknown hash {self.hash!r}; known hashes: {', '.join(HASHES)}")
+        k, d = check_int(self.k, "k", low=1), check_int(self.d, "d", low=1)
+        aggregation = check_choice(self.aggregation, "aggregation", AGGREGATIONS)
+        check_choice(self.hash, "hash", ROW_HASHES)
+        check_n_jobs(self.n_jobs)
         template = self._template()
         if not (hasattr(template, "predict_proba") or hasattr(template, "decision_function")):
-            raise InvalidParameterError(
-                f"the base estimator {type(template).__name__} has neither predict_proba nor "
-                "decision_function, so its votes cannot be ranked"
-            )
-        k, d = int(self.k), int(self.d)
+            raise invalid("estimator", "a classifier with predict_proba or decision_function, to rank its votes",
+                          got=f"{type(template).__name__}, which has neither")
         if self.spread is None:
             spread = [0] if d == 1 else reference_spread(k, d)
         else:
             spread = validate_spread(self.spread, n_models=k * d, d=d).tolist()
-        method = ("dpa" if d == 1 else "fa") + ("-roe" if self.aggregation == "roe" else "")
-        return k, d, [int(s) for s in spread], method, template
+        plurality, roe = methods_for(d)
+        return k, d, [int(s) for s in spread], roe if aggregation == "roe" else plurality, template
 
-    def _subsets(self, buckets_sorted, order, n_models, spread):
-        n = buckets_sorted.shape[0]
-        pos = np.tile(np.arange(n, dtype=np.int64), len(spread))
-        models = np.concatenate([(buckets_sorted + s) % n_models for s in spread])
-        key = np.argsort(models * n + pos, kind="stable")
-        counts = np.bincount(models, minlength=n_models)
-        members = order[pos[key]]
-        return [a.astype(np.int64) for a in np.split(members, np.cumsum(counts)[:-1])]
+    def _classes(self, y):
+        """Sorted classes: ``classes`` when given (``y`` must lie in it), else those of ``y``."""
+        if self.classes is None:
+            classes = LabelEncoder().fit(y).classes_
+        else:
+            classes = LabelEncoder().fit(np.asarray(self.classes)).classes_
+            unknown = np.setdiff1d(np.unique(y), classes)
+            if unknown.size:
+                raise invalid("y", "labels from classes", got=f"labels not in classes: {shown(unknown[:5])}")
+        if classes.shape[0] < 2:
+            raise invalid("y", f"labels of at least 2 classes for {type(self).__name__} "
+                          "(pass classes= to name the others)", got=f"labels of one class, {shown(classes[0])}")
+        return classes
 
     # ------------------------------------------------------------------ fit
 
@@ -308,26 +312,14 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
         X, y = _validate_data(self, X, y, dtype=np.float64,
                               ensure_all_finite="allow-nan" if allow_nan else True)
         check_classification_targets(y)
-        if self.classes is None:
-            classes = LabelEncoder().fit(y).classes_
-        else:
-            classes = LabelEncoder().fit(np.asarray(self.classes)).classes_
-            unknown = np.setdiff1d(np.unique(y), classes)
-            if unknown.size:
-                raise InvalidParameterError(
-                    f"y holds labels that are not in classes: {unknown[:5].tolist()}"
-                )
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs at least 2 classes; y holds only one class "
-                f"({classes.tolist()}). Pass classes= to name the others."
-            )
+        classes = self._classes(y)
         n_models = k * d
         digests = row_hashes(X, y)
         buckets = np.fromiter((int.from_bytes(g, "big") % n_models for g in digests),
                               dtype=np.int64, count=len(digests))
+        # Each subset in content order (by digest), so the same rows in any order fit the same.
         order = np.argsort(np.array(digests, dtype="S32"), kind="stable").astype(np.int64)
-        subsets = self._subsets(buckets[order], order, n_models, spread)
+        subsets = [order[rows] for rows in model_subsets(buckets[order], spread, n_models)]
 
         estimators = Parallel(n_jobs=self.n_jobs)(
             delayed(_fit_one)(template, X[idx], y[idx], classes, classes.shape[0]) for idx in subsets
@@ -393,7 +385,8 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
     def _certify(self, X):
         scores = self.base_scores(X)
-        return certify_ensemble(scores, self.method_, d=len(self.spread_), spread=self.spread_)
+        return certify_ensemble(scores, self.method_, d=len(self.spread_), spread=self.spread_,
+                                n_jobs=effective_n_jobs(self.n_jobs))
 
     def predict_certified(self, X):
         """Predictions and their certificates.
@@ -431,6 +424,6 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
         pred, cert = self.predict_certified(X)
         y = np.asarray(y)
         if y.shape != pred.shape:
-            raise InvalidParameterError(f"y must have shape {pred.shape}; got {y.shape}")
+            raise invalid("y", f"an array of shape {pred.shape}, one label per row of X", got=f"shape {y.shape}")
         correct = (pred == y).astype(np.int64)
         return _certified_accuracy(correct, cert, np.ones_like(correct), budgets)
