@@ -111,12 +111,16 @@ def check_number(value, name: str, *, low: float | None = None, strict: bool = F
 
     ``unit`` names what it counts, for the message: ``"a number of seconds >= 0"``.
     """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    ok = ok and (isinstance(value, numbers.Integral) or math.isfinite(value))
-    if not ok or (low is not None and (value <= low if strict else value < low)):
+    number = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            pass
+    if not math.isfinite(number) or (low is not None and (number <= low if strict else number < low)):
         what = "a number" + (f" of {unit}" if unit else "") + _bounds(low, None, strict)
         raise invalid(name, what, value)
-    return float(value)
+    return number
 
 
 def check_choice(value, name: str, choices, *, normalize=None, listing: str | None = None) -> str:
