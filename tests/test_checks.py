@@ -121,7 +121,7 @@ def test_check_methods():
     with pytest.raises(InvalidParameterError) as info:
         checks.check_methods(["fa", "dpa-roe"], d=2)
     assert str(info.value) == (
-        "methods must be fa or fa-roe for an ensemble with d=2 models per bucket (FA): dpa-roe assumes one model "
+        "methods must be FA methods for d=2 models per bucket (fa or fa-roe): dpa-roe assumes one model "
         "per poison and would overstate its certificates; got ['fa', 'dpa-roe']"
     )
     with pytest.raises(InvalidParameterError, match="^d must be an integer >= 1; got 0$"):

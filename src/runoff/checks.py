@@ -190,7 +190,7 @@ def check_methods(methods, d: int = 1, name: str = "methods") -> list[str]:
     if d > 1 and dpa:
         raise invalid(
             name,
-            f"{' or '.join(methods_for(d))} for an ensemble with d={d} models per bucket (FA): "
+            f"FA methods for d={d} models per bucket ({' or '.join(methods_for(d))}): "
             f"{', '.join(dpa)} assumes one model per poison and would overstate its certificates",
             given,
         )
