@@ -126,6 +126,8 @@ def test_check_methods():
     )
     with pytest.raises(InvalidParameterError, match="^d must be an integer >= 1; got 0$"):
         checks.check_methods(["fa"], d=0)
+    with pytest.raises(InvalidParameterError, match=r"^method must be a name \(choose one of: .*\); got None$"):
+        checks.check_methods(None)
 
 
 def test_methods_for_is_the_one_rule():

@@ -182,7 +182,7 @@ def check_methods(methods, d: int = 1, name: str = "methods") -> list[str]:
     they assume one model per poison and would overstate the certificates of an FA ensemble.
     """
     d = check_int(d, "d", low=1)
-    given = [methods] if isinstance(methods, str) else list(methods)
+    given = [methods] if isinstance(methods, str) or not hasattr(methods, "__iter__") else list(methods)
     if not given:
         raise invalid(name, f"one or more of {', '.join(METHODS)}", given)
     names = list(dict.fromkeys(check_method(m) for m in given))
