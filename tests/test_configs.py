@@ -1,8 +1,10 @@
 """Named configurations match the paper's settings (typed here from its tables, independently)."""
 
+import json
+
 import pytest
 
-from runoff.configs import CONFIGS, get_config
+from runoff.configs import CONFIGS, PAPER_RECIPES, describe_recipe, get_config
 from runoff.errors import InvalidParameterError
 
 # name: (dataset, k, d, kind, classes, budgets, first and last reported value per method)
@@ -61,3 +63,71 @@ def test_roe_differences_match_the_paper_highlights():
 def test_unknown_configuration_suggests_close_names():
     with pytest.raises(InvalidParameterError, match="did you mean cifar10-k50"):
         get_config("cifar10-k5O")
+
+
+# ------------------------------------------------------------------ the published training recipes
+
+def _published_lrs(epochs=200, drops=(60, 120, 160)):
+    """The learning rate of each epoch in the published loop: x0.2 after each drop epoch ends."""
+    lr, out = 0.1, []
+    for epoch in range(epochs):
+        out.append(lr)  # the epoch's steps
+        if epoch in drops:
+            lr *= 0.2
+    return out
+
+
+def _expand(lr_by_epoch):
+    return [lr for first, last, lr in lr_by_epoch for _ in range(first, last + 1)]
+
+
+# Read from the published scripts: crop size and flip per data set (RandomCrop(size, padding=4),
+# RandomHorizontalFlip for CIFAR-10 only).
+PUBLISHED_CROP = {"mnist": (28, False), "cifar10": (32, True), "gtsrb": (48, False)}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_configuration_shows_the_published_training(name):
+    c = get_config(name)
+    t = c.training
+    size, flip = PUBLISHED_CROP[c.dataset]
+    assert (t["model"], t["epochs"], t["batch_size"]) == ("nin", 200, 128)
+    assert t["lr_by_epoch"] == [[0, 60, 0.1], [61, 120, 0.02], [121, 160, 0.004], [161, 199, 0.0008]]
+    assert _expand(t["lr_by_epoch"]) == pytest.approx(_published_lrs(), rel=1e-12)
+    assert "after epochs 60, 120, 160 end" in t["schedule"]
+    assert f"random {size}x{size} crop of the image zero-padded by 4 pixels" in t["augmentation"]
+    assert ("horizontal flip" in t["augmentation"]) == flip and ("no flip" in t["augmentation"]) == (not flip)
+    assert t["init"] == "pytorch" and "kaiming_uniform_(a=sqrt(5))" in t["init_rule"]
+    assert "sample std (n - 1" in t["normalisation"]
+    assert "SGD, momentum 0.9, Nesterov, weight decay 0.0005" in t["optimizer"]
+
+
+def test_describe_recipe_counts_repeated_milestones_and_old_recipes():
+    r = describe_recipe({"model": "small", "epochs": 3, "batch_size": 8, "lr": 0.1, "milestones": [1, 1, 2]})
+    assert r["lr_by_epoch"] == [[0, 0, 0.1], [1, 1, 0.004], [2, 2, 0.0008]]
+    assert r["init"] == "rotnet"  # recorded before runoff named the rule: RotNet's was used
+    assert describe_recipe({**PAPER_RECIPES["mnist"], "milestones": ()})["schedule"] == "lr 0.1 for all 200 epochs"
+
+
+def test_configs_json_gives_each_recipe(capsys):
+    from runoff.cli import main
+
+    assert main(["configs", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    for name, entry in listed.items():
+        assert entry["training"] == json.loads(json.dumps(get_config(name).training))
+    cifar = listed["cifar10-k50"]["training"]
+    assert cifar["recipe"]["augment"] == "crop-flip" and cifar["recipe"]["milestones"] == [61, 121, 161]
+    assert listed["gtsrb-k50"]["training"]["recipe"]["augment"] == "crop"
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_RECIPES))
+def test_trainer_recipes_are_the_published_ones(dataset):
+    pytest.importorskip("torch")
+    from runoff.train import recipe_for
+
+    recipe = recipe_for(dataset)
+    assert recipe.to_dict() == {**PAPER_RECIPES[dataset], "milestones": [61, 121, 161]}
+    assert [recipe.lr_at(e) for e in range(200)] == pytest.approx(_published_lrs(), rel=1e-12)
+    _size, flip = PUBLISHED_CROP[dataset]
+    assert (recipe.augment, recipe.crop_padding, recipe.init) == ("crop-flip" if flip else "crop", 4, "pytorch")

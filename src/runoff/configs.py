@@ -9,7 +9,9 @@ so that runs can be compared with them. Names:
 - ``{dataset}-k{k}-dpastar-d{d}``: DPA*, d seed versions of the same k partitions whose logits
   are summed (``dpa``, ``dpa-roe`` on the merged logits).
 
-Training follows the paper's recipe for the data set (:data:`runoff.train.RECIPES`).
+Training follows the published training scripts of the data set (:data:`PAPER_RECIPES`, the
+recipes :func:`runoff.train.recipe_for` gives; :func:`describe_recipe` says what they do).
+This module does not import PyTorch.
 """
 
 from __future__ import annotations
@@ -18,9 +20,107 @@ from dataclasses import dataclass, field
 
 from .checks import check_choice
 
-__all__ = ["Config", "CONFIGS", "get_config"]
+__all__ = ["Config", "CONFIGS", "PAPER_RECIPES", "INIT_DESCRIPTIONS", "describe_recipe", "get_config"]
 
 _CLASSES = {"mnist": 10, "cifar10": 10, "gtsrb": 43}
+_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3), "gtsrb": (48, 48, 3)}
+
+# The published training scripts (k1rezaei/Run-Off-Election, train/FiniteAggregation_train_
+# {mnist,cifar,gtsrb}_nin_baseline.py) share everything but the augmentation: NetworkInNetwork
+# built without calling its weight_initialization() (PyTorch's defaults), SGD lr 0.1, momentum
+# 0.9, Nesterov, weight decay 5e-4, batch 128, 200 epochs, and `if epoch in [60,120,160]` after
+# the epoch's steps: lr x0.2 from epochs 61, 121 and 161 on.
+_NIN = {"model": "nin", "init": "pytorch", "epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+        "nesterov": True, "weight_decay": 5e-4, "milestones": (61, 121, 161), "gamma": 0.2, "crop_padding": 4}
+
+#: The published training recipe of each data set, as the fields of a
+#: :class:`runoff.train.Recipe`: MNIST ``RandomCrop(28, padding=4)``; CIFAR-10
+#: ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip()``; GTSRB (after the 48x48 resize,
+#: which runoff's loader does) ``RandomCrop(48, padding=4)``; the rest as ``_NIN`` above.
+PAPER_RECIPES: dict[str, dict] = {
+    "mnist": {**_NIN, "augment": "crop"},
+    "cifar10": {**_NIN, "augment": "crop-flip"},
+    "gtsrb": {**_NIN, "augment": "crop"},
+}
+
+#: What each initialisation rule of :meth:`runoff.models.BatchedNet.init_` draws.
+INIT_DESCRIPTIONS = {
+    "pytorch": "PyTorch's defaults, as the published scripts (their NiN never calls its weight_initialization()): "
+               "convolution and linear weights kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "
+               "linear bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)); convolutions without bias; BatchNorm weight 1, bias 0",
+    "rotnet": "RotNet's weight_initialization(): convolution weights N(0, 2/(k*k*C_out)); linear weight "
+              "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias 0; BatchNorm weight 1, bias 0",
+}
+
+#: How every base model's inputs are normalised (:func:`runoff.partition.make_plan`).
+NORMALISATION = ("pixels / 255, minus the model's subset's per-channel mean, over its per-channel sample "
+                 "std (n - 1, as torch.std in the published partition script)")
+
+_AUGMENT = {
+    "none": "none",
+    "crop": "random {h}x{w} crop of the image zero-padded by {p} pixels (before normalisation); no flip",
+    "crop-flip": "random {h}x{w} crop of the image zero-padded by {p} pixels (before normalisation), "
+                 "then a horizontal flip with probability 1/2",
+}
+
+
+def _number(x: float) -> float:
+    """A learning rate without the float noise of repeated products (0.1 * 0.2 ** 3)."""
+    return float(f"{x:.12g}")
+
+
+def describe_recipe(recipe: dict, image_shape=None) -> dict:
+    """What a training recipe does, in words and numbers.
+
+    Parameters
+    ----------
+    recipe : dict
+        The fields of a :class:`runoff.train.Recipe` (``Recipe.to_dict()``, an entry of
+        :data:`PAPER_RECIPES`, or ``plan.json``'s ``training.recipe``).
+    image_shape : tuple (H, W, C), optional
+        Gives the crop size in the augmentation's description.
+
+    Returns
+    -------
+    dict
+        ``model``, ``epochs``, ``batch_size``; ``optimizer`` (text); ``schedule`` (text) and
+        ``lr_by_epoch`` (list of ``[first epoch, last epoch, lr]``, 0-based, inclusive);
+        ``augmentation`` (text); ``init`` (the rule; ``"rotnet"`` for a recipe recorded before
+        runoff named it) and ``init_rule`` (what it draws); ``recipe`` (the fields as given,
+        milestones as a list).
+    """
+    r = dict(recipe)
+    epochs, lr, gamma = int(r["epochs"]), float(r["lr"]), float(r.get("gamma", 0.2))
+    milestones = [int(m) for m in r.get("milestones", ())]
+    starts = [0] + [m for m in sorted(set(milestones)) if 0 < m < epochs]
+    lr_by_epoch = []
+    for i, first in enumerate(starts):
+        last = starts[i + 1] - 1 if i + 1 < len(starts) else epochs - 1
+        lr_by_epoch.append([first, last, _number(lr * gamma ** sum(first >= m for m in milestones))])
+    if len(lr_by_epoch) > 1:
+        shown = ", ".join(str(m) for m in milestones)
+        after = ", ".join(str(m - 1) for m in milestones)
+        schedule = (f"lr {_number(lr)}, x{_number(gamma)} from epochs {shown} on (0-based), {epochs} epochs; "
+                    f"as the published loop writes it, x{_number(gamma)} after epochs {after} end")
+    else:
+        schedule = f"lr {_number(lr)} for all {epochs} epochs"
+    h, w = (image_shape[0], image_shape[1]) if image_shape is not None else ("H", "W")
+    augment = _AUGMENT[r.get("augment", "none")].format(h=h, w=w, p=r.get("crop_padding", 4))
+    init = r.get("init", "rotnet")
+    optimizer = (f"SGD, momentum {r.get('momentum', 0.9)}{', Nesterov' if r.get('nesterov', True) else ''}, "
+                 f"weight decay {r.get('weight_decay', 5e-4)}; loss: mean cross-entropy of the batch")
+    return {
+        "model": r["model"],
+        "epochs": epochs,
+        "batch_size": int(r["batch_size"]),
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "lr_by_epoch": lr_by_epoch,
+        "augmentation": augment,
+        "init": init,
+        "init_rule": INIT_DESCRIPTIONS.get(init, "unknown"),
+        "recipe": {**r, "milestones": milestones},
+    }
 
 
 @dataclass(frozen=True)
@@ -53,6 +153,22 @@ class Config:
     @property
     def n_classes(self) -> int:
         return _CLASSES[self.dataset]
+
+    @property
+    def image_shape(self) -> tuple:
+        """(H, W, C) of the data set's images as runoff loads them (GTSRB resized to 48x48)."""
+        return _SHAPES[self.dataset]
+
+    @property
+    def recipe(self) -> dict:
+        """The published training recipe of the data set (:data:`PAPER_RECIPES`)."""
+        return dict(PAPER_RECIPES[self.dataset])
+
+    @property
+    def training(self) -> dict:
+        """:func:`describe_recipe` of :attr:`recipe` (augmentation, schedule, initialisation), and
+        the normalisation every run of the configuration gets."""
+        return {**describe_recipe(self.recipe, self.image_shape), "normalisation": NORMALISATION}
 
     @property
     def methods(self) -> tuple[str, str]:

@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint  # noqa: F401
 from .data import Dataset
 from .errors import CheckpointError, InvalidParameterError
-from .models import BatchedNet, architecture, sum_rows
+from .configs import PAPER_RECIPES
+from .models import INIT_RULES, BatchedNet, architecture, sum_rows
 from .partition import PartitionPlan
 
 __all__ = [
@@ -100,12 +101,19 @@ class Recipe:
     weight_decay : float
         L2 penalty added to the gradient of every parameter (as ``torch.optim.SGD``).
     milestones : tuple of int
-        The learning rate is multiplied by ``gamma`` from each of these (0-based) epochs on.
+        The learning rate is multiplied by ``gamma`` from each of these (0-based) epochs on
+        (:meth:`lr_at`). The published loop writes the same schedule as "multiply after epoch
+        ``m - 1`` ends": its ``if epoch in [60, 120, 160]`` after the epoch's steps is
+        milestones ``(61, 121, 161)`` here.
     gamma : float
     augment : {"none", "crop", "crop-flip"}
-        Random crop of the image padded with zeros by ``crop_padding`` pixels, and (for
+        Random crop of the image padded with zeros by ``crop_padding`` pixels (torchvision's
+        ``RandomCrop(size, padding=crop_padding)``, padding before normalisation), and (for
         ``"crop-flip"``) a horizontal flip with probability 1/2.
     crop_padding : int
+    init : {"pytorch", "rotnet"}, default "pytorch"
+        Initialisation rule (:meth:`runoff.models.BatchedNet.init_`): PyTorch's defaults,
+        which the published scripts train from, or RotNet's rule (the ``digits`` recipe's).
     """
 
     model: str
@@ -119,6 +127,7 @@ class Recipe:
     gamma: float = 0.2
     augment: str = "none"
     crop_padding: int = 4
+    init: str = "pytorch"
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -134,9 +143,11 @@ class Recipe:
             raise InvalidParameterError(f"augment must be one of {AUGMENTATIONS}; got {self.augment!r}")
         if int(self.crop_padding) < 0:
             raise InvalidParameterError("crop_padding must be >= 0")
+        if self.init not in INIT_RULES:
+            raise InvalidParameterError(f"init must be one of {INIT_RULES}; got {self.init!r}")
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate during (0-based) ``epoch``."""
+        """Learning rate during (0-based) ``epoch``: ``lr * gamma ** (milestones <= epoch)``."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
 
     def to_dict(self) -> dict:
@@ -146,30 +157,38 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        return cls(**d)
+        """The recipe of :meth:`to_dict` (as recorded in a run's ``plan.json``).
+
+        A recipe recorded before runoff named its initialisation rule has no ``init``: its
+        models were initialised by the ``"rotnet"`` rule, which is what it gets.
+        """
+        return cls(**{"init": "rotnet", **d})
 
 
-_PAPER = Recipe(model="nin", epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
-                weight_decay=5e-4, milestones=(60, 120, 160), gamma=0.2)
+#: The paper's optimiser, schedule and initialisation, without augmentation: the recipe of a
+#: data set that has none of its own.
+_PAPER = Recipe(**{**PAPER_RECIPES["cifar10"], "augment": "none"})
 
-#: Default recipe of each data set. ``"digits"`` is a fast recipe for the embedded data set
-#: (small network, 60 epochs, batch 16, lr 0.1 x0.2 after epochs 30 and 45); the others are the paper's recipe (NiN, SGD lr 0.1, momentum
-#: 0.9 Nesterov, weight decay 5e-4, batch 128, 200 epochs, lr x0.2 after epochs 60/120/160),
-#: with crop + flip augmentation for CIFAR-10.
+#: Default recipe of each data set. ``mnist``, ``cifar10`` and ``gtsrb`` are the published
+#: training scripts' (:data:`runoff.configs.PAPER_RECIPES`: NiN from PyTorch's default
+#: initialisation; SGD lr 0.1, momentum 0.9 Nesterov, weight decay 5e-4, batch 128, 200 epochs,
+#: lr x0.2 from epochs 61, 121 and 161; random crop with 4 pixels of zero padding, and a flip for
+#: CIFAR-10 only). ``digits`` is runoff's own fast recipe for the embedded data set (small
+#: network, RotNet initialisation, 60 epochs, batch 16, lr 0.1 x0.2 from epochs 30 and 45).
 RECIPES: dict[str, Recipe] = {
     "paper": _PAPER,
-    "cifar10": replace(_PAPER, augment="crop-flip", crop_padding=4),
-    "mnist": _PAPER,
-    "gtsrb": _PAPER,
+    **{name: Recipe(**fields) for name, fields in PAPER_RECIPES.items()},
     "digits": Recipe(model="small", epochs=60, batch_size=16, lr=0.1, momentum=0.9, nesterov=True,
-                     weight_decay=5e-4, milestones=(30, 45), gamma=0.2),
+                     weight_decay=5e-4, milestones=(30, 45), gamma=0.2, init="rotnet"),
 }
 
 
 def recipe_for(dataset: str, *, epochs: int | None = None) -> Recipe:
     """Default :class:`Recipe` of a data set, optionally with another number of epochs.
 
-    When ``epochs`` is given, the learning-rate milestones are scaled in proportion.
+    When ``epochs`` is given, the learning-rate milestones are scaled in proportion (rounded,
+    at least 1), so every rate keeps about its share of the run: the paper's (61, 121, 161)
+    of 200 epochs become (6, 12, 16) for 20 epochs and (1, 2, 3) for 4.
     """
     base = RECIPES.get(dataset, _PAPER)
     if epochs is None:
@@ -316,7 +335,7 @@ class _Chunk:
         self.recipe = recipe
         spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
         self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
-        self.net = BatchedNet(spec, len(self.model_ids)).init_(self.generators).to(device)
+        self.net = BatchedNet(spec, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
         self.params = list(self.net.weights)
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.epoch = 0
