@@ -356,9 +356,11 @@ def load_cifar10(root=None) -> tuple[Dataset, Dataset]:
 
 _GTSRB_CLASSES = 43
 _GTSRB_SOURCE = (
-    "GTSRB_Final_Training_Images.zip, GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip "
-    "from https://benchmark.ini.rub.de/gtsrb_dataset.html extracted into <root>/gtsrb, as "
-    "torchvision.datasets.GTSRB lays them out"
+    "torchvision.datasets.GTSRB(<root>, split=..., download=True) writes this layout for both splits; "
+    "from the archives of https://benchmark.ini.rub.de/gtsrb_dataset.html, extract "
+    "GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip into <root>/gtsrb, and move the class "
+    "folders that GTSRB_Final_Training_Images.zip puts in GTSRB/Final_Training/Images/ to "
+    "<root>/gtsrb/GTSRB/Training/"
 )
 
 
@@ -393,6 +395,15 @@ def load_gtsrb(root=None) -> tuple[Dataset, Dataset]:
     * Test: ``root/gtsrb/GTSRB/Final_Test/Images/*.ppm`` with the classes in
       ``root/gtsrb/GT-final_test.csv`` (semicolon-separated, columns ``Filename`` and
       ``ClassId`` are used). Every test image must have a row and every row an image.
+
+    Where the files come from: ``torchvision.datasets.GTSRB(root, split="train"|"test",
+    download=True)`` writes exactly this layout (it extracts ``GTSRB-Training_fixed.zip`` into
+    ``root/gtsrb/GTSRB/Training/``, and ``GTSRB_Final_Test_Images.zip`` and
+    ``GTSRB_Final_Test_GT.zip`` into ``root/gtsrb``). Of the benchmark's own archives
+    (https://benchmark.ini.rub.de/gtsrb_dataset.html), the two test archives extracted into
+    ``root/gtsrb`` give the test files above, but the official training archive
+    ``GTSRB_Final_Training_Images.zip`` extracts to ``GTSRB/Final_Training/Images/{class:05d}/``:
+    move those class folders to ``root/gtsrb/GTSRB/Training/``.
 
     Every image is read with Pillow and converted to RGB (as torchvision does); the whole
     image is used (the region of interest in the CSV files is ignored). It is then resized to
