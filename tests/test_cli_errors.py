@@ -17,7 +17,7 @@ from runoff.cli import main
 from runoff.data import Dataset
 from runoff.errors import InvalidParameterError, LogitsFileError, MissingDependencyError, RunoffError
 from runoff.partition import make_plan
-from runoff.pipeline import save_logits
+from runoff.run_folder import save_logits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -313,7 +313,7 @@ def test_cuda_without_cuda_names_the_option(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, expected", [
     (["certify", "{f}", "--d", "0"], "--d must be an integer >= 1"),
-    (["certify", "{f}", "--n-jobs", "0"], "--n-jobs must be an integer >= 1"),
+    (["certify", "{f}", "--n-jobs", "0"], "--n-jobs must be a non-zero integer"),
     (["certify", "{f}", "-m", "dpa,,fa"], "argument --method/-m: empty entry in 'dpa,,fa'"),
     (["certify", "{f}", "-m", ","], "empty entry"),
     (["certify", "{f}", "--budgets", "3,-1"], "budgets must be >= 0"),

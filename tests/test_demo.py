@@ -12,7 +12,12 @@ import runoff  # noqa: E402
 from adversary import TooExpensive, find_attack  # noqa: E402
 from reference_certs import reference_certify  # noqa: E402
 from runoff.demo import run_demo  # noqa: E402
-from runoff.pipeline import load_logits  # noqa: E402
+from runoff.run_folder import RunFolder  # noqa: E402
+
+
+def load_logits(run):
+    return RunFolder(run).read_logits()
+
 
 DPA = {"k": 6, "d": 1}
 FA = {"k": 3, "d": 2}
@@ -95,20 +100,20 @@ def test_demo_says_what_it_trained(demo):
 
 def test_cli_demo_rerun_says_already_trained_and_labels_the_runs(demo, monkeypatch, capsys):
     import runoff.demo
-    import runoff.pipeline
+    import runoff.training.runs
     from runoff.cli import main
 
     out, ev, _, _ = demo
     monkeypatch.setattr(runoff.demo, "DEMO_DPA", DPA)
     monkeypatch.setattr(runoff.demo, "DEMO_FA", FA)
     labels = []
-    train_run = runoff.pipeline.train_run
+    train_run = runoff.training.runs.train_run
 
     def spy(*args, **kwargs):
         labels.append(kwargs.get("label"))
         return train_run(*args, **kwargs)
 
-    monkeypatch.setattr(runoff.pipeline, "train_run", spy)
+    monkeypatch.setattr(runoff.training.runs, "train_run", spy)
     assert main(["demo", "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "training: DPA already trained, FA already trained; certification and report" in text
@@ -119,7 +124,7 @@ def test_cli_demo_rerun_says_already_trained_and_labels_the_runs(demo, monkeypat
 
 def test_describe_training():
     from runoff.demo import describe_training
-    from runoff.summary import TrainingSummary
+    from runoff.training.summary import TrainingSummary
 
     def summary(trained, done):
         return TrainingSummary(backend="local", n_models=6, trained=trained, resumed=0, already_done=done,

@@ -368,7 +368,7 @@ def test_dataset_pixel_sums_validation():
 
 def test_train_run_cifar10_tiny(tmp_path):
     pytest.importorskip("torch")
-    from runoff.pipeline import train_run
+    from runoff.training.runs import train_run
     from runoff.train import Recipe
 
     write_cifar(tmp_path / "data", per_batch=4)

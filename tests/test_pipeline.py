@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 
 from runoff.errors import (CheckpointError, InvalidParameterError, LogitsFileError,  # noqa: E402
                            RunDirectoryError)
-from runoff.pipeline import load_logits, train_run  # noqa: E402
+from runoff.run_folder import RunFolder  # noqa: E402
+from runoff.training.runs import train_run  # noqa: E402
 from runoff.train import Recipe, recipe_for  # noqa: E402
 
 torch.set_num_threads(1)
@@ -21,7 +22,7 @@ def test_train_run_writes_run_directory_and_resumes(tmp_path):
     run = tmp_path / "run"
     res = train_run(run, k=6, d=2, recipe=FAST, progress=False)
     assert (run / "plan.json").is_file() and (run / "logits.npz").is_file()
-    scores, labels = load_logits(run)
+    scores, labels = RunFolder(run).read_logits()
     assert scores.dtype == np.float32 and scores.shape == (360, 12, 10)
     assert labels.dtype == np.int64 and labels.shape == (360,)
     assert np.array_equal(scores, res.scores)
@@ -78,25 +79,30 @@ def test_train_run_bad_input(tmp_path):
         train_run(bad, k=5, recipe=FAST, progress=False)
 
 
-def test_load_logits_errors(tmp_path):
+def test_read_logits_errors(tmp_path):
+    folder = RunFolder(tmp_path)
     with pytest.raises(LogitsFileError, match="no logits file"):
-        load_logits(tmp_path)
+        folder.read_logits()
     np.savez(tmp_path / "logits.npz", scores=np.zeros((3, 2, 2)))
     with pytest.raises(LogitsFileError, match="'scores' and 'labels'"):
-        load_logits(tmp_path)
-    (tmp_path / "x.npz").write_bytes(b"garbage")
+        folder.read_logits()
+    np.savez(tmp_path / "logits.npz", scores=np.zeros((3, 2, 2)), labels=np.zeros(4))
+    with pytest.raises(LogitsFileError, match=r"scores must be \(N, M, C\) and labels \(N,\)"):
+        folder.read_logits()
+    (tmp_path / "logits.npz").write_bytes(b"garbage")
     with pytest.raises(LogitsFileError, match="not a valid"):
-        load_logits(tmp_path / "x.npz")
+        folder.read_logits()
 
 
 def test_recipes():
     paper = recipe_for("cifar10")
     assert (paper.model, paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.nesterov,
             paper.weight_decay, paper.milestones, paper.gamma, paper.augment, paper.crop_padding) == (
-        "nin", 200, 128, 0.1, 0.9, True, 5e-4, (60, 120, 160), 0.2, "crop-flip", 4)
-    assert recipe_for("mnist").augment == "none"
-    assert [paper.lr_at(e) for e in (0, 59, 60, 119, 120, 160, 199)] == pytest.approx(
-        [0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008])
+        "nin", 200, 128, 0.1, 0.9, True, 5e-4, (61, 121, 161), 0.2, "crop-flip", 4)
+    assert recipe_for("mnist").augment == "crop"
+    # the published loop lowers the rate at the end of 0-based epochs 60, 120 and 160
+    assert [paper.lr_at(e) for e in (0, 60, 61, 120, 121, 160, 161, 199)] == pytest.approx(
+        [0.1, 0.1, 0.02, 0.02, 0.004, 0.004, 0.0008, 0.0008])
     short = recipe_for("cifar10", epochs=20)
     assert short.epochs == 20 and short.milestones == (6, 12, 16)
     with pytest.raises(InvalidParameterError):

@@ -18,7 +18,8 @@ import pytest
 from runoff.checkpoints import load_checkpoint
 from runoff.cli import main
 from runoff.errors import BackendError, InvalidParameterError
-from runoff.pipeline import CHECKPOINT_DIR, train_run
+from runoff.run_folder import CHECKPOINT_DIR
+from runoff.training.runs import train_run
 
 ray = pytest.importorskip("ray")
 
@@ -27,7 +28,7 @@ from ray_procs import checkpoint_epoch, task_processes  # noqa: E402
 # Every Ray task here runs with one torch thread (one CPU per task); the local runs they are
 # compared with bit for bit run with one too, so both are the same computation on any CPU.
 pytest.importorskip("torch").set_num_threads(1)
-from runoff.ray_backend import RayBackend  # noqa: E402
+from runoff.training.backends.ray import RayBackend  # noqa: E402
 
 RUN = dict(dataset="digits", k=6, epochs=3, progress=False)
 # Ray and local are compared bit for bit only in the same chunks (the same computation):
@@ -123,32 +124,46 @@ def test_ray_failed_chunk_names_models_and_keeps_the_others(tmp_path, local_clus
     bad = run / CHECKPOINT_DIR / "models-00000-00002.pt"
     bad.write_bytes(bad.read_bytes()[:-10] + b"0123456789")
     good = (run / CHECKPOINT_DIR / "models-00003-00005.pt").read_bytes()
-    with pytest.raises(BackendError, match=r"1 of 2 chunks failed.*models 0\.\.2.*checksum mismatch.*rerun"):
+    with pytest.raises(BackendError, match=r"1 of 2 chunks failed.*models 0\.\.2.*checksum mismatch.*rerun") as err:
         train_run(run, backend=RayBackend(workers=2, max_retries=1), **CHUNKS3, **RUN)
+    assert "retr" not in str(err.value)  # a Python error in the task is not retried: no retries to speak of
     assert (run / CHECKPOINT_DIR / "models-00003-00005.pt").read_bytes() == good
 
 
 def test_driver_writes_final_checkpoints_a_task_returns(tmp_path, monkeypatch):
     # without a shared file system the task's own file is on its node; the driver writes it
+    import runoff.training.backends.ray as rb
     from runoff.checkpoints import checkpoint_bytes, write_checkpoint_bytes
-    from runoff.ray_backend import _keep
+    from runoff.training.backends.ray import _keep
 
     data = checkpoint_bytes({"format": "runoff-checkpoint", "epoch": 3})
-    scores = np.zeros((4, 6, 2), dtype=np.float32)
     out = {"ids": [2, 3], "logits": np.ones((4, 2, 2), dtype=np.float32), "checkpoint": data}
-    import runoff.ray_backend as rb
-
     writes = []
     monkeypatch.setattr(rb, "write_checkpoint_bytes", lambda p, b: (writes.append(p), write_checkpoint_bytes(p, b)))
-    _keep(out, tmp_path, scores)
+    _keep(out, tmp_path)
     path = tmp_path / "models-00002-00003.pt"
     assert path.read_bytes() == data and load_checkpoint(path)["epoch"] == 3 and writes == [path]
-    assert scores[:, 2:4].all() and not scores[:, [0, 1, 4, 5]].any()
-    _keep(out, tmp_path, scores)  # already there (one machine, shared file system): not rewritten
+    _keep(out, tmp_path)  # already there (one machine, shared file system): not rewritten
     assert writes == [path]
     path.write_bytes(b"stale")
-    _keep(out, tmp_path, scores)
+    _keep(out, tmp_path)
     assert path.read_bytes() == data and writes == [path, path]
+    _keep(dict(out, checkpoint=None), tmp_path)  # a chunk finished before this call: nothing to write
+    assert writes == [path, path]
+
+
+def test_chunk_logits_land_in_their_models_columns():
+    from types import SimpleNamespace
+
+    from runoff.training.backends import ChunkLogits, TrainedChunks
+    from runoff.training.runs import _assemble
+
+    plan = SimpleNamespace(n_models=6, n_classes=2)
+    trained = TrainedChunks(chunks=[ChunkLogits(ids=[2, 3], logits=np.ones((4, 2, 2), dtype=np.float32), start_epoch=0),
+                                    ChunkLogits(ids=[5], logits=np.full((4, 1, 2), 2, dtype=np.float32), start_epoch=3)])
+    scores = _assemble(trained, plan, n_test=4)
+    assert scores.shape == (4, 6, 2) and scores.dtype == np.float32
+    assert (scores[:, 2:4] == 1).all() and (scores[:, 5] == 2).all() and not scores[:, [0, 1, 4]].any()
 
 
 def test_ray_without_gpus_refuses_cuda(tmp_path, local_cluster):
@@ -190,7 +205,7 @@ def test_ray_backend_options_are_checked():
 
 
 def test_dpa_star_on_ray_equals_local(tmp_path, local_cluster):
-    from runoff.pipeline import train_dpa_star
+    from runoff.training.runs import train_dpa_star
 
     kw = dict(dataset="digits", k=4, epochs=2, progress=False)
     local = train_dpa_star(tmp_path / "local", versions=2, **kw)

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from runoff.pipeline import CHECKPOINT_DIR, train_run
+from runoff.run_folder import CHECKPOINT_DIR
+from runoff.training.runs import train_run
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -20,7 +21,7 @@ from ray_procs import checkpoint_epoch, task_processes  # noqa: E402
 # Every Ray task here runs with one torch thread (one CPU per task); the local runs they are
 # compared with bit for bit run with one too, so both are the same computation on any CPU.
 pytest.importorskip("torch").set_num_threads(1)
-from runoff.ray_backend import RayBackend  # noqa: E402
+from runoff.training.backends.ray import RayBackend  # noqa: E402
 
 RUN = dict(dataset="digits", k=6, epochs=60, progress=False)
 

@@ -169,7 +169,7 @@ def _sequential_reference(plan, train, recipe, j, seed_version=1):
     canon = plan.canonical(train)
     spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
     g = torch.Generator().manual_seed(model_seed(j, seed_version))
-    model = BatchedNet(spec, 1).init_([g]).extract(0)  # same initial weights, same draws
+    model = BatchedNet(spec, 1).init_([g], rule=recipe.init).extract(0)  # same initial weights, same draws
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     dtype = torch.get_default_dtype()
@@ -220,6 +220,47 @@ def test_batched_equals_sequential(digits, dtype, tol):
             assert err <= tol * scale, f"model {j} {key}: max error {err:.3g} at scale {scale:.3g}"
 
 
+def test_digits_recipe_is_runoffs_own_and_unchanged():
+    # The demo's recipe is not the paper's: a small CNN from RotNet's initialisation, lower
+    # rates from epochs 30 and 45; it stays as it was.
+    from runoff.train import recipe_for
+
+    assert recipe_for("digits").to_dict() == {
+        "model": "small", "epochs": 60, "batch_size": 16, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+        "weight_decay": 5e-4, "milestones": [30, 45], "gamma": 0.2, "augment": "none", "crop_padding": 4,
+        "init": "rotnet"}
+    assert recipe_for("digits", epochs=6).milestones == (3, 4)
+
+
+def test_recipe_init_rule_recorded_and_checked():
+    rec = Recipe(model="small", epochs=2, batch_size=4, lr=0.1)
+    assert rec.init == "pytorch" and Recipe.from_dict(rec.to_dict()) == rec
+    old = {key: value for key, value in rec.to_dict().items() if key != "init"}
+    assert Recipe.from_dict(old).init == "rotnet"  # recorded before the rule was: RotNet's was used
+    with pytest.raises(InvalidParameterError, match="init must be one of"):
+        Recipe(model="small", epochs=2, batch_size=4, lr=0.1, init="zeros")
+
+
+@pytest.mark.parametrize("rule", ["pytorch", "rotnet"])
+def test_trainer_starts_from_the_recipes_init_rule(digits, rule):
+    # zero epochs of training are not allowed, so: one step at a tiny learning rate, whose
+    # start is exactly BatchedNet.init_ with the recipe's rule and the model's seed
+    train, _ = digits
+    plan = make_plan(train, k=3)
+    recipe = Recipe(model="small", epochs=1, batch_size=512, lr=1e-12, momentum=0.0, weight_decay=0.0, init=rule)
+    (ids, net), = train_ensemble(plan, train, recipe=recipe, progress=False)
+    spec = architecture("small", in_channels=1, n_classes=10)
+    for e, j in enumerate(ids):
+        start = BatchedNet(spec, 1).init_([torch.Generator().manual_seed(model_seed(j))], rule=rule).model_state(0)
+        got = net.model_state(e)
+        other = BatchedNet(spec, 1).init_([torch.Generator().manual_seed(model_seed(j))],
+                                          rule="rotnet" if rule == "pytorch" else "pytorch").model_state(0)
+        for key in start:
+            if "running" not in key:
+                torch.testing.assert_close(got[key], start[key], rtol=0, atol=1e-9)
+        assert not torch.allclose(got["0.weight"], other["0.weight"], atol=1e-3)
+
+
 def test_augment_batch_crop_and_flip():
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
     out = augment_batch(x, torch.tensor([[1, 1], [0, 2]]), torch.tensor([False, True]), 1)
@@ -254,7 +295,7 @@ RESUME_SCRIPT = textwrap.dedent(
     import sys, time, torch
     torch.set_num_threads(int(sys.argv[2]))
     import runoff.train as T
-    from runoff.pipeline import train_run
+    from runoff.training.runs import train_run
 
     save = T.save_checkpoint
 
@@ -273,7 +314,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
-    from runoff.pipeline import train_run
+    from runoff.training.runs import train_run
     from runoff.train import Recipe
 
     epochs = 5

@@ -163,31 +163,33 @@ def _add_certify(sub) -> None:
                    help="comma-separated budgets (sorted, each once); default: 0 to the largest certificate")
     p.add_argument("--out", default=None, help="write predictions and certificates to this .npz file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--n-jobs", type=int, default=None, help="threads; default: all cores")
+    p.add_argument("--n-jobs", type=int, default=None,
+                   help="threads: -1 every core (default), -2 all but one, N exactly N")
     p.set_defaults(func=_cmd_certify)
 
 
-def _cmd_certify(args) -> int:
-    import numpy as np
+def _n_jobs(value):
+    """``--n-jobs``: every core by default (-1); otherwise scikit-learn's meaning."""
+    if value is None:
+        return -1
+    if value == 0:
+        raise InvalidParameterError("--n-jobs must be a non-zero integer (-1: every core, -2: all but one); got 0")
+    return value
 
-    from .certificates import certify_ensemble
-    from .checks import check_labels, check_methods, methods_for
+
+def _cmd_certify(args) -> int:
+    from .evaluation import evaluate_logits
     from .logits_io import load_logits, save_certificates
-    from .report import default_budgets, summarize
 
     _at_least(args.d, "--d", 1)
-    _at_least(args.n_jobs, "--n-jobs", 1)
     if args.out:
         _check_out_file(args.out)
-    methods = check_methods(args.method or methods_for(args.d), args.d)
     scores, labels = load_logits(args.file)
-    results = {m: certify_ensemble(scores, m, d=args.d, spread=args.spread, n_jobs=args.n_jobs) for m in methods}
-    n, m, c = np.shape(scores)
-    if labels is not None:
-        labels = check_labels(labels, n, c)
-    budgets = np.asarray(args.budgets, dtype=np.int64) if args.budgets is not None else default_budgets(results, labels)
-    summary = summarize(results, labels, budgets)
-    summary.update(file=str(args.file), n_points=int(n), n_models=int(m), n_classes=int(c), d=args.d)
+    ev = evaluate_logits(scores, labels, methods=args.method, d=args.d, spread=args.spread, budgets=args.budgets,
+                         n_jobs=_n_jobs(args.n_jobs))
+    results, labels, budgets, summary = ev.results, ev.labels, ev.budgets, ev.summary
+    summary["file"] = str(args.file)
+    n, m, c = summary["n_points"], summary["n_models"], summary["n_classes"]
     if args.out:
         summary["out"] = str(save_certificates(args.out, results, labels=labels, budgets=budgets))
     if args.json:
@@ -295,7 +297,7 @@ def _backend(args):
     """'local' or a RayBackend from the backend options."""
     if args.backend == "local":
         return "local"
-    from .ray_backend import RayBackend, import_ray
+    from .training.backends.ray import RayBackend, import_ray
 
     import_ray()  # fail before any data is loaded when Ray is missing
     return RayBackend(address=args.address, workers=args.workers,
@@ -366,7 +368,7 @@ def _interrupted(out) -> None:
 
 
 def _train(args, cfg, common):
-    from .pipeline import train_dpa_star, train_run
+    from .training.runs import train_dpa_star, train_run
 
     if cfg["versions"] is not None:
         return train_dpa_star(args.out, versions=cfg["versions"], **common)
@@ -526,12 +528,14 @@ def _cmd_configs(args) -> int:
 
     if args.json:
         print(json.dumps({n: {"dataset": c.dataset, "k": c.k, "d": c.d, "kind": c.kind, "models": c.n_models,
-                              "budgets": list(c.budgets), "paper": c.reference} for n, c in CONFIGS.items()}, indent=2))
+                              "budgets": list(c.budgets), "paper": c.reference, "training": c.training}
+                          for n, c in CONFIGS.items()}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(caption="--json also gives the paper's certified accuracy at each budget")
+    table = Table(caption="--json also gives the paper's certified accuracy at each budget, and the published "
+                          "training recipe of each data set (schedule, augmentation, initialisation)")
     table.add_column("name", no_wrap=True)
     for col in ("data set", "k", "d", "kind", "models", "budgets", "paper figures for"):
         table.add_column(col, no_wrap=col != "paper figures for")

@@ -172,7 +172,9 @@ class Config:
 
     @property
     def methods(self) -> tuple[str, str]:
-        return ("fa", "fa-roe") if self.kind == "fa" else ("dpa", "dpa-roe")
+        from .checks import methods_for
+
+        return methods_for(self.d if self.kind == "fa" else 1)
 
     @property
     def n_models(self) -> int:

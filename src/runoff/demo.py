@@ -61,7 +61,7 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
     require("torch", "runoff demo")
     require("sklearn", "runoff demo (its digits data set)")
     require_matplotlib("runoff demo (its plot)")
-    from .pipeline import train_run
+    from .training.runs import train_run
 
     out_dir = make_folder(out_dir, "the demo folder")
     timings, training = {}, {}

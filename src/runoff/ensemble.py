@@ -1,7 +1,7 @@
 """A trained ensemble as an object: load a run folder, predict and certify new inputs.
 
 :class:`Ensemble` reads a finished run folder (``plan.json`` and the final checkpoints under
-``checkpoints/``, as written by ``runoff train`` / :func:`runoff.pipeline.train_run`) and
+``checkpoints/``, as written by ``runoff train`` / :func:`runoff.training.runs.train_run`) and
 evaluates every base model on new images through the same code path that computed the run's
 test logits (:func:`runoff.train.model_logits`): ``images / 255``, normalised with each
 model's own subset's per-channel mean and std, BatchNorm in evaluation mode. Predictions and
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .certificates import Certification, certify_ensemble
-from .checks import check_methods
+from .checks import check_methods, methods_for
 from .errors import CheckpointError, InvalidParameterError, RunDirectoryError, one_line, require
 from .partition import PLAN_FILE, PartitionPlan
 
@@ -33,7 +33,7 @@ __all__ = ["Ensemble", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
 def default_method(d: int) -> str:
     """The Run-Off Election method of an ensemble with ``d`` models per bucket."""
-    return "dpa-roe" if int(d) == 1 else "fa-roe"
+    return methods_for(int(d))[1]
 
 
 def _shape_text(shape) -> str:
@@ -234,7 +234,7 @@ class Ensemble:
                        for plan, models in self._members]
         if len(per_version) == 1:
             return per_version[0]
-        from .pipeline import merge_versions
+        from .training.runs import merge_versions
 
         return merge_versions(per_version)  # DPA*: the sum, as the run's logits.npz
 
@@ -272,7 +272,7 @@ class Ensemble:
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
     from .checkpoints import existing_ranges, load_checkpoint, plan_key
-    from .pipeline import CHECKPOINT_DIR
+    from .run_folder import CHECKPOINT_DIR
     from .train import Recipe, _Chunk
 
     training = plan.training or {}

@@ -20,7 +20,8 @@ from .errors import RunDirectoryError
 from .logits_io import save_certificates
 from .report import default_budgets, markdown_table, plot_certified_accuracy, require_matplotlib, summarize
 
-__all__ = ["Evaluation", "methods_for", "evaluate_run", "write_report", "check_budget_list", "make_folder"]
+__all__ = ["Evaluation", "methods_for", "evaluate_logits", "evaluate_run", "write_report", "check_budget_list",
+           "make_folder"]
 
 CERTIFICATES_FILE = "certificates.npz"
 REPORT_JSON = "report.json"
@@ -76,6 +77,46 @@ def check_budget_list(budgets) -> np.ndarray:
     return np.unique(check_budgets(budgets))
 
 
+def evaluate_logits(scores, labels=None, *, methods=None, d: int = 1, spread=None, budgets=None,
+                    n_jobs: int | None = None) -> Evaluation:
+    """Certify one ensemble's logits with several methods and summarise them: the one place
+    that decides which methods fit, checks labels and budgets, and builds the summary
+    (``runoff certify``, ``runoff evaluate``, ``runoff report`` and the demo call it).
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (N, M, C)
+    labels : array_like of int, shape (N,), optional
+        Without labels the summary has predictions and certificates but no accuracy.
+    methods : sequence of str, optional
+        Default: :func:`methods_for` ``d``. DPA methods with d > 1 are refused: they assume
+        one model per poison and would overstate the certificates.
+    d : int, default 1
+        Models per bucket (FA); ``M`` must be a multiple of it.
+    spread : sequence of int, optional
+        FA shifts (default: the reference spread).
+    budgets : sequence of int, optional
+        Default: evenly spaced from 0 to the largest certificate of a correct prediction;
+        given budgets are sorted and de-duplicated.
+    n_jobs : int, optional
+        Threads, as :func:`runoff.certify`.
+
+    Returns
+    -------
+    Evaluation
+        ``summary`` also holds ``n_points``, ``n_models``, ``n_classes`` and ``d``.
+    """
+    chosen = check_methods(methods or methods_for(d), d)
+    results = {m: certify_ensemble(scores, m, d=d, spread=spread, n_jobs=n_jobs) for m in chosen}
+    n, m, c = np.shape(scores)
+    if labels is not None:
+        labels = check_labels(labels, n, c)
+    budgets = check_budget_list(budgets) if budgets is not None else default_budgets(results, labels)
+    summary = summarize(results, labels, budgets)
+    summary.update(n_points=int(n), n_models=int(m), n_classes=int(c), d=int(d))
+    return Evaluation(results=results, labels=labels, budgets=budgets, summary=summary)
+
+
 def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True) -> Evaluation:
     """Certify the logits of a run directory and (by default) write its report there.
 
@@ -83,12 +124,8 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     ----------
     run_dir : path-like
         A folder written by ``runoff train`` (``plan.json`` and ``logits.npz``).
-    methods : sequence of str, optional
-        Default: :func:`methods_for` the run's d. DPA methods on an FA run (d > 1) are refused:
-        they assume one model per poison and would overstate the certificates.
-    budgets : sequence of int, optional
-        Default: evenly spaced from 0 to the largest certificate of a correct prediction.
-        Given budgets are sorted and de-duplicated.
+    methods, budgets, n_jobs
+        As :func:`evaluate_logits` (d and spread are the run's).
     write : bool, default True
         Write ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accuracy.png``
         into ``run_dir`` (needs matplotlib, checked before anything is computed or written).
@@ -97,29 +134,23 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     -------
     Evaluation
     """
-    from .partition import PLAN_FILE, PartitionPlan
-    from .pipeline import load_logits
+    from .run_folder import RunFolder
 
     if write:
         require_matplotlib("writing the report's plot")
     run_dir = Path(run_dir)
-    if not (run_dir / PLAN_FILE).is_file():
-        raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
-    plan = PartitionPlan.load(run_dir)
-    scores, labels = load_logits(run_dir)
+    folder = RunFolder(run_dir)
+    folder.require_plan()
+    plan = folder.read_plan()
+    scores, labels = folder.read_logits()
     if scores.shape[1] != plan.n_models or scores.shape[2] != plan.n_classes:
         raise RunDirectoryError(
             f"{run_dir}: logits have {scores.shape[1]} models and {scores.shape[2]} classes, "
             f"but the plan has {plan.n_models} models and {plan.n_classes} classes"
         )
-    labels = check_labels(labels, scores.shape[0], scores.shape[2])
-    chosen = check_methods(methods or methods_for(plan.d), plan.d)
-    results = {m: certify_ensemble(scores, m, d=plan.d, spread=list(plan.spread), n_jobs=n_jobs) for m in chosen}
-    budgets = check_budget_list(budgets) if budgets is not None else default_budgets(results, labels)
-    summary = summarize(results, labels, budgets)
-    summary.update(dataset=plan.dataset, k=plan.k, d=plan.d, n_models=plan.n_models,
-                   n_test=int(scores.shape[0]), hash=plan.hash)
-    evaluation = Evaluation(results=results, labels=labels, budgets=budgets, summary=summary)
+    evaluation = evaluate_logits(scores, labels, methods=methods, d=plan.d, spread=list(plan.spread),
+                                 budgets=budgets, n_jobs=n_jobs)
+    evaluation.summary.update(dataset=plan.dataset, k=plan.k, n_test=int(scores.shape[0]), hash=plan.hash)
     if write:
         title = f"{plan.dataset}: k={plan.k}" + (f", d={plan.d}" if plan.d > 1 else "")
         write_report(run_dir, evaluation, title=title)

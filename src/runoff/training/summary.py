@@ -9,7 +9,7 @@ __all__ = ["TrainingSummary"]
 
 @dataclass
 class TrainingSummary:
-    """Counts and time of one call of :func:`runoff.pipeline.train_run`.
+    """Counts and time of one call of :func:`runoff.training.runs.train_run`.
 
     Attributes
     ----------

@@ -1,0 +1,180 @@
+"""The layout of a run folder on disk, and its reads and writes.
+
+A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff report``,
+``runoff predict`` and :class:`runoff.training.ensemble.Ensemble` read::
+
+    RUN/
+      plan.json            the partition plan, with the training recipe and seeds
+      checkpoints/         models-FIRST-LAST.pt, one per chunk of base models
+      logits.npz           scores (N, M, C) float32 and labels (N,) int64 of the test set
+      certificates.npz     predictions and certificates per method (runoff evaluate)
+      report.json  report.md  certified_accuracy.png    (runoff evaluate)
+      v1/ ... vV/          DPA* only: one complete run per seed version; the top folder's
+                           plan lists them and its logits are their sum
+
+A folder written by ``runoff report`` holds the same report files and also
+``certificates_hist.png``. Every other module asks this one for paths and file contents;
+nothing else spells a file name of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write, atomic_write_text
+from .errors import LogitsFileError, RunDirectoryError
+
+__all__ = [
+    "RunFolder",
+    "PLAN_FILE",
+    "CHECKPOINT_DIR",
+    "LOGITS_FILE",
+    "CERTIFICATES_FILE",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "ACCURACY_PLOT",
+    "HISTOGRAM_PLOT",
+]
+
+PLAN_FILE = "plan.json"
+CHECKPOINT_DIR = "checkpoints"
+LOGITS_FILE = "logits.npz"
+CERTIFICATES_FILE = "certificates.npz"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+ACCURACY_PLOT = "certified_accuracy.png"
+HISTOGRAM_PLOT = "certificates_hist.png"
+
+
+def version_dir_name(v: int) -> str:
+    """Folder of DPA* seed version ``v`` inside the top run folder."""
+    return f"v{int(v)}"
+
+
+class RunFolder:
+    """One run folder: its paths, and its plan, logits and reports.
+
+    Parameters
+    ----------
+    path : path-like
+        The folder (it need not exist yet).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def plan_path(self) -> Path:
+        return self.path / PLAN_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def logits_path(self) -> Path:
+        return self.path / LOGITS_FILE
+
+    @property
+    def certificates_path(self) -> Path:
+        return self.path / CERTIFICATES_FILE
+
+    def report_path(self, kind: str) -> Path:
+        """``kind``: "json", "md", "accuracy_plot" or "histogram_plot"."""
+        names = {"json": REPORT_JSON, "md": REPORT_MD, "accuracy_plot": ACCURACY_PLOT,
+                 "histogram_plot": HISTOGRAM_PLOT}
+        return self.path / names[kind]
+
+    def version(self, v: int) -> "RunFolder":
+        """DPA*: the run folder of seed version ``v`` (1-based)."""
+        return RunFolder(self.path / version_dir_name(v))
+
+    def version_names(self, versions: int) -> list[str]:
+        return [version_dir_name(v) for v in range(1, int(versions) + 1)]
+
+    # ------------------------------------------------------------------ state
+    def has_plan(self) -> bool:
+        return self.plan_path.is_file()
+
+    def is_new(self) -> bool:
+        """No folder, or an empty one."""
+        return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
+
+    def check_is_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"{self.path} exists and is not a directory")
+
+    def require_plan(self) -> None:
+        """Raise unless this is a run folder (it has a plan)."""
+        if not self.has_plan():
+            raise RunDirectoryError(f"{self.path} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
+
+    # ------------------------------------------------------------------ plan
+    def read_plan(self, *, train=None):
+        """The folder's :class:`~runoff.partition.PartitionPlan` (checked against ``train`` if given)."""
+        from .partition import PartitionPlan
+
+        return PartitionPlan.load(self.path, train=train)
+
+    def write_plan(self, plan) -> Path:
+        """Write ``plan.json`` (the folder is created if needed), atomically."""
+        return plan.save(self.path)
+
+    def read_plan_json(self) -> dict:
+        """``plan.json`` as a dict, without validating it as a plan."""
+        try:
+            return json.loads(self.plan_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirectoryError(f"{self.plan_path}: cannot read ({exc})") from None
+
+    # ------------------------------------------------------------------ logits
+    def read_logits(self) -> tuple[np.ndarray, np.ndarray]:
+        """The run's test logits.
+
+        Returns
+        -------
+        scores : numpy.ndarray of float32, shape (N, M, C)
+        labels : numpy.ndarray of int64, shape (N,)
+
+        Raises
+        ------
+        LogitsFileError
+            Missing or unreadable file, no labels, or inconsistent shapes.
+        """
+        from .logits_io import load_logits
+
+        if not self.logits_path.is_file():
+            raise LogitsFileError(f"no logits file at {self.logits_path}")
+        scores, labels = load_logits(self.logits_path)
+        if labels is None:
+            raise LogitsFileError(f"{self.logits_path}: needs arrays 'scores' and 'labels'; has no 'labels'")
+        scores, labels = np.asarray(scores), np.asarray(labels)
+        if scores.ndim != 3 or labels.shape != (scores.shape[0],):
+            raise LogitsFileError(f"{self.logits_path}: scores must be (N, M, C) and labels (N,); "
+                                  f"got {scores.shape}, {labels.shape}")
+        return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
+
+    def write_logits(self, scores, labels) -> Path:
+        """Write ``scores`` (as float32) and ``labels`` (as int64), atomically."""
+        return save_logits(self.logits_path, scores, labels)
+
+    # ------------------------------------------------------------------ reports
+    def write_text(self, kind: str, text: str) -> Path:
+        path = self.report_path(kind)
+        atomic_write_text(path, text)
+        return path
+
+
+def save_logits(path, scores, labels) -> Path:
+    """Write ``scores`` (float32) and ``labels`` (int64) to an ``.npz`` file, atomically."""
+    path = Path(path)
+    with atomic_write(path) as f:
+        np.savez(f, scores=np.asarray(scores, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64))
+    return path

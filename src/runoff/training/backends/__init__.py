@@ -1,0 +1,132 @@
+"""Where the chunks of a run are trained: the backend interface and its two implementations.
+
+A backend is given a :class:`TrainingJob` (the plan, the training and test sets, the recipe,
+the chunks and where checkpoints go) and hands back each chunk's test logits
+(:class:`ChunkLogits`). It decides nothing about what is trained: the chunks come from
+:func:`runoff.training.trainer.run_chunks`, and every backend trains a chunk with
+:func:`runoff.training.trainer.train_chunk`, so two backends given the same job compute the
+same models.
+
+* :class:`~.local.LocalBackend` (``"local"``): this process, one chunk after another.
+* :class:`~.ray.RayBackend` (``"ray"``): each chunk a Ray task, on a local Ray instance or a
+  cluster (``pip install 'runoff[ray]'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager, Protocol, runtime_checkable
+
+import numpy as np
+
+from ...errors import InvalidParameterError
+
+__all__ = ["Backend", "TrainingJob", "ChunkLogits", "TrainedChunks", "resolve_backend", "BACKENDS"]
+
+#: Backend names ``train_run(backend=...)`` and ``runoff train --backend`` accept.
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything a backend needs to train a run's chunks.
+
+    Attributes
+    ----------
+    plan : runoff.data.partition.PartitionPlan
+    train, test : runoff.data.Dataset
+        The plan's training set and the test set whose logits are wanted.
+    chunks : list of list of int
+        Contiguous ascending ranges of model ids, from ``run_chunks``; one is trained as one.
+    recipe : runoff.training.trainer.Recipe
+    seed_version : int
+        Model ``j`` is seeded ``(j+1) * v * v``.
+    device : str
+        "cpu", "cuda" or "cuda:N" (the Ray backend takes "cpu" or "cuda").
+    checkpoint_dir : pathlib.Path
+    checkpoint_every : int
+        Epochs between checkpoints.
+    checkpoint_min_interval : float
+        Least seconds between two checkpoints of a chunk.
+    progress : bool
+        Show progress.
+    label : str or None
+        Name on the progress display.
+    """
+
+    plan: Any
+    train: Any
+    test: Any
+    chunks: list
+    recipe: Any
+    seed_version: int = 1
+    device: str = "cpu"
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 1
+    checkpoint_min_interval: float = 10.0
+    progress: bool = True
+    label: str | None = None
+
+
+@dataclass
+class ChunkLogits:
+    """One trained chunk's test logits and how it got there.
+
+    Attributes
+    ----------
+    ids : list of int
+        The chunk's model ids.
+    logits : numpy.ndarray of float32, shape (N, len(ids), n_classes)
+    start_epoch : int
+        Epoch its checkpoint held before this call (0: trained from scratch; the recipe's
+        epochs: finished before, not trained again).
+    attempts : int
+        Times the chunk was started (above 1 after a retry).
+    """
+
+    ids: list
+    logits: np.ndarray
+    start_epoch: int
+    attempts: int = 1
+
+
+@dataclass
+class TrainedChunks:
+    """What :meth:`Backend.train` returns: every chunk's logits, and how many ran at once."""
+
+    chunks: list[ChunkLogits] = field(default_factory=list)
+    workers: int = 1
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What :func:`runoff.training.runs.train_run` needs of a backend."""
+
+    name: str
+
+    def session(self) -> ContextManager:
+        """Open what the backend needs (a Ray connection) for the duration of a ``with``."""
+
+    def check(self, device: str) -> None:
+        """Raise now, before anything is written, if the backend cannot train on ``device``."""
+
+    def train(self, job: TrainingJob) -> TrainedChunks:
+        """Train every chunk of ``job`` (resuming from checkpoints) and return their logits."""
+
+
+def resolve_backend(backend) -> Backend:
+    """A :class:`Backend` from a name ("local", "ray") or a backend object."""
+    if isinstance(backend, str):
+        if backend == "local":
+            from .local import LocalBackend
+
+            return LocalBackend()
+        if backend == "ray":
+            from .ray import RayBackend
+
+            return RayBackend()
+        raise InvalidParameterError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+    if isinstance(backend, Backend):
+        return backend
+    raise InvalidParameterError(f"backend must be 'local', 'ray' or a backend object; got {backend!r}")

@@ -1,0 +1,344 @@
+"""From a data set to test-set logits in one run folder: ``train_run`` and ``train_dpa_star``.
+
+:func:`train_run` checks every option, loads the data set, builds the partition plan, checks
+the run folder (:class:`~runoff.run_folder.RunFolder`: new, or holding this very plan) and
+only then writes; it cuts the models into chunks (:func:`runoff.training.trainer.run_chunks`)
+and hands them to a backend (:mod:`runoff.training.backends`), which returns each chunk's
+test logits. A folder holding anything else is never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidParameterError, RunDirectoryError
+from ..run_folder import RunFolder
+from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
+from .summary import TrainingSummary
+
+__all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`train_run` produced.
+
+    Attributes
+    ----------
+    run_dir : pathlib.Path
+    plan : PartitionPlan
+    scores : numpy.ndarray of float32, shape (N, k*d, n_classes)
+        Raw test-set logits of every base model.
+    labels : numpy.ndarray of int64, shape (N,)
+    summary : TrainingSummary
+        What the call trained, kept and retried, and its time.
+    """
+
+    run_dir: Path
+    plan: object
+    scores: np.ndarray
+    labels: np.ndarray
+    summary: TrainingSummary | None = None
+
+    @property
+    def logits_path(self) -> Path:
+        return RunFolder(self.run_dir).logits_path
+
+
+def train_run(
+    run_dir,
+    *,
+    dataset: str = "digits",
+    k: int,
+    d: int = 1,
+    epochs: int | None = None,
+    seed_version: int = 1,
+    hash: str = "pixelsum",
+    device: str = "cpu",
+    progress: bool = True,
+    chunk_size: int | None = None,
+    data_root=None,
+    spread=None,
+    recipe=None,
+    checkpoint_every: int = 1,
+    checkpoint_min_interval: float = 10.0,
+    backend="local",
+    label: str | None = None,
+) -> RunResult:
+    """Partition, train every base model (batched) and write test logits into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Created if missing. If it holds a ``plan.json`` of the same plan (same data, k, d,
+        hash, spread, recipe, seed version), the run resumes from its checkpoints; a finished
+        run just returns its logits.
+    dataset : str, default "digits"
+        Registered data set name (:data:`runoff.data.DATASETS`).
+    k : int
+        Partitions, ``1 <= k <= `` training set size.
+    d : int, default 1
+        Spread degree (1: DPA; > 1: FA with ``k*d`` models).
+    epochs : int, optional
+        Overrides the recipe's epochs (milestones scaled in proportion).
+    seed_version : int, default 1
+        Model ``j`` is seeded with ``(j+1) * v * v``.
+    hash : {"pixelsum", "sha256"}, default "pixelsum"
+    device : {"cpu", "cuda", "cuda:N"}, default "cpu"
+    progress : bool, default True
+        Rich progress bar while training.
+    chunk_size : int, optional
+        Most models per chunk (default: :func:`runoff.training.trainer.default_chunk_size`,
+        from the plan, recipe and device type only).
+    data_root : path-like, optional
+        Data folder of data sets that need one.
+    spread : sequence of int, optional
+        FA shifts (default: the reference spread).
+    recipe : runoff.train.Recipe, optional
+        Training recipe (default: the data set's, see :data:`runoff.train.RECIPES`).
+    checkpoint_every : int, default 1
+        Epochs between checkpoints.
+    checkpoint_min_interval : float, default 10.0
+        Minimum seconds between two checkpoints of a chunk (the last epoch is always saved).
+    backend : {"local", "ray"} or a backend object, default "local"
+        ``"local"``: this process trains the chunks one after another. ``"ray"`` (a local
+        Ray instance) or a :class:`~runoff.training.backends.ray.RayBackend` (cluster
+        address, workers, resources per task, retries): every chunk is a Ray task. Both
+        train the same chunks (:func:`runoff.training.trainer.run_chunks`) and give the same
+        logits; a run folder started by one can be resumed by the other.
+    label : str, optional
+        Name shown on the progress bar (e.g. "DPA"), for callers that train several runs.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown data set or backend, k / d / hash / spread out of range, CUDA asked without CUDA.
+    MissingDependencyError
+        Ray asked for but not installed.
+    BackendError
+        Ray unreachable or short of resources, or chunks that failed.
+    RunDirectoryError
+        ``run_dir`` holds another plan, or files but no plan.
+    CheckpointError
+        A checkpoint in ``run_dir`` is corrupt.
+    """
+    t0 = time.perf_counter()
+    backend = resolve_backend(backend)
+    _check_run_options(seed_version=seed_version, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
+                       checkpoint_min_interval=checkpoint_min_interval)
+    folder = RunFolder(run_dir)
+    # Everything is checked, and the cluster reached, before the first file is written: a
+    # command that fails leaves nothing behind that would block the corrected one.
+    with backend.session():
+        backend.check(device)
+        plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
+                                                  seed_version=seed_version, hash=hash, spread=spread,
+                                                  data_root=data_root)
+        fresh = _check_run_folder(folder, plan, train)
+        chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
+                         checkpoint_dir=None if fresh else folder.checkpoint_dir)
+        if fresh:
+            folder.write_plan(plan)
+        job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
+                          seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
+                          checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
+                          progress=progress, label=label)
+        trained = backend.train(job)
+    scores = _assemble(trained, plan, n_test=len(test.labels))
+    labels = test.labels.copy()
+    folder.write_logits(scores, labels)
+    summary = _summarize(trained, backend, plan, recipe, seconds=time.perf_counter() - t0)
+    return RunResult(run_dir=folder.path, plan=plan, scores=scores, labels=labels, summary=summary)
+
+
+def _assemble(trained: TrainedChunks, plan, *, n_test: int) -> np.ndarray:
+    """Every chunk's logits in one (N, k*d, C) float32 array."""
+    scores = np.zeros((n_test, plan.n_models, plan.n_classes), dtype=np.float32)
+    for chunk in trained.chunks:
+        scores[:, chunk.ids] = chunk.logits
+    return scores
+
+
+def _summarize(trained: TrainedChunks, backend: Backend, plan, recipe, *, seconds: float) -> TrainingSummary:
+    """What this call did, counted from the chunks the backend returned."""
+    epochs = recipe.epochs
+
+    def models(pred):
+        return sum(len(c.ids) for c in trained.chunks if pred(c))
+
+    return TrainingSummary(
+        backend=backend.name, n_models=plan.n_models, chunks=len(trained.chunks), workers=trained.workers,
+        trained=models(lambda c: c.start_epoch < epochs),
+        resumed=models(lambda c: 0 < c.start_epoch < epochs),
+        already_done=models(lambda c: c.start_epoch >= epochs),
+        retries=sum(c.attempts - 1 for c in trained.chunks), seconds=seconds,
+    )
+
+
+def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint_min_interval):
+    """The scalar options of :func:`train_run`, checked before any data is read."""
+    from .trainer import check_chunk_size
+
+    for name, value in (("seed_version", seed_version), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidParameterError(f"{name} must be an integer >= 1; got {value!r}")
+    check_chunk_size(chunk_size)
+    try:
+        interval_ok = float(checkpoint_min_interval) >= 0
+    except (TypeError, ValueError):
+        interval_ok = False
+    if not interval_ok:
+        raise InvalidParameterError(f"checkpoint_min_interval must be >= 0 seconds; got {checkpoint_min_interval!r}")
+
+
+def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root):
+    """Load the data set and build the run's plan (nothing is written)."""
+    from ..data import load_dataset
+    from ..partition import make_plan
+    from .trainer import recipe_for
+
+    train, test = load_dataset(dataset, root=data_root)
+    if recipe is None:
+        recipe = recipe_for(dataset, epochs=epochs)
+    elif epochs is not None:
+        raise InvalidParameterError("give either recipe or epochs, not both")
+    training = {
+        "recipe": recipe.to_dict(),
+        "seed_version": int(seed_version),
+        "seed_rule": "(j+1)*v*v",
+    }
+    plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
+    return plan, train, test, recipe
+
+
+def _check_run_folder(folder: RunFolder, plan, train) -> bool:
+    """Whether ``folder`` is new (True) or holds this very plan (False); else raise."""
+    folder.check_is_folder()
+    if folder.has_plan():
+        old = folder.read_plan()
+        if old != plan:
+            raise RunDirectoryError(
+                f"{folder.path} holds a run of another plan ({_plan_diff(old, plan)}); choose another output folder"
+            )
+        old.check_dataset(train)
+        return False
+    if not folder.is_new():
+        raise RunDirectoryError(f"{folder.path} is not empty and holds no plan.json; refusing to write into it")
+    return True
+
+
+def _plan_diff(old, new) -> str:
+    def flat(d, prefix=""):
+        out = {}
+        for key, val in (d or {}).items():
+            if isinstance(val, dict):
+                out.update(flat(val, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = val
+        return out
+
+    a, b = flat(old.to_dict()), flat(new.to_dict())
+    derived = ("buckets", "mean", "std", "n_models")  # follow from the others
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in derived]
+    parts = [k if k == "fingerprint" else f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+    return "; ".join(parts) or "training set"
+
+
+def _layout(plan, recipe, *, device, chunk_size, checkpoint_dir):
+    """The chunks every backend trains in (:func:`runoff.training.trainer.run_chunks`)."""
+    from .trainer import run_chunks
+
+    return run_chunks(plan, recipe, device=device, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir)
+
+
+def merge_versions(scores_list) -> np.ndarray:
+    """DPA*: merge seed versions of the same partitions by summing their logits.
+
+    ``scores_list``: V arrays of shape (N, k, C) -> (N, k, C) float32. Summing is equivalent to
+    averaging for every aggregation runoff uses (argmax and pairwise comparisons).
+    """
+    arrays = [np.asarray(s, dtype=np.float32) for s in scores_list]
+    if not arrays:
+        raise InvalidParameterError("merge_versions needs at least one version")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise InvalidParameterError(f"versions have different logit shapes: {sorted(shapes)}")
+    return np.sum(arrays, axis=0, dtype=np.float32)
+
+
+def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, progress: bool = True,
+                   **train_kwargs) -> RunResult:
+    """Train DPA*: ``versions`` ensembles of the same ``k`` partitions with different seeds.
+
+    Version ``v`` (1..versions) is a complete run in ``run_dir/v{v}`` (seeds ``(j+1)*v*v``,
+    resumable on its own); the merged logits (their sum) go to ``run_dir/logits.npz`` next to
+    the shared plan, so that ``runoff evaluate run_dir`` certifies DPA* with dpa and dpa-roe.
+    The top folder's plan is checked, and written, before any version is trained. Other
+    keyword arguments go to :func:`train_run` (``d`` must stay 1).
+
+    Returns
+    -------
+    RunResult
+        ``scores`` are the merged logits, (N, k, C).
+    """
+    if isinstance(versions, bool) or not isinstance(versions, (int, np.integer)) or versions < 1:
+        raise InvalidParameterError(f"versions must be an integer >= 1; got {versions!r}")
+    if train_kwargs.get("d", 1) != 1 or "seed_version" in train_kwargs:
+        raise InvalidParameterError("DPA* trains d=1 partitions and sets each version's seed itself")
+    versions, folder = int(versions), RunFolder(run_dir)
+    backend = resolve_backend(train_kwargs.pop("backend", "local"))
+    label = train_kwargs.pop("label", None) or "DPA*"
+    _check_run_options(seed_version=1, chunk_size=train_kwargs.get("chunk_size"),
+                       checkpoint_every=train_kwargs.get("checkpoint_every", 1),
+                       checkpoint_min_interval=train_kwargs.get("checkpoint_min_interval", 10.0))
+    with backend.session():
+        backend.check(train_kwargs.get("device", "cpu"))
+        top = _dpa_star_plan(dataset, k, versions, train_kwargs)
+        _check_dpa_star_folder(folder, top, versions)
+        folder.write_plan(top)
+        results = [train_run(folder.version(v).path, dataset=dataset, k=k, seed_version=v, progress=progress,
+                             backend=backend, label=f"{label} v{v}/{versions}", **train_kwargs)
+                   for v in range(1, versions + 1)]
+    labels = results[0].labels
+    if any(not np.array_equal(r.labels, labels) for r in results[1:]):
+        raise RunDirectoryError(f"the versions in {folder.path} were evaluated on different test sets")
+    scores = merge_versions([r.scores for r in results])
+    folder.write_logits(scores, labels)
+    summary = TrainingSummary.total(r.summary for r in results)
+    return RunResult(run_dir=folder.path, plan=top, scores=scores, labels=labels, summary=summary)
+
+
+def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
+    """The top folder's plan of DPA*: the versions' partitions, with every version listed."""
+    plan, _train, _test, _recipe = _prepare_plan(
+        dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"), seed_version=1,
+        hash=train_kwargs.get("hash", "pixelsum"), spread=train_kwargs.get("spread"),
+        data_root=train_kwargs.get("data_root"))
+    training = dict(plan.training or {}, seed_version=None, versions=versions,
+                    merge="sum of the versions' logits", version_dirs=RunFolder(".").version_names(versions))
+    return replace(plan, training=training)
+
+
+def _check_dpa_star_folder(folder: RunFolder, top, versions: int) -> None:
+    """Refuse a folder that holds anything but this DPA* run (checked before any training)."""
+    folder.check_is_folder()
+    if folder.has_plan():
+        old = folder.read_plan()
+        if old != top:
+            what = "DPA* plan" if (old.training or {}).get("versions") else "run (not DPA*)"
+            raise RunDirectoryError(f"{folder.path} holds another {what} ({_plan_diff(old, top)}); "
+                                    "choose another output folder")
+        return
+    if folder.path.is_dir():
+        extra = sorted(p.name for p in folder.path.iterdir() if p.name not in folder.version_names(versions))
+        if extra:
+            raise RunDirectoryError(f"{folder.path} is not empty and holds no plan.json ({', '.join(extra[:3])}); "
+                                    "refusing to write into it")
