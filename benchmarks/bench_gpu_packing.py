@@ -26,8 +26,8 @@ def _worker(args, start, results):
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_train import random_images
 
-    from runoff.partition import make_plan
-    from runoff.train import Recipe, train_ensemble
+    from runoff.data.partition import make_plan
+    from runoff.training.trainer import Recipe, train_ensemble
 
     data = random_images(args.models, args.batch, args.steps, args.size, args.channels)
     plan = make_plan(data, k=args.models)

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runoff.data import Dataset, load_dataset
-from runoff.models import BatchedNet, architecture
-from runoff.partition import make_plan
-from runoff.train import Recipe, draw_epoch, model_seed, recipe_for, train_ensemble
+from runoff.data.datasets import Dataset, load_dataset
+from runoff.training.models import BatchedNet, architecture
+from runoff.data.partition import make_plan
+from runoff.training.trainer import Recipe, draw_epoch, model_seed, recipe_for, train_ensemble
 
 
 def _sync(device):

@@ -19,9 +19,9 @@ import numpy as np
 
 
 def _chunk_in_own_process(run_dir, ids, device, queue):
-    from runoff.data import load_dataset
-    from runoff.partition import PartitionPlan
-    from runoff.train import Recipe, chunk_logits, train_chunk
+    from runoff.data.datasets import load_dataset
+    from runoff.data.partition import PartitionPlan
+    from runoff.training.trainer import Recipe, chunk_logits, train_chunk
 
     plan = PartitionPlan.load(run_dir)
     train, test = load_dataset("digits")
@@ -40,9 +40,9 @@ def main() -> None:
 
     import torch
 
-    from runoff.checkpoints import chunk_layout
+    from runoff.training.checkpoints import chunk_layout
     from runoff.pipeline import train_run
-    from runoff.train import default_chunk_size, recipe_for
+    from runoff.training.trainer import default_chunk_size, recipe_for
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "local"

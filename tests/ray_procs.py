@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from runoff.checkpoints import load_checkpoint
+from runoff.training.checkpoints import load_checkpoint
 
 
 def task_processes(task_name: str) -> list[tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runoff.checkpoints import chunk_layout, existing_ranges
+from runoff.training.checkpoints import chunk_layout, existing_ranges
 from runoff.errors import CheckpointError, InvalidParameterError
 
 

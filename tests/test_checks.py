@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import runoff
-import runoff.configs
+import runoff.data.configs
 from runoff import checks
 from runoff.certificates import api
 from runoff.certificates.vote import margin, run_off_gaps
@@ -95,7 +95,7 @@ def test_check_choice_suggests_close_names():
         checks.check_choice("xyz", "backend", ("local", "ray"))
     assert str(info.value) == "unknown backend 'xyz'; choose one of: local, ray"
     with pytest.raises(InvalidParameterError) as info:
-        checks.check_choice("cifar10-k5O", "configuration", runoff.configs.CONFIGS, listing="`runoff configs` lists them")
+        checks.check_choice("cifar10-k5O", "configuration", runoff.data.configs.CONFIGS, listing="`runoff configs` lists them")
     assert str(info.value).startswith("unknown configuration 'cifar10-k5O'; did you mean cifar10-k50")
     assert str(info.value).endswith("? `runoff configs` lists them")
     with pytest.raises(InvalidParameterError, match=r"^backend must be a name \(choose one of: local, ray\); got 3$"):
@@ -135,9 +135,9 @@ def test_methods_for_is_the_one_rule():
     assert checks.methods_for(2) == checks.methods_for(np.int64(32)) == ("fa", "fa-roe")
     with pytest.raises(InvalidParameterError, match="^d must be an integer >= 1; got 0$"):
         checks.methods_for(0)
-    import runoff.evaluation
+    import runoff.reporting.evaluation
 
-    assert runoff.evaluation.methods_for is checks.methods_for
+    assert runoff.reporting.evaluation.methods_for is checks.methods_for
 
 
 # ----------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_out_records_certified_accuracy_per_budget(logits, tmp_path):
 
 
 def test_configs_lists_every_configuration(capsys):
-    from runoff.configs import CONFIGS
+    from runoff.data.configs import CONFIGS
 
     assert main(["configs", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

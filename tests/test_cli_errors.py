@@ -14,9 +14,9 @@ import pytest
 
 import runoff
 from runoff.cli import main
-from runoff.data import Dataset
+from runoff.data.datasets import Dataset
 from runoff.errors import InvalidParameterError, LogitsFileError, MissingDependencyError, RunoffError
-from runoff.partition import make_plan
+from runoff.data.partition import make_plan
 from runoff.run_folder import save_logits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_evaluate_without_matplotlib_writes_no_file(toy_run, monkeypatch, capsys
     assert listing(toy_run) == before
     # the library says the same before writing anything
     with pytest.raises(MissingDependencyError, match="matplotlib"):
-        runoff.evaluation.evaluate_run(toy_run)
+        runoff.reporting.evaluation.evaluate_run(toy_run)
     assert listing(toy_run) == before
 
 
@@ -252,7 +252,7 @@ def test_objects_in_logits_files_are_refused_without_unpickling(tmp_path, capsys
     ("text.npz", b"1 2 3\n", r"not a valid \.npz file"),
 ])
 def test_text_input_arrays_are_not_valid(tmp_path, name, content, expected):
-    from runoff.ensemble import read_inputs
+    from runoff.training.ensemble import read_inputs
 
     path = tmp_path / name
     path.write_bytes(content)
@@ -429,7 +429,7 @@ def test_budgets_are_sorted_and_distinct(logits, toy_run, capsys):
     assert json.loads(capsys.readouterr().out)["budgets"] == [1, 2]
     assert main(["report", str(toy_run), "--budgets", "2,0,2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["budgets"] == [0, 2]
-    ev = runoff.evaluation.evaluate_run(toy_run, budgets=[3, 1, 1], write=False)
+    ev = runoff.reporting.evaluation.evaluate_run(toy_run, budgets=[3, 1, 1], write=False)
     assert ev.budgets.tolist() == [1, 3]
 
 
@@ -437,7 +437,7 @@ def test_budgets_are_sorted_and_distinct(logits, toy_run, capsys):
 def test_report_refuses_the_same_run_twice_and_names_runs_by_their_paths(toy_run, tmp_path, capsys):
     import shutil
 
-    from runoff.comparison import run_labels
+    from runoff.reporting.comparison import run_labels
 
     assert main(["report", str(toy_run), str(toy_run / ".." / "dpa")]) == 1
     assert "same run folder" in one_error_line(capsys)

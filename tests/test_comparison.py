@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("torch")
 
 import runoff  # noqa: E402
-from runoff.comparison import compare_runs, matching_config  # noqa: E402
-from runoff.configs import get_config  # noqa: E402
+from runoff.reporting.comparison import compare_runs, matching_config  # noqa: E402
+from runoff.data.configs import get_config  # noqa: E402
 from runoff.run_folder import RunFolder  # noqa: E402
 from runoff.training.runs import train_run  # noqa: E402
 
@@ -68,7 +68,7 @@ def test_runs_on_other_test_labels_are_refused(runs, tmp_path):
 
 
 def test_markdown_shows_paper_numbers_beside_ours():
-    from runoff.comparison import markdown_comparison
+    from runoff.reporting.comparison import markdown_comparison
 
     report = {"budgets": [5, 10], "columns": {"r: dpa": {
         "clean": 60.0, "certified": {5: 58.5, 10: 46.0}, "paper": {5: 58.07, 10: 46.44}}}}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runoff.configs import CONFIGS, PAPER_RECIPES, describe_recipe, get_config
+from runoff.data.configs import CONFIGS, PAPER_RECIPES, describe_recipe, get_config
 from runoff.errors import InvalidParameterError
 
 # name: (dataset, k, d, kind, classes, budgets, first and last reported value per method)
@@ -124,7 +124,7 @@ def test_configs_json_gives_each_recipe(capsys):
 @pytest.mark.parametrize("dataset", sorted(PAPER_RECIPES))
 def test_trainer_recipes_are_the_published_ones(dataset):
     pytest.importorskip("torch")
-    from runoff.train import recipe_for
+    from runoff.training.trainer import recipe_for
 
     recipe = recipe_for(dataset)
     assert recipe.to_dict() == {**PAPER_RECIPES[dataset], "milestones": [61, 121, 161]}

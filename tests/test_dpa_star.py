@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 
 import runoff  # noqa: E402
 from runoff.errors import InvalidParameterError  # noqa: E402
-from runoff.evaluation import evaluate_run  # noqa: E402
+from runoff.reporting.evaluation import evaluate_run  # noqa: E402
 from runoff.run_folder import RunFolder  # noqa: E402
 from runoff.training.runs import merge_versions, train_dpa_star  # noqa: E402
 

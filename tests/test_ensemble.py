@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runoff.cli import main  # noqa: E402
-from runoff.data import load_dataset  # noqa: E402
-from runoff.ensemble import Ensemble  # noqa: E402
+from runoff.data.datasets import load_dataset  # noqa: E402
+from runoff.training.ensemble import Ensemble  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError, RunDirectoryError  # noqa: E402
-from runoff.evaluation import evaluate_run  # noqa: E402
+from runoff.reporting.evaluation import evaluate_run  # noqa: E402
 from runoff.training.runs import train_run  # noqa: E402
 
 torch.set_num_threads(1)
@@ -137,7 +137,7 @@ def test_bad_run_folders(dpa_run, tmp_path):
 def test_unfinished_run_is_refused(dpa_run, tmp_path):
     run = tmp_path / "unfinished"
     shutil.copytree(dpa_run, run)
-    from runoff.train import load_checkpoint, save_checkpoint
+    from runoff.training.trainer import load_checkpoint, save_checkpoint
 
     for ck in (run / "checkpoints").glob("*.pt"):
         obj = load_checkpoint(ck)

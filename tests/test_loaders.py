@@ -9,9 +9,9 @@ import struct
 import numpy as np
 import pytest
 
-from runoff.data import DATASETS, GTSRB_SIZE, Dataset, default_data_root, load_dataset
+from runoff.data.datasets import DATASETS, GTSRB_SIZE, Dataset, default_data_root, load_dataset
 from runoff.errors import DataFileError, InvalidParameterError
-from runoff.partition import hash_samples, make_plan
+from runoff.data.partition import hash_samples, make_plan
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -284,7 +284,7 @@ def test_gtsrb_hash_uses_original(tmp_path):
 
 
 def test_gtsrb_plan_load_checks_original_hash(tmp_path):
-    from runoff.partition import PartitionPlan
+    from runoff.data.partition import PartitionPlan
 
     write_gtsrb(tmp_path / "data")
     train, _ = load_dataset("gtsrb", root=tmp_path / "data")
@@ -369,7 +369,7 @@ def test_dataset_pixel_sums_validation():
 def test_train_run_cifar10_tiny(tmp_path):
     pytest.importorskip("torch")
     from runoff.training.runs import train_run
-    from runoff.train import Recipe
+    from runoff.training.trainer import Recipe
 
     write_cifar(tmp_path / "data", per_batch=4)
     recipe = Recipe(model="small", epochs=1, batch_size=4, lr=0.05, milestones=(), augment="crop-flip")

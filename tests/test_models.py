@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runoff.errors import InvalidParameterError  # noqa: E402
-from runoff.models import BatchedNet, architecture, build_model  # noqa: E402
+from runoff.training.models import BatchedNet, architecture, build_model  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from runoff.data import Dataset, load_dataset
+from runoff.data.datasets import Dataset, load_dataset
 from runoff.errors import InvalidParameterError, RunDirectoryError
-from runoff.partition import PartitionPlan, content_order, hash_samples, make_plan
+from runoff.data.partition import PartitionPlan, content_order, hash_samples, make_plan
 
 
 def _tiny():

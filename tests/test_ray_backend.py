@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runoff.checkpoints import load_checkpoint
+from runoff.training.checkpoints import load_checkpoint
 from runoff.cli import main
 from runoff.errors import BackendError, InvalidParameterError
 from runoff.run_folder import CHECKPOINT_DIR
@@ -74,8 +74,8 @@ def test_default_layout_is_the_same_on_ray_whatever_the_workers(tmp_path, local_
         s = res.summary
         assert (s.backend, s.trained, s.already_done, s.chunks, s.retries, s.workers) == ("ray", 60, 0, 3, 0, workers)
     # the run folder is complete: the models load and give the same logits
-    from runoff.data import load_dataset
-    from runoff.ensemble import Ensemble
+    from runoff.data.datasets import load_dataset
+    from runoff.training.ensemble import Ensemble
 
     _, test = load_dataset("digits")
     np.testing.assert_array_equal(Ensemble.load(tmp_path / "ray2").scores(test.images), local.scores)
@@ -133,7 +133,7 @@ def test_ray_failed_chunk_names_models_and_keeps_the_others(tmp_path, local_clus
 def test_driver_writes_final_checkpoints_a_task_returns(tmp_path, monkeypatch):
     # without a shared file system the task's own file is on its node; the driver writes it
     import runoff.training.backends.ray as rb
-    from runoff.checkpoints import checkpoint_bytes, write_checkpoint_bytes
+    from runoff.training.checkpoints import checkpoint_bytes, write_checkpoint_bytes
     from runoff.training.backends.ray import _keep
 
     data = checkpoint_bytes({"format": "runoff-checkpoint", "epoch": 3})

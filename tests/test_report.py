@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import runoff
-from runoff.report import default_budgets, plot_certified_accuracy, summarize
+from runoff.reporting.tables import default_budgets, plot_certified_accuracy, summarize
 
 
 @pytest.fixture()

@@ -13,11 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from runoff.data import Dataset, load_dataset  # noqa: E402
+from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError  # noqa: E402
-from runoff.models import BatchedNet, architecture  # noqa: E402
-from runoff.partition import hash_samples, make_plan  # noqa: E402
-from runoff.train import (Recipe, augment_batch, collect_logits, draw_epoch, load_checkpoint,  # noqa: E402
+from runoff.training.models import BatchedNet, architecture  # noqa: E402
+from runoff.data.partition import hash_samples, make_plan  # noqa: E402
+from runoff.training.trainer import (Recipe, augment_batch, collect_logits, draw_epoch, load_checkpoint,  # noqa: E402
                           model_seed, save_checkpoint, train_ensemble)
 
 # One thread: tiny workloads run as fast, and timings do not collapse when other processes
@@ -147,7 +147,7 @@ def test_same_layout_gives_the_same_bits(digits):
 
 
 def test_default_layout_depends_on_plan_recipe_and_device_type_only():
-    from runoff.train import CPU_CHUNK_CAP, CUDA_CHUNK_CAP, default_chunk_size, recipe_for, run_chunks
+    from runoff.training.trainer import CPU_CHUNK_CAP, CUDA_CHUNK_CAP, default_chunk_size, recipe_for, run_chunks
 
     train, _ = load_dataset("digits")
     rec = recipe_for("digits")
@@ -223,7 +223,7 @@ def test_batched_equals_sequential(digits, dtype, tol):
 def test_digits_recipe_is_runoffs_own_and_unchanged():
     # The demo's recipe is not the paper's: a small CNN from RotNet's initialisation, lower
     # rates from epochs 30 and 45; it stays as it was.
-    from runoff.train import recipe_for
+    from runoff.training.trainer import recipe_for
 
     assert recipe_for("digits").to_dict() == {
         "model": "small", "epochs": 60, "batch_size": 16, "lr": 0.1, "momentum": 0.9, "nesterov": True,
@@ -294,7 +294,7 @@ RESUME_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
     torch.set_num_threads(int(sys.argv[2]))
-    import runoff.train as T
+    import runoff.training.trainer as T
     from runoff.training.runs import train_run
 
     save = T.save_checkpoint
@@ -315,7 +315,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
     from runoff.training.runs import train_run
-    from runoff.train import Recipe
+    from runoff.training.trainer import Recipe
 
     epochs = 5
     threads = torch.get_num_threads()

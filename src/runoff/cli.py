@@ -178,7 +178,7 @@ def _n_jobs(value):
 
 
 def _cmd_certify(args) -> int:
-    from .evaluation import evaluate_logits
+    from .reporting.evaluation import evaluate_logits
     from .logits_io import load_logits, save_certificates
 
     _at_least(args.d, "--d", 1)
@@ -205,7 +205,7 @@ def _cmd_certify(args) -> int:
 def _print_evaluation(summary: dict, title: str) -> None:
     from rich.console import Console
 
-    from .report import accuracy_table, table_caption
+    from .reporting.tables import accuracy_table, table_caption
 
     console = Console()
     console.print(title, soft_wrap=True)
@@ -278,7 +278,7 @@ def _check_train_options(args) -> None:
     if args.cpus_per_task is not None and not args.cpus_per_task > 0:
         raise InvalidParameterError(f"--cpus-per-task must be a number > 0; got {args.cpus_per_task:g}")
     if args.dataset is not None:
-        from .data import DATASETS
+        from .data.datasets import DATASETS
 
         if args.dataset not in DATASETS:
             raise InvalidParameterError(f"--dataset {args.dataset}: unknown data set; known: {', '.join(DATASETS)}")
@@ -309,7 +309,7 @@ def _train_settings(args) -> dict:
     """dataset, k, d, versions from --config and the explicit options (which must agree with it)."""
     given = {"dataset": args.dataset, "k": args.k, "d": args.d, "versions": args.versions}
     if args.config:
-        from .configs import get_config
+        from .data.configs import get_config
 
         cfg = get_config(args.config)
         chosen = {"dataset": cfg.dataset, "k": cfg.k, "d": cfg.d if cfg.kind == "fa" else 1,
@@ -392,8 +392,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_run
-    from .report import require_matplotlib
+    from .reporting.evaluation import evaluate_run
+    from .reporting.tables import require_matplotlib
 
     require_matplotlib("runoff evaluate (its plot)")
     run = Path(args.run)
@@ -425,7 +425,7 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from .report import require_matplotlib
+    from .reporting.tables import require_matplotlib
 
     _at_least(args.epochs, "--epochs", 1)
     _check_device(args.device)
@@ -480,7 +480,7 @@ def _cmd_predict(args) -> int:
     _check_device(args.device)
     if args.out:
         _check_out_file(args.out)
-    from .ensemble import Ensemble, read_inputs
+    from .training.ensemble import Ensemble, read_inputs
     from .logits_io import save_certificates
 
     ens = Ensemble.load(args.run, device=args.device)
@@ -524,7 +524,7 @@ def _add_configs(sub) -> None:
 
 
 def _cmd_configs(args) -> int:
-    from .configs import CONFIGS
+    from .data.configs import CONFIGS
 
     if args.json:
         print(json.dumps({n: {"dataset": c.dataset, "k": c.k, "d": c.d, "kind": c.kind, "models": c.n_models,
@@ -562,10 +562,10 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from .comparison import compare_runs, markdown_comparison
+    from .reporting.comparison import compare_runs, markdown_comparison
 
     if args.out:
-        from .report import require_matplotlib
+        from .reporting.tables import require_matplotlib
 
         require_matplotlib("runoff report --out (its plots)")
         _check_out_folder(args.out)

@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from .errors import require
-from .evaluation import Evaluation, evaluate_run, make_folder, write_report
-from .report import default_budgets, require_matplotlib, summarize
+from .reporting.evaluation import Evaluation, evaluate_run, make_folder, write_report
+from .reporting.tables import default_budgets, require_matplotlib, summarize
 
 __all__ = ["DEMO_DPA", "DEMO_FA", "run_demo", "describe_training"]
 

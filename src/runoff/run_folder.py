@@ -118,8 +118,8 @@ class RunFolder:
 
     # ------------------------------------------------------------------ plan
     def read_plan(self, *, train=None):
-        """The folder's :class:`~runoff.partition.PartitionPlan` (checked against ``train`` if given)."""
-        from .partition import PartitionPlan
+        """The folder's :class:`~runoff.data.partition.PartitionPlan` (checked against ``train`` if given)."""
+        from .data.partition import PartitionPlan
 
         return PartitionPlan.load(self.path, train=train)
 

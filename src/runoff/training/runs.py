@@ -78,7 +78,7 @@ def train_run(
         hash, spread, recipe, seed version), the run resumes from its checkpoints; a finished
         run just returns its logits.
     dataset : str, default "digits"
-        Registered data set name (:data:`runoff.data.DATASETS`).
+        Registered data set name (:data:`runoff.data.datasets.DATASETS`).
     k : int
         Partitions, ``1 <= k <= `` training set size.
     d : int, default 1
@@ -98,8 +98,8 @@ def train_run(
         Data folder of data sets that need one.
     spread : sequence of int, optional
         FA shifts (default: the reference spread).
-    recipe : runoff.train.Recipe, optional
-        Training recipe (default: the data set's, see :data:`runoff.train.RECIPES`).
+    recipe : runoff.training.trainer.Recipe, optional
+        Training recipe (default: the data set's, see :data:`runoff.training.trainer.RECIPES`).
     checkpoint_every : int, default 1
         Epochs between checkpoints.
     checkpoint_min_interval : float, default 10.0
@@ -201,8 +201,8 @@ def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint
 
 def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root):
     """Load the data set and build the run's plan (nothing is written)."""
-    from ..data import load_dataset
-    from ..partition import make_plan
+    from ..data.datasets import load_dataset
+    from ..data.partition import make_plan
     from .trainer import recipe_for
 
     train, test = load_dataset(dataset, root=data_root)

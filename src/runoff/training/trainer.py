@@ -1,4 +1,838 @@
-# TEMPORARY shim while runoff/train.py is being edited elsewhere; replaced by the real module.
-from ..train import *  # noqa: F401,F403
-from ..train import _TrainingSet as prepare_training_set  # noqa: F401
-from ..train import chunk_logits, chunk_steps, resolve_device, train_chunk, run_chunks, check_chunk_size  # noqa: F401
+"""Batched ensemble training: many base models in one computation, each exactly as if alone.
+
+All base models of an ensemble (or a chunk of them) are trained in the same step as one
+batched computation (:class:`runoff.training.models.BatchedNet`: grouped convolutions, per-model
+BatchNorm channels, batched classifier). Each model still has
+
+* its own subset of the training set (from the :class:`~runoff.data.partition.PartitionPlan`),
+* its own seed: model ``j`` of ensemble version ``v`` uses ``(j + 1) * v * v`` (the
+  reference's rule) for a private ``torch.Generator`` that draws its initial weights and then,
+  at the start of every epoch, its batch order and augmentation (:func:`draw_epoch`),
+* its own normalisation (its subset's per-channel mean and std),
+* its own learning-rate schedule, momentum buffers and weight decay (a batched SGD with
+  Nesterov momentum, written out here, that leaves a model untouched at a step where it has
+  no sample).
+
+Subsets have different sizes, so at a step some models have a full batch, some a short last
+batch and some none. Every model's batch is padded to the recipe's batch size with rows that
+are masked: masked rows are zero at every layer, carry no loss, touch no BatchNorm statistic,
+and a model without any real row at a step gets no update at all (parameters, momentum and
+BatchNorm running statistics unchanged). Array shapes never depend on the data, only on the
+chunk's model count and the batch size. So a model's trajectory is a function of its own
+subset and seed alone: changing, inserting or removing a training sample changes exactly the
+models whose subsets hold it (tested bit for bit).
+
+Checkpoints (one file per chunk, written atomically after every ``checkpoint_every`` epochs)
+hold parameters, BatchNorm statistics, momentum buffers and every model's generator state,
+so an interrupted run resumes where it stopped and gives the same models bit for bit (on the
+same machine). A corrupt checkpoint raises :class:`CheckpointError` naming the file.
+
+Which models share a chunk (:func:`run_chunks`) is a function of the plan, the recipe and the
+device type only, or of the checkpoint files already in the run folder, and every backend
+trains in that layout. It has to be fixed: a model trained in a chunk of another size runs
+kernels of other shapes, which round differently (how differently depends on the CPU and its
+SIMD level), and training amplifies those differences. Different layouts agree only up to
+rounding (tested in float64); the same layout gives the same bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint  # noqa: F401
+from ..data.datasets import Dataset
+from ..errors import CheckpointError, InvalidParameterError
+from ..data.configs import PAPER_RECIPES
+from .models import INIT_RULES, BatchedNet, architecture, sum_rows
+from ..data.partition import PartitionPlan
+
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "recipe_for",
+    "model_seed",
+    "draw_epoch",
+    "augment_batch",
+    "ChunkResult",
+    "train_chunk",
+    "train_ensemble",
+    "default_chunk_size",
+    "run_chunks",
+    "CPU_CHUNK_CAP",
+    "CUDA_CHUNK_CAP",
+    "chunk_steps",
+    "chunk_logits",
+    "collect_logits",
+    "model_logits",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_device",
+    "plan_key",
+]
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every base model is trained.
+
+    Parameters
+    ----------
+    model : str
+        Architecture name (:func:`runoff.training.models.architecture`).
+    epochs : int
+        Passes over each model's own subset.
+    batch_size : int
+        Samples per step and model (the last batch of an epoch may be shorter).
+    lr : float
+        Initial learning rate.
+    momentum : float
+    nesterov : bool
+    weight_decay : float
+        L2 penalty added to the gradient of every parameter (as ``torch.optim.SGD``).
+    milestones : tuple of int
+        The learning rate is multiplied by ``gamma`` from each of these (0-based) epochs on
+        (:meth:`lr_at`). The published loop writes the same schedule as "multiply after epoch
+        ``m - 1`` ends": its ``if epoch in [60, 120, 160]`` after the epoch's steps is
+        milestones ``(61, 121, 161)`` here.
+    gamma : float
+    augment : {"none", "crop", "crop-flip"}
+        Random crop of the image padded with zeros by ``crop_padding`` pixels (torchvision's
+        ``RandomCrop(size, padding=crop_padding)``, padding before normalisation), and (for
+        ``"crop-flip"``) a horizontal flip with probability 1/2.
+    crop_padding : int
+    init : {"pytorch", "rotnet"}, default "pytorch"
+        Initialisation rule (:meth:`runoff.training.models.BatchedNet.init_`): PyTorch's defaults,
+        which the published scripts train from, or RotNet's rule (the ``digits`` recipe's).
+    """
+
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: tuple = ()
+    gamma: float = 0.2
+    augment: str = "none"
+    crop_padding: int = 4
+    init: str = "pytorch"
+
+    def __post_init__(self):
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if int(self.epochs) < 1:
+            raise InvalidParameterError(f"epochs must be >= 1; got {self.epochs}")
+        if int(self.batch_size) < 1:
+            raise InvalidParameterError(f"batch_size must be >= 1; got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InvalidParameterError(f"lr must be positive; got {self.lr}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise InvalidParameterError("momentum must lie in [0, 1) and weight_decay be >= 0")
+        if self.augment not in AUGMENTATIONS:
+            raise InvalidParameterError(f"augment must be one of {AUGMENTATIONS}; got {self.augment!r}")
+        if int(self.crop_padding) < 0:
+            raise InvalidParameterError("crop_padding must be >= 0")
+        if self.init not in INIT_RULES:
+            raise InvalidParameterError(f"init must be one of {INIT_RULES}; got {self.init!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate during (0-based) ``epoch``: ``lr * gamma ** (milestones <= epoch)``."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        """The recipe of :meth:`to_dict` (as recorded in a run's ``plan.json``).
+
+        A recipe recorded before runoff named its initialisation rule has no ``init``: its
+        models were initialised by the ``"rotnet"`` rule, which is what it gets.
+        """
+        return cls(**{"init": "rotnet", **d})
+
+
+#: The paper's optimiser, schedule and initialisation, without augmentation: the recipe of a
+#: data set that has none of its own.
+_PAPER = Recipe(**{**PAPER_RECIPES["cifar10"], "augment": "none"})
+
+#: Default recipe of each data set. ``mnist``, ``cifar10`` and ``gtsrb`` are the published
+#: training scripts' (:data:`runoff.data.configs.PAPER_RECIPES`: NiN from PyTorch's default
+#: initialisation; SGD lr 0.1, momentum 0.9 Nesterov, weight decay 5e-4, batch 128, 200 epochs,
+#: lr x0.2 from epochs 61, 121 and 161; random crop with 4 pixels of zero padding, and a flip for
+#: CIFAR-10 only). ``digits`` is runoff's own fast recipe for the embedded data set (small
+#: network, RotNet initialisation, 60 epochs, batch 16, lr 0.1 x0.2 from epochs 30 and 45).
+RECIPES: dict[str, Recipe] = {
+    "paper": _PAPER,
+    **{name: Recipe(**fields) for name, fields in PAPER_RECIPES.items()},
+    "digits": Recipe(model="small", epochs=60, batch_size=16, lr=0.1, momentum=0.9, nesterov=True,
+                     weight_decay=5e-4, milestones=(30, 45), gamma=0.2, init="rotnet"),
+}
+
+
+def recipe_for(dataset: str, *, epochs: int | None = None) -> Recipe:
+    """Default :class:`Recipe` of a data set, optionally with another number of epochs.
+
+    When ``epochs`` is given, the learning-rate milestones are scaled in proportion (rounded,
+    at least 1), so every rate keeps about its share of the run: the paper's (61, 121, 161)
+    of 200 epochs become (6, 12, 16) for 20 epochs and (1, 2, 3) for 4.
+    """
+    base = RECIPES.get(dataset, _PAPER)
+    if epochs is None:
+        return base
+    epochs = int(epochs)
+    if epochs < 1:
+        raise InvalidParameterError(f"epochs must be >= 1; got {epochs}")
+    ms = tuple(sorted({max(1, round(m * epochs / base.epochs)) for m in base.milestones if m * epochs / base.epochs < epochs}))
+    return replace(base, epochs=epochs, milestones=ms)
+
+
+def model_seed(j: int, version: int = 1) -> int:
+    """Seed of base model ``j`` (0-based) of ensemble version ``version``: ``(j+1)*v*v``."""
+    return (int(j) + 1) * int(version) * int(version)
+
+
+def resolve_device(device) -> torch.device:
+    """``torch.device`` for ``device`` ("cpu", "cuda", "cuda:1", ...), checked to exist."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameterError(
+                f"device {device!r} asked for, but CUDA is not available "
+                "(no GPU, or this torch build has no CUDA support); use 'cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidParameterError(f"device {device!r}: only {torch.cuda.device_count()} GPUs")
+        # deterministic cuBLAS needs this before its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif dev.type != "cpu":
+        raise InvalidParameterError(f"device must be 'cpu' or 'cuda'; got {device!r}")
+    return dev
+
+
+# ---------------------------------------------------------------------------- randomness
+def draw_epoch(generator: torch.Generator, n: int, recipe: Recipe):
+    """One model's randomness for one epoch, drawn from its own generator.
+
+    Parameters
+    ----------
+    generator : torch.Generator (CPU)
+    n : int
+        Size of the model's subset.
+    recipe : Recipe
+
+    Returns
+    -------
+    perm : torch.Tensor of int64, shape (n,)
+        Order in which the subset is visited.
+    offsets : torch.Tensor of int64, shape (n, 2)
+        Crop offsets (row, column) in ``[0, 2*padding]`` per visited position (zeros when
+        the recipe does not crop).
+    flips : torch.Tensor of bool, shape (n,)
+        Horizontal flip per visited position.
+    """
+    perm = torch.randperm(n, generator=generator)
+    offsets = torch.zeros(n, 2, dtype=torch.int64)
+    flips = torch.zeros(n, dtype=torch.bool)
+    if recipe.augment in ("crop", "crop-flip"):
+        offsets = torch.randint(0, 2 * recipe.crop_padding + 1, (n, 2), generator=generator)
+    if recipe.augment == "crop-flip":
+        flips = torch.randint(0, 2, (n,), generator=generator).bool()
+    return perm, offsets, flips
+
+
+def augment_batch(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random crop (zero padding) and horizontal flip, one draw per image.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N, C, H, W)
+    offsets : torch.Tensor of int64, shape (N, 2)
+        Top-left corner of the crop in the padded image.
+    flips : torch.Tensor of bool, shape (N,)
+    padding : int
+
+    Returns
+    -------
+    torch.Tensor, shape (N, C, H, W)
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    offsets = offsets.to(dev)
+    flips = flips.to(dev)
+    xp = F.pad(x, (padding, padding, padding, padding))
+    rows = offsets[:, :1] + torch.arange(h, device=dev)[None, :]
+    cols = offsets[:, 1:] + torch.arange(w, device=dev)[None, :]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    nidx = torch.arange(n, device=dev)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[nidx, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------- training
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    prev_det = torch.backends.cudnn.deterministic
+    # On a CPU every kernel the trainer uses is deterministic already (the tests check bit
+    # for bit), and switching the flag costs a slow first import; on CUDA it matters.
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        if device.type == "cuda":
+            torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+        torch.backends.cudnn.deterministic = prev_det
+
+
+@torch.no_grad()
+def _sgd_step(params, grads, bufs, lr, active, recipe: Recipe) -> None:
+    """SGD (+ Nesterov momentum, weight decay), as ``torch.optim.SGD``, per model.
+
+    ``lr`` (E,) per-model learning rates; ``active`` (E,) bool: models with no real sample
+    at this step keep parameters and momentum exactly.
+    """
+    for p, g, buf in zip(params, grads, bufs):
+        view = (-1,) + (1,) * (p.dim() - 1)
+        a = active.view(view)
+        if recipe.weight_decay:
+            g = g.add(p, alpha=recipe.weight_decay)
+        if recipe.momentum:
+            nb = buf * recipe.momentum + g
+            g = g.add(nb, alpha=recipe.momentum) if recipe.nesterov else nb
+            buf.copy_(torch.where(a, nb, buf))
+        p.sub_(torch.where(a, lr.view(view) * g, 0.0))
+
+
+class _Chunk:
+    """Training state of one chunk of models (parameters, momentum, generators, epoch)."""
+
+    def __init__(self, plan: PartitionPlan, model_ids, recipe: Recipe, seed_version: int, device):
+        self.model_ids = [int(j) for j in model_ids]
+        self.recipe = recipe
+        spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
+        self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
+        self.net = BatchedNet(spec, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
+        self.params = list(self.net.weights)
+        self.bufs = [torch.zeros_like(p) for p in self.params]
+        self.epoch = 0
+
+    def state(self, key: str) -> dict:
+        return {
+            "format": "runoff-checkpoint",
+            "version": 1,
+            "plan_key": key,
+            "model_ids": list(self.model_ids),
+            "epoch": int(self.epoch),
+            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "momentum": [b.detach().cpu() for b in self.bufs],
+            "generators": [g.get_state() for g in self.generators],
+        }
+
+    def restore(self, obj: dict, path, key: str) -> None:
+        def bad(msg):
+            return CheckpointError(f"checkpoint {path}: {msg}")
+
+        if obj.get("version") != 1:
+            raise bad(f"unsupported version {obj.get('version')!r}")
+        if obj.get("plan_key") != key:
+            raise bad("it belongs to another plan or recipe")
+        if obj.get("model_ids") != self.model_ids:
+            raise bad(f"it holds models {obj.get('model_ids')!r}, expected {self.model_ids}")
+        epoch = obj.get("epoch")
+        if not isinstance(epoch, int) or not 0 <= epoch <= self.recipe.epochs:
+            raise bad(f"bad epoch {epoch!r}")
+        try:
+            self.net.load_state_dict(obj["net"], strict=True)
+            mom = obj["momentum"]
+            gens = obj["generators"]
+            if len(mom) != len(self.bufs) or len(gens) != len(self.generators):
+                raise ValueError("wrong number of momentum buffers or generators")
+            for b, m in zip(self.bufs, mom):
+                if b.shape != m.shape:
+                    raise ValueError("momentum buffer of the wrong shape")
+                b.copy_(m)
+            for g, s in zip(self.generators, gens):
+                g.set_state(s)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise bad(f"does not match the run ({exc})") from None
+        if not all(torch.isfinite(t).all() for t in self.net.state_dict().values() if t.is_floating_point()):
+            raise bad("holds non-finite values")
+        self.epoch = epoch
+
+
+def _steps_per_epoch(sizes, batch_size: int) -> int:
+    return max((math.ceil(n / batch_size) for n in sizes), default=0)
+
+
+def chunk_steps(plan: PartitionPlan, ids, recipe: Recipe) -> int:
+    """Training steps of a chunk over all epochs (its largest subset sets the steps per epoch)."""
+    return _steps_per_epoch([len(plan.subsets[j]) for j in ids], recipe.batch_size) * recipe.epochs
+
+
+def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
+    """One epoch of every model of the chunk, batched. X uint8 (n, C, H, W) on device."""
+    recipe = chunk.recipe
+    net = chunk.net
+    dev = X.device
+    e_count = len(chunk.model_ids)
+    bsz = recipe.batch_size
+    sizes = [int(s.numel()) for s in subsets]
+    n_steps = _steps_per_epoch(sizes, bsz)
+    total = n_steps * bsz
+    idx = torch.zeros(total, e_count, dtype=torch.int64)
+    valid = torch.zeros(total, e_count, dtype=torch.bool)
+    offs = torch.zeros(total, e_count, 2, dtype=torch.int64)
+    flips = torch.zeros(total, e_count, dtype=torch.bool)
+    for e, (g, sub) in enumerate(zip(chunk.generators, subsets)):
+        perm, off, flip = draw_epoch(g, sizes[e], recipe)
+        idx[: sizes[e], e] = sub[perm]
+        valid[: sizes[e], e] = True
+        offs[: sizes[e], e] = off
+        flips[: sizes[e], e] = flip
+    dtype = chunk.params[0].dtype
+    lr = torch.full((e_count,), recipe.lr_at(chunk.epoch), dtype=dtype, device=dev)
+    idx, valid = idx.to(dev), valid.to(dev)
+    c, h, w = X.shape[1:]
+    mean4 = mean[None, :, :, None, None]
+    std4 = std[None, :, :, None, None]
+    net.train()
+    for t in range(n_steps):
+        sl = slice(t * bsz, (t + 1) * bsz)
+        rows, m = idx[sl], valid[sl]
+        xb = X[rows].to(dtype) / 255.0  # (B, E, C, H, W)
+        if recipe.augment != "none":
+            xb = augment_batch(xb.reshape(bsz * e_count, c, h, w), offs[sl].reshape(-1, 2),
+                               flips[sl].reshape(-1), recipe.crop_padding).reshape(bsz, e_count, c, h, w)
+        mf = m.to(dtype)
+        xb = ((xb - mean4) / std4) * mf[:, :, None, None, None]
+        logits = net(xb.reshape(bsz, e_count * c, h, w), mf)
+        ce = F.cross_entropy(logits.reshape(bsz * e_count, -1), Y[rows].reshape(-1), reduction="none")
+        count = mf.sum(dim=0)
+        loss = (sum_rows(ce.reshape(bsz, e_count) * mf) / count.clamp_min(1)).sum()
+        grads = torch.autograd.grad(loss, chunk.params)
+        _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
+        if on_step is not None:
+            on_step()
+    chunk.epoch += 1
+
+
+CUDA_CHUNK_CAP = 8  # most models per default chunk on a GPU; see default_chunk_size
+CPU_CHUNK_CAP = 25  # most small models per default chunk on a CPU; see default_chunk_size
+
+
+def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=None) -> int:
+    """Models per chunk when the caller gives none: a function of plan, recipe and device type.
+
+    ``device``: a device or its type (``"cpu"``, ``"cuda"``; the index is ignored).
+    ``memory``: bytes for the activations of one training step (default: 6 GB on a CPU,
+    10 GB on a GPU). The result never depends on the machine's free memory, its CPU, the
+    backend or the number of workers, so one command trains the same models wherever it runs.
+    Models in chunks of different sizes agree only up to rounding (kernels for other shapes
+    round differently, in ways that vary from one CPU to another), so a fixed layout is what
+    makes results repeatable.
+
+    * On a CPU, small models go in chunks of at most :data:`CPU_CHUNK_CAP`: large enough to
+      batch well, small enough that the Ray backend has several chunks to spread over its
+      workers. NiN-sized models are trained one per chunk, since their convolutions already
+      keep the cores busy and oneDNN's grouped convolutions are slower than its dense ones
+      for 96-192 channel groups (see benchmarks/bench_train.py).
+    * On CUDA at most :data:`CUDA_CHUNK_CAP` models per chunk, within the memory budget.
+    """
+    dev_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if dev_type == "cpu" and recipe.model == "nin":
+        return 1
+    h, w, c = plan.image_shape
+    spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes)
+    per_sample = 0
+    hh, ww = h, w
+    for layer in spec:
+        if layer[0] == "conv":
+            _, cin, cout, k, s, p = layer
+            hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
+            per_sample += 4 * cout * hh * ww  # conv out, bn out, relu out, bn saved
+        elif layer[0] in ("maxpool", "avgpool"):
+            _, k, s, p = layer
+            hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
+    per_model = per_sample * 4 * recipe.batch_size * 2
+    cuda = dev_type == "cuda"
+    if memory is None:
+        memory = 10e9 if cuda else 6e9
+    fit = int(memory // max(per_model, 1))
+    return max(1, min(plan.n_models, fit, CUDA_CHUNK_CAP if cuda else CPU_CHUNK_CAP))
+
+
+def check_chunk_size(chunk_size) -> None:
+    """Raise :class:`InvalidParameterError` unless ``chunk_size`` is None or an integer >= 1."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InvalidParameterError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+
+
+def run_chunks(plan: PartitionPlan, recipe: Recipe, *, device="cpu", chunk_size: int | None = None,
+               checkpoint_dir=None, model_ids=None) -> list[list[int]]:
+    """The chunks a run's models are trained in: the one layout every backend uses.
+
+    Parameters
+    ----------
+    plan, recipe
+        The run's plan and training recipe.
+    device : str or torch.device, default "cpu"
+        Only its type matters (:func:`default_chunk_size`).
+    chunk_size : int, optional
+        Most models per new chunk (default: :func:`default_chunk_size`).
+    checkpoint_dir : path-like, optional
+        A run's checkpoint folder: the ranges its files hold stay as they are, so a rerun or
+        a resume keeps the layout already on disk (:func:`runoff.training.checkpoints.chunk_layout`).
+    model_ids : iterable of int, optional
+        Models wanted (default all).
+
+    Returns
+    -------
+    list of list of int
+        Contiguous ascending ranges of model ids, ordered by first id.
+    """
+    check_chunk_size(chunk_size)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(plan, recipe, device)
+    return chunk_layout(plan.n_models, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir, model_ids=model_ids)
+
+
+@dataclass
+class ChunkResult:
+    """One trained chunk: base models ``ids`` are models ``0..len(ids)-1`` of ``net``.
+
+    ``start_epoch`` is the epoch its checkpoint held when the call began (0: trained from
+    scratch; the recipe's epochs: already finished, nothing trained).
+    """
+
+    ids: list
+    net: BatchedNet
+    start_epoch: int
+    epochs: int
+
+    @property
+    def trained(self) -> bool:
+        return self.start_epoch < self.epochs
+
+
+class TrainingSet:
+    """The training set laid out once for every chunk: canonical order, tensors on a device."""
+
+    def __init__(self, plan: PartitionPlan, train: Dataset, device: torch.device):
+        canon = plan.canonical(train)
+        self.X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(device)
+        self.Y = torch.from_numpy(canon.labels).to(device)
+        # writable copies: a plan from Ray's object store holds read-only arrays
+        self.subsets = [torch.from_numpy(np.array(s, dtype=np.int64)) for s in plan.subsets]
+        dtype = torch.get_default_dtype()  # float32 unless the caller chose otherwise
+        self.mean = torch.tensor(plan.mean, dtype=dtype)
+        self.std = torch.tensor(plan.std, dtype=dtype)
+
+
+def train_chunk(
+    plan: PartitionPlan,
+    train,
+    ids,
+    *,
+    recipe: Recipe,
+    seed_version: int = 1,
+    device="cpu",
+    checkpoint_dir=None,
+    checkpoint_every: int = 1,
+    checkpoint_min_interval: float = 10.0,
+    on_progress=None,
+) -> ChunkResult:
+    """Train one chunk of base models together, resuming from its checkpoint if there is one.
+
+    Parameters
+    ----------
+    plan : PartitionPlan
+    train : Dataset
+        The plan's training set (or the internal prepared form used by :func:`train_ensemble`).
+    ids : sequence of int
+        Contiguous ascending model ids (one chunk of :func:`run_chunks`).
+    recipe, seed_version, device, checkpoint_dir, checkpoint_every, checkpoint_min_interval
+        As :func:`train_ensemble`.
+    on_progress : callable, optional
+        Called as ``on_progress(done, total)`` with the chunk's training steps done so far
+        (absolute, counting epochs restored from the checkpoint) after the restore and after
+        every step.
+
+    Returns
+    -------
+    ChunkResult
+    """
+    dev = resolve_device(device)
+    ids = [int(j) for j in ids]
+    if not ids or ids != list(range(ids[0], ids[0] + len(ids))):
+        raise InvalidParameterError(f"a chunk is a non-empty contiguous ascending range of model ids; got {ids[:10]}")
+    data = train if isinstance(train, TrainingSet) else TrainingSet(plan, train, dev)
+    key = plan_key(plan)
+    chunk = _Chunk(plan, ids, recipe, seed_version, dev)
+    path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, ids)
+    if path is not None and path.exists():
+        chunk.restore(load_checkpoint(path), path, key)
+    start = chunk.epoch
+    total = chunk_steps(plan, ids, recipe)
+    done = total // recipe.epochs * start
+    if on_progress is not None:
+        on_progress(done, total)
+
+    def step():
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    subsets = [data.subsets[j].to(dev) for j in ids]
+    mean, std = data.mean[ids].to(dev), data.std[ids].to(dev)
+    last_save = time.monotonic()
+    with _deterministic(dev):
+        while chunk.epoch < recipe.epochs:
+            _train_epoch(chunk, data.X, data.Y, subsets, mean, std, on_step=step)
+            if path is None:
+                continue
+            due = chunk.epoch % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_min_interval
+            if due or chunk.epoch == recipe.epochs:
+                save_checkpoint(path, chunk.state(key))
+                last_save = time.monotonic()
+    chunk.net.eval()
+    return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs)
+
+
+def train_ensemble(
+    plan: PartitionPlan,
+    train: Dataset,
+    *,
+    recipe: Recipe,
+    seed_version: int = 1,
+    device="cpu",
+    chunk_size: int | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 1,
+    checkpoint_min_interval: float = 10.0,
+    progress: bool = True,
+    model_ids=None,
+    on_chunk=None,
+    label: str | None = None,
+    chunks=None,
+):
+    """Train the base models of a plan, batched, resuming from checkpoints when present.
+
+    Parameters
+    ----------
+    plan : PartitionPlan
+    train : Dataset
+        The plan's training set (any order; checked against the plan's fingerprint).
+    recipe : Recipe
+    seed_version : int, default 1
+        Ensemble version ``v``; model ``j`` is seeded with ``(j+1)*v*v``.
+    device : str or torch.device, default "cpu"
+        Training runs in ``torch.get_default_dtype()`` (float32 unless changed).
+    chunk_size : int, optional
+        Most models trained together in one batched computation; default:
+        :func:`default_chunk_size` (plan, recipe and device type only). Ranges that
+        checkpoints in ``checkpoint_dir`` already hold keep their chunk (see
+        :func:`run_chunks`).
+    checkpoint_dir : path-like, optional
+        Folder for one checkpoint per chunk (``models-FIRST-LAST.pt``). Existing checkpoints
+        are validated and resumed from.
+    checkpoint_every : int, default 1
+        Epochs between checkpoints (the last epoch is always saved).
+    checkpoint_min_interval : float, default 10.0
+        Seconds that must pass since a chunk's last checkpoint before the next one is
+        written (0: every ``checkpoint_every`` epochs). Keeps short epochs from spending
+        their time writing checkpoints; any checkpoint resumes bit for bit.
+    progress : bool, default True
+        Show a rich progress bar.
+    model_ids : sequence of int, optional
+        Train only these base models (default: all ``k*d``).
+    on_chunk : callable, optional
+        Called with each chunk's :class:`ChunkResult` when it is done.
+    label : str, optional
+        Name shown on the progress bar before the chunk count (e.g. "FA").
+    chunks : list of list of int, optional
+        The layout to train in, from :func:`run_chunks` (overrides ``chunk_size`` and
+        ``model_ids``); the pipeline computes it once and hands it to whichever backend runs.
+
+    Returns
+    -------
+    list of (list of int, BatchedNet)
+        Each chunk's global model indices and its trained module (model ``e`` of the module
+        is base model ``ids[e]``).
+
+    Raises
+    ------
+    CheckpointError
+        A checkpoint is corrupt or belongs to another plan.
+    """
+    dev = resolve_device(device)
+    if int(seed_version) < 1:
+        raise InvalidParameterError(f"seed_version must be >= 1; got {seed_version}")
+    if int(checkpoint_every) < 1:
+        raise InvalidParameterError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+    if chunks is None:
+        chunks = run_chunks(plan, recipe, device=dev, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir,
+                            model_ids=model_ids)
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    data = TrainingSet(plan, train, dev)
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
+    results = []
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False)
+    with bar:
+        task = bar.add_task("training", total=sum(steps))
+        for ci, ids in enumerate(chunks):
+            bar.update(task, description=f"{label + ': ' if label else ''}chunk {ci + 1}/{len(chunks)}")
+            res = train_chunk(
+                plan, data, ids, recipe=recipe, seed_version=seed_version, device=dev,
+                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                checkpoint_min_interval=checkpoint_min_interval,
+                on_progress=lambda done, _t, base=sum(steps[:ci]): bar.update(task, completed=base + done),
+            )
+            results.append((res.ids, res.net))
+            if on_chunk is not None:
+                on_chunk(res)
+    return results
+
+
+@torch.no_grad()
+def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", batch_size: int = 256):
+    """Raw logits of every base model on a test set.
+
+    Parameters
+    ----------
+    models : list of (list of int, BatchedNet)
+        As returned by :func:`train_ensemble` (covering all ``k*d`` models).
+    plan : PartitionPlan
+        Gives each model's normalisation.
+    test : Dataset
+    device : str or torch.device
+    batch_size : int
+        Test points per forward pass.
+
+    Returns
+    -------
+    scores : numpy.ndarray of float32, shape (N, k*d, n_classes)
+    labels : numpy.ndarray of int64, shape (N,)
+    """
+    if tuple(test.image_shape) != tuple(plan.image_shape):
+        raise InvalidParameterError(
+            f"test images have shape {test.image_shape}; the plan expects {tuple(plan.image_shape)}"
+        )
+    scores = model_logits(models, plan, test.images, device=device, batch_size=batch_size)
+    return scores, test.labels.copy()
+
+
+def _check_images(images, plan: PartitionPlan) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(plan.image_shape):
+        raise InvalidParameterError(
+            f"images must be uint8 of shape (N, {', '.join(map(str, plan.image_shape))}); "
+            f"got {images.dtype} {images.shape}"
+        )
+    return images
+
+
+@torch.no_grad()
+def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="cpu",
+                 batch_size: int = 256) -> np.ndarray:
+    """Raw logits of one chunk's models on uint8 images.
+
+    Each model sees ``images / 255`` normalised with its own subset's per-channel mean and
+    std (``plan.mean``, ``plan.std``), exactly as in training.
+
+    Parameters
+    ----------
+    net : BatchedNet
+        The chunk's trained module (model ``e`` is base model ``ids[e]``).
+    ids : sequence of int
+    plan : PartitionPlan
+    images : numpy.ndarray of uint8, shape (N, H, W, C)
+        ``(H, W, C)`` must be ``plan.image_shape``.
+    device : str or torch.device
+    batch_size : int
+        Points per forward pass.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, len(ids), n_classes)
+    """
+    dev = resolve_device(device)
+    images = _check_images(images, plan)
+    ids = list(ids)
+    n = images.shape[0]
+    out = np.zeros((n, len(ids), plan.n_classes), dtype=np.float32)
+    X = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    c, h, w = X.shape[1:]
+    net.eval()
+    dtype = net.weights[0].dtype
+    mean = torch.tensor(plan.mean[ids], dtype=dtype, device=dev)[None, :, :, None, None]
+    std = torch.tensor(plan.std[ids], dtype=dtype, device=dev)[None, :, :, None, None]
+    with _deterministic(dev):
+        for s in range(0, n, batch_size):
+            xb = X[s:s + batch_size].to(dev).to(dtype) / 255.0
+            xb = (xb[:, None] - mean) / std
+            out[s:s + batch_size] = net(xb.reshape(xb.shape[0], len(ids) * c, h, w)).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_size: int = 256) -> np.ndarray:
+    """Raw logits of every base model on uint8 images (the code path of :func:`collect_logits`).
+
+    Parameters
+    ----------
+    models : list of (list of int, BatchedNet)
+        As returned by :func:`train_ensemble` (covering all ``k*d`` models).
+    plan : PartitionPlan
+    images : numpy.ndarray of uint8, shape (N, H, W, C)
+        As the data set loader gives them; ``(H, W, C)`` must be ``plan.image_shape``.
+    device : str or torch.device
+    batch_size : int
+        Points per forward pass.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, k*d, n_classes)
+        Each chunk's columns are :func:`chunk_logits` of that chunk.
+    """
+    images = _check_images(images, plan)
+    scores = np.zeros((images.shape[0], plan.n_models, plan.n_classes), dtype=np.float32)
+    seen = np.zeros(plan.n_models, dtype=bool)
+    for ids, net in models:
+        scores[:, ids] = chunk_logits(net, ids, plan, images, device=device, batch_size=batch_size)
+        seen[ids] = True
+    if not seen.all():
+        raise InvalidParameterError(f"models {np.flatnonzero(~seen).tolist()[:10]} were not given")
+    return scores

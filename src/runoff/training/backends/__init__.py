@@ -34,8 +34,8 @@ class TrainingJob:
 
     Attributes
     ----------
-    plan : runoff.data.partition.PartitionPlan
-    train, test : runoff.data.Dataset
+    plan : runoff.data.datasets.partition.PartitionPlan
+    train, test : runoff.data.datasets.Dataset
         The plan's training set and the test set whose logits are wanted.
     chunks : list of list of int
         Contiguous ascending ranges of model ids, from ``run_chunks``; one is trained as one.

@@ -27,12 +27,12 @@ class LocalBackend:
 
     def train(self, job: TrainingJob) -> TrainedChunks:
         from ..progress import TrainingProgress
-        from ..trainer import chunk_logits, chunk_steps, prepare_training_set, resolve_device, train_chunk
+        from ..trainer import TrainingSet, chunk_logits, chunk_steps, resolve_device, train_chunk
 
         dev = resolve_device(job.device)
         if job.checkpoint_dir is not None:
             Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        data = prepare_training_set(job.plan, job.train, dev)
+        data = TrainingSet(job.plan, job.train, dev)
         steps = [chunk_steps(job.plan, ids, job.recipe) for ids in job.chunks]
         out = TrainedChunks(workers=1)
         with TrainingProgress(sum(steps), enabled=job.progress, label=job.label) as bar:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import BackendError, InvalidParameterError, MissingDependencyError
-from ...checkpoints import checkpoint_path, write_checkpoint_bytes
+from ..checkpoints import checkpoint_path, write_checkpoint_bytes
 from . import ChunkLogits, TrainedChunks, TrainingJob
 
 __all__ = ["RAY_INSTALL_HINT", "RayBackend", "import_ray"]

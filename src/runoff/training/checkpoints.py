@@ -19,8 +19,8 @@ import json
 import re
 from pathlib import Path
 
-from .atomic import atomic_write
-from .errors import CheckpointError, InvalidParameterError
+from ..atomic import atomic_write
+from ..errors import CheckpointError, InvalidParameterError
 
 __all__ = [
     "save_checkpoint",

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .certificates import certified_accuracy
-from .configs import CONFIGS, Config
-from .errors import RunDirectoryError
+from ..atomic import atomic_write_text
+from ..certificates import certified_accuracy
+from ..data.configs import CONFIGS, Config
+from ..errors import RunDirectoryError
 from .evaluation import check_budget_list, evaluate_run, make_folder
 
 __all__ = ["matching_config", "compare_runs", "run_labels"]
@@ -76,8 +76,8 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
     MissingDependencyError
         ``out_dir`` given without matplotlib installed (checked before anything is written).
     """
-    from .partition import PartitionPlan
-    from .report import plot_certificate_histogram, plot_certified_accuracy, require_matplotlib
+    from ..data.partition import PartitionPlan
+    from .tables import plot_certificate_histogram, plot_certified_accuracy, require_matplotlib
 
     runs = [Path(r) for r in run_dirs]
     if not runs:

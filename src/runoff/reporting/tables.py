@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .certificates import Certification, certified_accuracy
-from .errors import require
+from ..certificates import Certification, certified_accuracy
+from ..errors import require
 
 __all__ = [
     "default_budgets",

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 __all__ = ["ARCHITECTURES", "INIT_RULES", "architecture", "build_model", "BatchedNet", "kaiming_uniform_bound"]
 
@@ -148,7 +148,7 @@ def sum_rows(t: torch.Tensor) -> torch.Tensor:
     with the number of models in its chunk. Summing each contiguous row keeps this reduction
     the same in any chunk; other kernels (grouped convolutions, matrix products) still round
     by shape on some CPUs, which is why the chunk layout is fixed (see
-    :func:`runoff.train.run_chunks`).
+    :func:`runoff.training.trainer.run_chunks`).
     """
     return t.movedim(0, -1).contiguous().sum(dim=-1)
 

@@ -12,7 +12,7 @@ order, process or machine:
 
    ``"pixelsum"``
        The reference pipeline's hash: the sum of the sample's uint8 pixel values (all
-       channels, as loaded, before any resizing: :attr:`runoff.data.Dataset.pixel_sums`
+       channels, as loaded, before any resizing: :attr:`runoff.data.datasets.Dataset.pixel_sums`
        when set) modulo ``k*d``. It reproduces the published partitions. An
        attacker who crafts a poison can choose its bucket (and so which base models it
        reaches) by adjusting a few pixels.
@@ -48,10 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .data import Dataset
-from .errors import InvalidParameterError, RunDirectoryError
-from .spread import bucket_models, reference_spread, validate_spread
+from ..atomic import atomic_write_text
+from .datasets import Dataset
+from ..errors import InvalidParameterError, RunDirectoryError
+from ..spread import bucket_models, reference_spread, validate_spread
 
 __all__ = [
     "HASHES",
@@ -95,7 +95,7 @@ def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum", pi
         big-endian integer, modulo ``n_buckets``.
     pixel_sums : numpy.ndarray of int, shape (n,), optional
         For ``"pixelsum"``: the pixel sum of each sample's *original* image, used instead of
-        summing ``images`` (:attr:`runoff.data.Dataset.pixel_sums`: GTSRB's images are
+        summing ``images`` (:attr:`runoff.data.datasets.Dataset.pixel_sums`: GTSRB's images are
         resized, the reference hashes the original). Ignored by ``"sha256"``.
 
     Returns

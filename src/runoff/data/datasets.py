@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DataFileError, InvalidParameterError
+from ..errors import DataFileError, InvalidParameterError
 
 __all__ = [
     "Dataset",

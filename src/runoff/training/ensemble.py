@@ -3,7 +3,7 @@
 :class:`Ensemble` reads a finished run folder (``plan.json`` and the final checkpoints under
 ``checkpoints/``, as written by ``runoff train`` / :func:`runoff.training.runs.train_run`) and
 evaluates every base model on new images through the same code path that computed the run's
-test logits (:func:`runoff.train.model_logits`): ``images / 255``, normalised with each
+test logits (:func:`runoff.training.trainer.model_logits`): ``images / 255``, normalised with each
 model's own subset's per-channel mean and std, BatchNorm in evaluation mode. Predictions and
 certificates come from :func:`runoff.certify` with the run's ``d`` and ``spread``, so for the
 test images they are exactly those of the run's ``certificates.npz``. A DPA* run (seed
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .certificates import Certification, certify_ensemble
-from .checks import check_methods, methods_for
-from .errors import CheckpointError, InvalidParameterError, RunDirectoryError, one_line, require
-from .partition import PLAN_FILE, PartitionPlan
+from ..certificates import Certification, certify_ensemble
+from ..checks import check_methods, methods_for
+from ..errors import CheckpointError, InvalidParameterError, RunDirectoryError, one_line, require
+from ..data.partition import PLAN_FILE, PartitionPlan
 
 __all__ = ["Ensemble", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
@@ -97,7 +97,7 @@ class Ensemble:
         InvalidParameterError
             Unknown device, or CUDA asked for without CUDA.
         """
-        from .train import resolve_device
+        from .trainer import resolve_device
 
         dev = resolve_device(device)
         run_dir = Path(run_dir)
@@ -227,14 +227,14 @@ class Ensemble:
         numpy.ndarray of float32, shape (N, n_models, n_classes)
             For a DPA* run, each base model's logits summed over the seed versions.
         """
-        from .train import model_logits
+        from .trainer import model_logits
 
         images = self.check_images(x)
         per_version = [model_logits(models, plan, images, device=self.device, batch_size=int(batch_size))
                        for plan, models in self._members]
         if len(per_version) == 1:
             return per_version[0]
-        from .training.runs import merge_versions
+        from .runs import merge_versions
 
         return merge_versions(per_version)  # DPA*: the sum, as the run's logits.npz
 
@@ -272,8 +272,8 @@ class Ensemble:
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
     from .checkpoints import existing_ranges, load_checkpoint, plan_key
-    from .run_folder import CHECKPOINT_DIR
-    from .train import Recipe, _Chunk
+    from ..run_folder import CHECKPOINT_DIR
+    from .trainer import Recipe, _Chunk
 
     training = plan.training or {}
     try:

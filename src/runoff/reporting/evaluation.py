@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .certificates import Certification, certify_ensemble
-from .checks import check_budgets, check_labels, check_methods, methods_for
-from .errors import RunDirectoryError
-from .logits_io import save_certificates
-from .report import default_budgets, markdown_table, plot_certified_accuracy, require_matplotlib, summarize
+from ..atomic import atomic_write_text
+from ..certificates import Certification, certify_ensemble
+from ..checks import check_budgets, check_labels, check_methods, methods_for
+from ..errors import RunDirectoryError
+from ..logits_io import save_certificates
+from .tables import default_budgets, markdown_table, plot_certified_accuracy, require_matplotlib, summarize
 
 __all__ = ["Evaluation", "methods_for", "evaluate_logits", "evaluate_run", "write_report", "check_budget_list",
            "make_folder"]
@@ -134,7 +134,7 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     -------
     Evaluation
     """
-    from .run_folder import RunFolder
+    from ..run_folder import RunFolder
 
     if write:
         require_matplotlib("writing the report's plot")

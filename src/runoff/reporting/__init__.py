@@ -1,0 +1,9 @@
+"""The last stage: certify a run and show the result.
+
+- :mod:`.evaluation`: certify a logits file or a run folder (the methods that fit d) and write
+  its report;
+- :mod:`.tables`: budgets, certified-accuracy tables and plots;
+- :mod:`.comparison`: several runs side by side, next to the paper's figures.
+
+Matplotlib is imported only when a plot is drawn.
+"""
