@@ -128,17 +128,17 @@ def test_init_rules_draw_their_distributions():
     for net in (torch_net, rot_net):
         state = net.model_state(2)
         assert torch.equal(state["1.weight"], torch.ones(192)) and torch.equal(state["1.bias"], torch.zeros(192))
-    with pytest.raises(InvalidParameterError, match="unknown initialisation rule 'xavier'; known: pytorch, rotnet"):
+    with pytest.raises(InvalidParameterError, match="^unknown initialisation rule 'xavier'; choose one of: pytorch, rotnet$"):
         BatchedNet(spec, 1).init_(gens()[:1], rule="xavier")
 
 
 def test_unknown_architecture():
-    with pytest.raises(InvalidParameterError, match="known: nin, small") as info:
+    with pytest.raises(InvalidParameterError, match="^unknown architecture 'resnet'; choose one of: nin, small$") as info:
         architecture("resnet", in_channels=3, n_classes=10)
     message = str(info.value)
     assert "'resnet'" in message
     # Every name the message offers is a working architecture, and names are case-sensitive.
-    known = message.split("known: ")[1].split(", ")
+    known = message.split("choose one of: ")[1].split(", ")
     for name in known:
         spec = architecture(name, in_channels=1, n_classes=7)
         assert spec[-1][0] == "linear" and spec[-1][2] == 7

@@ -62,7 +62,7 @@ def test_sha256_hash_is_stable_and_label_dependent():
     assert np.array_equal(h, again)
     other = hash_samples(ds.images, (ds.labels + 1) % 3, n_buckets=2**62, method="sha256")
     assert not np.array_equal(other, hash_samples(ds.images, ds.labels, n_buckets=2**62, method="sha256"))
-    with pytest.raises(InvalidParameterError, match="known hashes"):
+    with pytest.raises(InvalidParameterError, match="^unknown hash 'md5'; choose one of: pixelsum, sha256$"):
         hash_samples(ds.images, ds.labels, n_buckets=4, method="md5")
 
 
@@ -132,15 +132,16 @@ def test_plan_rejects_other_training_set(tmp_path):
 
 def test_bad_k_and_d():
     train, _ = load_dataset("digits")
-    with pytest.raises(InvalidParameterError, match="k must lie"):
-        make_plan(train, k=len(train) + 1)
-    with pytest.raises(InvalidParameterError, match="k must lie"):
+    n = len(train)
+    with pytest.raises(InvalidParameterError, match=rf"^k must be an integer in \[1, {n}\] \(the training set has {n} samples\); got {n + 1}$"):
+        make_plan(train, k=n + 1)
+    with pytest.raises(InvalidParameterError, match=r"^k must be an integer >= 1; got 0$"):
         make_plan(train, k=0)
-    with pytest.raises(InvalidParameterError, match="d must be >= 1"):
+    with pytest.raises(InvalidParameterError, match=r"^d must be an integer >= 1; got 0$"):
         make_plan(train, k=5, d=0)
     with pytest.raises(InvalidParameterError, match="unknown hash"):
         make_plan(train, k=5, hash="crc")
-    with pytest.raises(InvalidParameterError, match="unknown std_rule 'biased'; known: sample, population"):
+    with pytest.raises(InvalidParameterError, match="^unknown std_rule 'biased'; choose one of: sample, population$"):
         make_plan(train, k=5, std_rule="biased")
 
 
@@ -190,5 +191,5 @@ def test_digits_loader_and_registry():
     assert train.images.max() == 255 and train.images.min() == 0
     train2, test2 = load_dataset("digits")
     assert np.array_equal(test.images, test2.images) and np.array_equal(test.labels, test2.labels)
-    with pytest.raises(InvalidParameterError, match="known data sets: digits"):
+    with pytest.raises(InvalidParameterError, match="choose one of: digits"):
         load_dataset("imagenet")

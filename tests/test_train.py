@@ -237,7 +237,7 @@ def test_recipe_init_rule_recorded_and_checked():
     assert rec.init == "pytorch" and Recipe.from_dict(rec.to_dict()) == rec
     old = {key: value for key, value in rec.to_dict().items() if key != "init"}
     assert Recipe.from_dict(old).init == "rotnet"  # recorded before the rule was: RotNet's was used
-    with pytest.raises(InvalidParameterError, match="init must be one of"):
+    with pytest.raises(InvalidParameterError, match="^unknown init 'zeros'; choose one of: pytorch, rotnet$"):
         Recipe(model="small", epochs=2, batch_size=4, lr=0.1, init="zeros")
 
 

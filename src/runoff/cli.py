@@ -178,8 +178,8 @@ def _n_jobs(value):
 
 
 def _cmd_certify(args) -> int:
-    from .reporting.evaluation import evaluate_logits
     from .logits_io import load_logits, save_certificates
+    from .reporting.evaluation import evaluate_logits
 
     _at_least(args.d, "--d", 1)
     if args.out:
@@ -480,8 +480,8 @@ def _cmd_predict(args) -> int:
     _check_device(args.device)
     if args.out:
         _check_out_file(args.out)
-    from .training.ensemble import Ensemble, read_inputs
     from .logits_io import save_certificates
+    from .training.ensemble import Ensemble, read_inputs
 
     ens = Ensemble.load(args.run, device=args.device)
     images, names = read_inputs(args.inputs, ens.image_shape)

@@ -69,7 +69,7 @@ from .spread import model_subsets, reference_spread, validate_spread
 __all__ = ["ROW_HASHES", "AGGREGATIONS", "ConstantModel", "PartitionEnsembleClassifier", "row_hashes"]
 
 #: How a training row's bucket is chosen: content hashes of a row of features and its label
-#: (:func:`row_hashes`). Not the image hashes of :data:`runoff.data.partition.HASHES`.
+#: (:func:`row_hashes`). Not the image hashes of :data:`runoff.data.partition.IMAGE_HASHES`.
 ROW_HASHES = ("sha256",)
 #: Aggregation rules: Run-Off Election or plurality vote.
 AGGREGATIONS = ("roe", "plurality")

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import METHODS, as_numpy, check_budgets, check_int, check_labels, check_method, invalid
+from ..checks import (
+    METHODS,
+    as_numpy,
+    check_budgets,
+    check_int,
+    check_labels,
+    check_method,
+    invalid,
+)
 from ..errors import InvalidScoresError
 from ..spread import reference_spread, validate_spread
 

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vote import class_major, gaps, plurality, preferred_counts
-from .vote import roe_finalists, round1_votes, run_off_gaps, vote_counts
+from .vote import (
+    class_major,
+    gaps,
+    plurality,
+    preferred_counts,
+    roe_finalists,
+    round1_votes,
+    run_off_gaps,
+    vote_counts,
+)
 
 __all__ = ["dpa_1v1", "dpa_2v1", "certify_dpa", "certify_dpa_roe"]
 

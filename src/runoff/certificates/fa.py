@@ -21,8 +21,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..spread import bucket_sums
-from .vote import class_major, gaps, plurality, preferred_counts
-from .vote import prefers, roe_finalists, round1_votes, run_off_gaps, vote_counts
+from .vote import (
+    class_major,
+    gaps,
+    plurality,
+    preferred_counts,
+    prefers,
+    roe_finalists,
+    round1_votes,
+    run_off_gaps,
+    vote_counts,
+)
 
 __all__ = ["greedy_certificate", "bucket_sums", "certify_fa", "certify_fa_roe"]
 

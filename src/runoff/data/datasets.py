@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..checks import check_choice
 from ..errors import DataFileError, InvalidParameterError
 
 __all__ = [
@@ -526,7 +527,5 @@ def load_dataset(name: str, *, root=None) -> tuple[Dataset, Dataset]:
     DataFileError
         When the data set's files are missing or corrupt.
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        known = ", ".join(DATASETS)  # registration order: the embedded digits first
-        raise InvalidParameterError(f"unknown data set {name!r}; known data sets: {known}")
+    name = check_choice(name, "data set", DATASETS)  # listed in registration order: digits first
     return DATASETS[name](root=root)

@@ -49,12 +49,14 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text
-from .datasets import Dataset
+from ..checks import check_choice, check_int, invalid
 from ..errors import InvalidParameterError, RunDirectoryError
-from ..spread import bucket_models, reference_spread, validate_spread
+from ..run_folder import PLAN_FILE
+from ..spread import bucket_models, model_subsets, reference_spread, validate_spread
+from .datasets import Dataset
 
 __all__ = [
-    "HASHES",
+    "IMAGE_HASHES",
     "PLAN_FILE",
     "STD_RULES",
     "PartitionPlan",
@@ -64,15 +66,14 @@ __all__ = [
     "make_plan",
 ]
 
-#: Known content hashes (see the module docstring for what each means for an attacker).
-HASHES = ("pixelsum", "sha256")
+#: Known content hashes of images (see the module docstring for what each means for an
+#: attacker). The scikit-learn estimator hashes table rows instead (``runoff.sklearn.ROW_HASHES``).
+IMAGE_HASHES = ("pixelsum", "sha256")
 #: How a subset's std is computed: ``"sample"`` (n - 1, the published rule and runoff's) or
 #: ``"population"`` (n), the rule of plans written before runoff recorded one; those have no
 #: ``std_rule`` field, and a population-rule plan is written without one, so that their
 #: JSON, and the checkpoints tied to it, stay as they were.
 STD_RULES = ("sample", "population")
-#: File name of a plan inside a run directory.
-PLAN_FILE = "plan.json"
 _FORMAT = "runoff-plan"
 _VERSION = 1
 
@@ -105,9 +106,8 @@ def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum", pi
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
-    n_buckets = int(n_buckets)
-    if n_buckets < 1:
-        raise InvalidParameterError(f"n_buckets must be >= 1; got {n_buckets}")
+    n_buckets = check_int(n_buckets, "n_buckets", low=1)
+    method = check_choice(method, "hash", IMAGE_HASHES)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise InvalidParameterError(f"images must be uint8 (n, H, W, C); got {images.dtype} {images.shape}")
     n = images.shape[0]
@@ -129,7 +129,6 @@ def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum", pi
             h.update(flat[i].tobytes())
             out[i] = int.from_bytes(h.digest(), "big") % n_buckets
         return out
-    raise InvalidParameterError(f"unknown hash {method!r}; known hashes: {', '.join(HASHES)}")
 
 
 def content_order(images, labels) -> np.ndarray:
@@ -289,16 +288,7 @@ class PartitionPlan:
             Model ``j``'s canonical sample indices, ascending (hence in content order).
         """
         if self._subsets is None:
-            m = self.n_models
-            members = [[] for _ in range(m)]
-            idx = np.arange(self.n_train, dtype=np.int64)
-            for s in self.spread:
-                target = (self.buckets + s) % m
-                order = np.argsort(target, kind="stable")
-                bounds = np.searchsorted(target[order], np.arange(m + 1))
-                for j in range(m):
-                    members[j].append(idx[order[bounds[j]:bounds[j + 1]]])
-            self._subsets = [np.sort(np.concatenate(p)) for p in members]
+            self._subsets = model_subsets(self.buckets, self.spread, self.n_models)
         return self._subsets
 
     def models_of_bucket(self, bucket: int) -> list[int]:
@@ -387,7 +377,7 @@ class PartitionPlan:
         k, d, m = obj["k"], obj["d"], obj["n_models"]
         if k < 1 or d < 1 or m != k * d:
             raise bad(f"inconsistent k={k}, d={d}, n_models={m}")
-        if obj["hash"] not in HASHES:
+        if obj["hash"] not in IMAGE_HASHES:
             raise bad(f"unknown hash {obj['hash']!r}")
         try:
             spread = validate_spread(obj["spread"], n_models=m, d=d)
@@ -509,20 +499,13 @@ def make_plan(
     InvalidParameterError
         For k, d, spread, hash or std_rule out of range.
     """
-    for name, val in (("k", k), ("d", d)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
-            raise InvalidParameterError(f"{name} must be an integer; got {val!r}")
-    k, d = int(k), int(d)
-    if d < 1:
-        raise InvalidParameterError(f"d must be >= 1; got {d}")
-    if k < 1 or k > len(train):
-        raise InvalidParameterError(
-            f"k must lie in [1, {len(train)}] (the training set has {len(train)} samples); got {k}"
-        )
-    if hash not in HASHES:
-        raise InvalidParameterError(f"unknown hash {hash!r}; known hashes: {', '.join(HASHES)}")
-    if std_rule not in STD_RULES:
-        raise InvalidParameterError(f"unknown std_rule {std_rule!r}; known: {', '.join(STD_RULES)}")
+    n = len(train)
+    k = check_int(k, "k", low=1)
+    if k > n:
+        raise invalid("k", f"an integer in [1, {n}] (the training set has {n} samples)", k)
+    d = check_int(d, "d", low=1)
+    hash = check_choice(hash, "hash", IMAGE_HASHES)
+    std_rule = check_choice(std_rule, "std_rule", STD_RULES)
     m = k * d
     spread = reference_spread(k, d) if spread is None else spread
     spread = tuple(int(s) for s in validate_spread(spread, n_models=m, d=d))

@@ -17,6 +17,7 @@ from ..atomic import atomic_write_text
 from ..certificates import certified_accuracy
 from ..data.configs import CONFIGS, Config
 from ..errors import RunDirectoryError
+from ..run_folder import ACCURACY_PLOT, HISTOGRAM_PLOT, REPORT_JSON, REPORT_MD
 from .evaluation import check_budget_list, evaluate_run, make_folder
 
 __all__ = ["matching_config", "compare_runs", "run_labels"]
@@ -77,7 +78,11 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
         ``out_dir`` given without matplotlib installed (checked before anything is written).
     """
     from ..data.partition import PartitionPlan
-    from .tables import plot_certificate_histogram, plot_certified_accuracy, require_matplotlib
+    from .tables import (
+        plot_certificate_histogram,
+        plot_certified_accuracy,
+        require_matplotlib,
+    )
 
     runs = [Path(r) for r in run_dirs]
     if not runs:
@@ -121,10 +126,10 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
     report = {"budgets": budgets.tolist(), "n_test": int(labels.size), "columns": columns}
     if out_dir is not None:
         out = make_folder(out_dir, "the report folder")
-        atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-        atomic_write_text(out / "report.md", markdown_comparison(report))
-        plot_certified_accuracy(results, labels, out / "certified_accuracy.png", title="certified accuracy")
-        plot_certificate_histogram(results, labels, out / "certificates_hist.png", title="certificates")
+        atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out / REPORT_MD, markdown_comparison(report))
+        plot_certified_accuracy(results, labels, out / ACCURACY_PLOT, title="certified accuracy")
+        plot_certificate_histogram(results, labels, out / HISTOGRAM_PLOT, title="certificates")
     return report
 
 

@@ -18,15 +18,18 @@ from ..certificates import Certification, certify_ensemble
 from ..checks import check_budgets, check_labels, check_methods, methods_for
 from ..errors import RunDirectoryError
 from ..logits_io import save_certificates
-from .tables import default_budgets, markdown_table, plot_certified_accuracy, require_matplotlib, summarize
+from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
+from .tables import (
+    default_budgets,
+    markdown_table,
+    plot_certified_accuracy,
+    require_matplotlib,
+    summarize,
+)
 
 __all__ = ["Evaluation", "methods_for", "evaluate_logits", "evaluate_run", "write_report", "check_budget_list",
            "make_folder"]
 
-CERTIFICATES_FILE = "certificates.npz"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-PLOT_FILE = "certified_accuracy.png"
 
 
 @dataclass
@@ -56,7 +59,7 @@ def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | N
                       budgets=evaluation.budgets)
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
-    plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / PLOT_FILE, title=title)
+    plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / ACCURACY_PLOT, title=title)
     return out_dir
 
 

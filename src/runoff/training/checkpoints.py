@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from ..atomic import atomic_write
+from ..checks import check_int
 from ..errors import CheckpointError, InvalidParameterError
 
 __all__ = [
@@ -147,8 +148,7 @@ def chunk_layout(n_models: int, *, chunk_size: int, checkpoint_dir=None, model_i
     list of list of int
         Ordered by first model id.
     """
-    if int(chunk_size) < 1:
-        raise InvalidParameterError(f"chunk_size must be >= 1; got {chunk_size}")
+    check_int(chunk_size, "chunk_size", low=1)
     wanted = set(range(n_models)) if model_ids is None else {int(j) for j in model_ids}
     if any(j < 0 or j >= n_models for j in wanted):
         raise InvalidParameterError(f"model ids must lie in [0, {n_models})")

@@ -25,8 +25,15 @@ import numpy as np
 
 from ..certificates import Certification, certify_ensemble
 from ..checks import check_methods, methods_for
-from ..errors import CheckpointError, InvalidParameterError, RunDirectoryError, one_line, require
-from ..data.partition import PLAN_FILE, PartitionPlan
+from ..data.partition import PartitionPlan
+from ..errors import (
+    CheckpointError,
+    InvalidParameterError,
+    RunDirectoryError,
+    one_line,
+    require,
+)
+from ..run_folder import PLAN_FILE
 
 __all__ = ["Ensemble", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
@@ -271,8 +278,8 @@ class Ensemble:
 # ---------------------------------------------------------------------------- loading runs
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
-    from .checkpoints import existing_ranges, load_checkpoint, plan_key
     from ..run_folder import CHECKPOINT_DIR
+    from .checkpoints import existing_ranges, load_checkpoint, plan_key
     from .trainer import Recipe, _Chunk
 
     training = plan.training or {}

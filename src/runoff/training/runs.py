@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_int, check_number
 from ..errors import InvalidParameterError, RunDirectoryError
 from ..run_folder import RunFolder
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
@@ -187,16 +188,10 @@ def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint
     """The scalar options of :func:`train_run`, checked before any data is read."""
     from .trainer import check_chunk_size
 
-    for name, value in (("seed_version", seed_version), ("checkpoint_every", checkpoint_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidParameterError(f"{name} must be an integer >= 1; got {value!r}")
+    check_int(seed_version, "seed_version", low=1)
+    check_int(checkpoint_every, "checkpoint_every", low=1)
     check_chunk_size(chunk_size)
-    try:
-        interval_ok = float(checkpoint_min_interval) >= 0
-    except (TypeError, ValueError):
-        interval_ok = False
-    if not interval_ok:
-        raise InvalidParameterError(f"checkpoint_min_interval must be >= 0 seconds; got {checkpoint_min_interval!r}")
+    check_number(checkpoint_min_interval, "checkpoint_min_interval", low=0, unit="seconds")
 
 
 def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root):
@@ -289,8 +284,7 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     RunResult
         ``scores`` are the merged logits, (N, k, C).
     """
-    if isinstance(versions, bool) or not isinstance(versions, (int, np.integer)) or versions < 1:
-        raise InvalidParameterError(f"versions must be an integer >= 1; got {versions!r}")
+    versions = check_int(versions, "versions", low=1)
     if train_kwargs.get("d", 1) != 1 or "seed_version" in train_kwargs:
         raise InvalidParameterError("DPA* trains d=1 partitions and sets each version's seed itself")
     versions, folder = int(versions), RunFolder(run_dir)

@@ -48,12 +48,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import checkpoint_path, chunk_layout, load_checkpoint, plan_key, save_checkpoint  # noqa: F401
-from ..data.datasets import Dataset
-from ..errors import CheckpointError, InvalidParameterError
+from ..checks import check_choice, check_int, check_number
 from ..data.configs import PAPER_RECIPES
-from .models import INIT_RULES, BatchedNet, architecture, sum_rows
+from ..data.datasets import Dataset
 from ..data.partition import PartitionPlan
+from ..errors import CheckpointError, InvalidParameterError
+from .checkpoints import (  # noqa: F401
+    checkpoint_path,
+    chunk_layout,
+    load_checkpoint,
+    plan_key,
+    save_checkpoint,
+)
+from .models import INIT_RULES, BatchedNet, architecture, sum_rows
 
 __all__ = [
     "Recipe",
@@ -64,6 +71,8 @@ __all__ = [
     "augment_batch",
     "ChunkResult",
     "train_chunk",
+    "trained_chunks",
+    "TrainingSet",
     "train_ensemble",
     "default_chunk_size",
     "run_chunks",
@@ -131,20 +140,14 @@ class Recipe:
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        if int(self.epochs) < 1:
-            raise InvalidParameterError(f"epochs must be >= 1; got {self.epochs}")
-        if int(self.batch_size) < 1:
-            raise InvalidParameterError(f"batch_size must be >= 1; got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InvalidParameterError(f"lr must be positive; got {self.lr}")
+        check_int(self.epochs, "epochs", low=1)
+        check_int(self.batch_size, "batch_size", low=1)
+        check_number(self.lr, "lr", low=0, strict=True)
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise InvalidParameterError("momentum must lie in [0, 1) and weight_decay be >= 0")
-        if self.augment not in AUGMENTATIONS:
-            raise InvalidParameterError(f"augment must be one of {AUGMENTATIONS}; got {self.augment!r}")
-        if int(self.crop_padding) < 0:
-            raise InvalidParameterError("crop_padding must be >= 0")
-        if self.init not in INIT_RULES:
-            raise InvalidParameterError(f"init must be one of {INIT_RULES}; got {self.init!r}")
+        check_choice(self.augment, "augment", AUGMENTATIONS)
+        check_int(self.crop_padding, "crop_padding", low=0)
+        check_choice(self.init, "init", INIT_RULES)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate during (0-based) ``epoch``: ``lr * gamma ** (milestones <= epoch)``."""
@@ -193,9 +196,7 @@ def recipe_for(dataset: str, *, epochs: int | None = None) -> Recipe:
     base = RECIPES.get(dataset, _PAPER)
     if epochs is None:
         return base
-    epochs = int(epochs)
-    if epochs < 1:
-        raise InvalidParameterError(f"epochs must be >= 1; got {epochs}")
+    epochs = check_int(epochs, "epochs", low=1)
     ms = tuple(sorted({max(1, round(m * epochs / base.epochs)) for m in base.milestones if m * epochs / base.epochs < epochs}))
     return replace(base, epochs=epochs, milestones=ms)
 
@@ -393,7 +394,7 @@ def chunk_steps(plan: PartitionPlan, ids, recipe: Recipe) -> int:
     return _steps_per_epoch([len(plan.subsets[j]) for j in ids], recipe.batch_size) * recipe.epochs
 
 
-def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, on_step=None) -> None:
+def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> None:
     """One epoch of every model of the chunk, batched. X uint8 (n, C, H, W) on device."""
     recipe = chunk.recipe
     net = chunk.net
@@ -489,8 +490,7 @@ def check_chunk_size(chunk_size) -> None:
     """Raise :class:`InvalidParameterError` unless ``chunk_size`` is None or an integer >= 1."""
     if chunk_size is None:
         return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise InvalidParameterError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+    check_int(chunk_size, "chunk_size", low=1)
 
 
 def run_chunks(plan: PartitionPlan, recipe: Recipe, *, device="cpu", chunk_size: int | None = None,
@@ -625,6 +625,31 @@ def train_chunk(
     return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs)
 
 
+def trained_chunks(plan: PartitionPlan, data: TrainingSet, chunks, *, recipe: Recipe, seed_version: int,
+                   device, checkpoint_dir, checkpoint_every: int, checkpoint_min_interval: float,
+                   progress: bool, label: str | None):
+    """Train ``chunks`` one after another in this process, yielding each :class:`ChunkResult`.
+
+    The shared loop of :func:`train_ensemble` and the local backend: one progress display
+    over all chunks; the caller decides what to keep of each trained chunk.
+    """
+    from .progress import TrainingProgress
+
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
+    with TrainingProgress(sum(steps), enabled=progress, label=label) as bar:
+        for i, ids in enumerate(chunks):
+            base = sum(steps[:i])
+            bar.update(base, f"chunk {i + 1}/{len(chunks)}")
+            yield train_chunk(
+                plan, data, ids, recipe=recipe, seed_version=seed_version, device=device,
+                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                checkpoint_min_interval=checkpoint_min_interval,
+                on_progress=lambda done, _total, base=base: bar.update(base + done),
+            )
+
+
 def train_ensemble(
     plan: PartitionPlan,
     train: Dataset,
@@ -692,37 +717,18 @@ def train_ensemble(
         A checkpoint is corrupt or belongs to another plan.
     """
     dev = resolve_device(device)
-    if int(seed_version) < 1:
-        raise InvalidParameterError(f"seed_version must be >= 1; got {seed_version}")
-    if int(checkpoint_every) < 1:
-        raise InvalidParameterError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+    check_int(seed_version, "seed_version", low=1)
+    check_int(checkpoint_every, "checkpoint_every", low=1)
     if chunks is None:
         chunks = run_chunks(plan, recipe, device=dev, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir,
                             model_ids=model_ids)
-    if checkpoint_dir is not None:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    data = TrainingSet(plan, train, dev)
-
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
     results = []
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False)
-    with bar:
-        task = bar.add_task("training", total=sum(steps))
-        for ci, ids in enumerate(chunks):
-            bar.update(task, description=f"{label + ': ' if label else ''}chunk {ci + 1}/{len(chunks)}")
-            res = train_chunk(
-                plan, data, ids, recipe=recipe, seed_version=seed_version, device=dev,
-                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                checkpoint_min_interval=checkpoint_min_interval,
-                on_progress=lambda done, _t, base=sum(steps[:ci]): bar.update(task, completed=base + done),
-            )
-            results.append((res.ids, res.net))
-            if on_chunk is not None:
-                on_chunk(res)
+    for res in trained_chunks(plan, TrainingSet(plan, train, dev), chunks, recipe=recipe, seed_version=seed_version,
+                              device=dev, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                              checkpoint_min_interval=checkpoint_min_interval, progress=progress, label=label):
+        results.append((res.ids, res.net))
+        if on_chunk is not None:
+            on_chunk(res)
     return results
 
 

@@ -20,6 +20,7 @@ from typing import Any, ContextManager, Protocol, runtime_checkable
 
 import numpy as np
 
+from ...checks import check_choice
 from ...errors import InvalidParameterError
 
 __all__ = ["Backend", "TrainingJob", "ChunkLogits", "TrainedChunks", "resolve_backend", "BACKENDS"]
@@ -126,7 +127,7 @@ def resolve_backend(backend) -> Backend:
             from .ray import RayBackend
 
             return RayBackend()
-        raise InvalidParameterError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+        check_choice(backend, "backend", BACKENDS)
     if isinstance(backend, Backend):
         return backend
     raise InvalidParameterError(f"backend must be 'local', 'ray' or a backend object; got {backend!r}")

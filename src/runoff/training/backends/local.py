@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import ChunkLogits, TrainedChunks, TrainingJob
 
@@ -26,24 +25,16 @@ class LocalBackend:
         resolve_device(device)
 
     def train(self, job: TrainingJob) -> TrainedChunks:
-        from ..progress import TrainingProgress
-        from ..trainer import TrainingSet, chunk_logits, chunk_steps, resolve_device, train_chunk
+        from ..trainer import TrainingSet, chunk_logits, resolve_device, trained_chunks
 
         dev = resolve_device(job.device)
-        if job.checkpoint_dir is not None:
-            Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        data = TrainingSet(job.plan, job.train, dev)
-        steps = [chunk_steps(job.plan, ids, job.recipe) for ids in job.chunks]
         out = TrainedChunks(workers=1)
-        with TrainingProgress(sum(steps), enabled=job.progress, label=job.label) as bar:
-            for i, ids in enumerate(job.chunks):
-                bar.update(sum(steps[:i]), f"chunk {i + 1}/{len(job.chunks)}")
-                res = train_chunk(
-                    job.plan, data, ids, recipe=job.recipe, seed_version=job.seed_version, device=dev,
-                    checkpoint_dir=job.checkpoint_dir, checkpoint_every=job.checkpoint_every,
-                    checkpoint_min_interval=job.checkpoint_min_interval,
-                    on_progress=lambda done, _total, base=sum(steps[:i]): bar.update(base + done),
-                )
-                logits = chunk_logits(res.net, ids, job.plan, job.test.images, device=dev)
-                out.chunks.append(ChunkLogits(ids=list(ids), logits=logits, start_epoch=res.start_epoch))
+        # each chunk's logits are taken as soon as it is trained; its module is then let go
+        for res in trained_chunks(job.plan, TrainingSet(job.plan, job.train, dev), job.chunks, recipe=job.recipe,
+                                  seed_version=job.seed_version, device=dev, checkpoint_dir=job.checkpoint_dir,
+                                  checkpoint_every=job.checkpoint_every,
+                                  checkpoint_min_interval=job.checkpoint_min_interval,
+                                  progress=job.progress, label=job.label):
+            logits = chunk_logits(res.net, res.ids, job.plan, job.test.images, device=dev)
+            out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch))
         return out

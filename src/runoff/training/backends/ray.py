@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...checks import check_int, check_number
 from ...errors import BackendError, InvalidParameterError, MissingDependencyError
 from ..checkpoints import checkpoint_path, write_checkpoint_bytes
 from . import ChunkLogits, TrainedChunks, TrainingJob
@@ -141,19 +142,12 @@ def _task_resources(device, cpus_per_task, gpus_per_task) -> tuple[float, float]
 
 
 def _check_options(workers, cpus_per_task, gpus_per_task, max_retries) -> None:
-    import numpy as np
-
-    def bad_int(v, low):
-        return isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low
-
-    if workers is not None and bad_int(workers, 1):
-        raise InvalidParameterError(f"workers must be an integer >= 1; got {workers!r}")
-    if bad_int(max_retries, 0):
-        raise InvalidParameterError(f"max_retries must be an integer >= 0; got {max_retries!r}")
-    if not float(cpus_per_task) > 0:
-        raise InvalidParameterError(f"cpus_per_task must be > 0; got {cpus_per_task!r}")
-    if gpus_per_task is not None and not float(gpus_per_task) >= 0:
-        raise InvalidParameterError(f"gpus_per_task must be >= 0; got {gpus_per_task!r}")
+    if workers is not None:
+        check_int(workers, "workers", low=1)
+    check_int(max_retries, "max_retries", low=0)
+    check_number(cpus_per_task, "cpus_per_task", low=0, strict=True)
+    if gpus_per_task is not None:
+        check_number(gpus_per_task, "gpus_per_task", low=0)
 
 
 def _connect(ray, address, workers, cpus_per_task):
