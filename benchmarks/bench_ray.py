@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runoff.pipeline import train_run
-from runoff.ray_backend import RayBackend
+from runoff.training.runs import train_run
+from runoff.training.backends.ray import RayBackend
 
 
 def _timed(run_dir, backend, args):

@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from runoff.training.checkpoints import chunk_layout
-    from runoff.pipeline import train_run
+    from runoff.training.runs import train_run
     from runoff.training.trainer import default_chunk_size, recipe_for
 
     with tempfile.TemporaryDirectory() as tmp:

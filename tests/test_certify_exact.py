@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from reference_certs import reference_certify
+
 from runoff.spread import reference_spread
 
 DPA_METHODS = ("dpa", "dpa-roe")

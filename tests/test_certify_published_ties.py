@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import runoff
 from adversary import apply_attack, find_attack
 from reference_certs import predict, reference_point, roe_finalists_and_winner
+
+import runoff
 
 # (method, logits (M, C), d, runoff's (prediction, certificate))
 PUBLISHED_STOPS = [

@@ -2,8 +2,8 @@
 
 import pytest
 
-from runoff.training.checkpoints import chunk_layout, existing_ranges
 from runoff.errors import CheckpointError, InvalidParameterError
+from runoff.training.checkpoints import chunk_layout, existing_ranges
 
 
 def _touch(d, first, last):

@@ -15,7 +15,13 @@ from runoff import checks
 from runoff.certificates import api
 from runoff.certificates.vote import margin, run_off_gaps
 from runoff.errors import InvalidLabelsError, InvalidParameterError, RunoffError
-from runoff.spread import bucket_models, bucket_sums, buckets_of_models, model_subsets, models_of_buckets
+from runoff.spread import (
+    bucket_models,
+    bucket_sums,
+    buckets_of_models,
+    model_subsets,
+    models_of_buckets,
+)
 
 # ----------------------------------------------------------------------------------------
 # integers and numbers

@@ -15,8 +15,13 @@ import pytest
 import runoff
 from runoff.cli import main
 from runoff.data.datasets import Dataset
-from runoff.errors import InvalidParameterError, LogitsFileError, MissingDependencyError, RunoffError
 from runoff.data.partition import make_plan
+from runoff.errors import (
+    InvalidParameterError,
+    LogitsFileError,
+    MissingDependencyError,
+    RunoffError,
+)
 from runoff.run_folder import save_logits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +292,10 @@ def test_text_input_arrays_are_not_valid(tmp_path, name, content, expected):
     (["--cpus-per-task", "1"], "--cpus-per-task: Ray options"),
     (["--max-retries", "3"], "--max-retries: Ray options"),
     (["--cpus-per-task", "nan"], "argument --cpus-per-task: expected a finite number"),
-    (["--dataset", "imagenet"], "--dataset imagenet: unknown data set"),
+    (["--dataset", "imagenet"], "argument --dataset: unknown data set 'imagenet'; choose one of: digits, mnist, cifar10, gtsrb"),
+    (["--dataset", "cifar"], "argument --dataset: unknown data set 'cifar'; did you mean cifar10? choose one of"),
+    (["--backend", "rayy"], "argument --backend: unknown backend 'rayy'; did you mean ray? choose one of: local, ray"),
+    (["--hash", "sha"], "argument --hash: unknown hash 'sha'; did you mean sha256? choose one of: pixelsum, sha256"),
     (["--k", "x"], "argument --k: invalid int value"),
 ])
 def test_train_options_are_named_as_typed(tmp_path, capsys, extra, expected):
@@ -320,6 +328,9 @@ def test_cuda_without_cuda_names_the_option(tmp_path, capsys):
     (["certify", "{f}", "--budgets", "a"], "argument --budgets: expected comma-separated integers"),
     (["certify"], "the following arguments are required: file"),
     (["evaluate", "{f}", "-m", "dpa,"], "empty entry"),
+    (["certify", "{f}", "-m", "dpa,dpaa"], "argument --method/-m: unknown method 'dpaa'; did you mean dpa? choose one of"),
+    (["evaluate", "{f}", "-m", "fa-rue"], "argument --method/-m: unknown method 'fa-rue'; did you mean fa-roe"),
+    (["predict", "{f}", "x.npy", "-m", "roe"], "argument --method/-m: unknown method 'roe'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_usage_and_option_errors_are_one_line(logits, capsys, argv, expected):

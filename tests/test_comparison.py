@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("torch")
 
 import runoff  # noqa: E402
-from runoff.reporting.comparison import compare_runs, matching_config  # noqa: E402
 from runoff.data.configs import get_config  # noqa: E402
+from runoff.reporting.comparison import compare_runs, matching_config  # noqa: E402
 from runoff.run_folder import RunFolder  # noqa: E402
 from runoff.training.runs import train_run  # noqa: E402
 

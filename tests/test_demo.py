@@ -8,9 +8,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-import runoff  # noqa: E402
 from adversary import TooExpensive, find_attack  # noqa: E402
 from reference_certs import reference_certify  # noqa: E402
+
+import runoff  # noqa: E402
 from runoff.demo import run_demo  # noqa: E402
 from runoff.run_folder import RunFolder  # noqa: E402
 

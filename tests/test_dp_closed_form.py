@@ -10,8 +10,8 @@ from collections import deque
 
 import numpy as np
 import pytest
-
 from reference_certs import dp_closed, dp_table
+
 from runoff.certificates import dpa_2v1
 
 GRID = 3000

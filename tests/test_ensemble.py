@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 
 from runoff.cli import main  # noqa: E402
 from runoff.data.datasets import load_dataset  # noqa: E402
-from runoff.training.ensemble import Ensemble  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError, RunDirectoryError  # noqa: E402
 from runoff.reporting.evaluation import evaluate_run  # noqa: E402
+from runoff.training.ensemble import Ensemble  # noqa: E402
 from runoff.training.runs import train_run  # noqa: E402
 
 torch.set_num_threads(1)

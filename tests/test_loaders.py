@@ -9,13 +9,18 @@ import struct
 import numpy as np
 import pytest
 
-from runoff.data.datasets import DATASETS, GTSRB_SIZE, Dataset, default_data_root, load_dataset
-from runoff.errors import DataFileError, InvalidParameterError
+from runoff.data.datasets import (
+    DATASETS,
+    GTSRB_SIZE,
+    Dataset,
+    default_data_root,
+    load_dataset,
+)
 from runoff.data.partition import hash_samples, make_plan
+from runoff.errors import DataFileError, InvalidParameterError
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
-
 
 # --------------------------------------------------------------------------- writers
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from runoff.data.datasets import Dataset, load_dataset
-from runoff.errors import InvalidParameterError, RunDirectoryError
 from runoff.data.partition import PartitionPlan, content_order, hash_samples, make_plan
+from runoff.errors import InvalidParameterError, RunDirectoryError
 
 
 def _tiny():

@@ -7,8 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runoff.errors import (CheckpointError, InvalidParameterError, LogitsFileError,  # noqa: E402
-                           RunDirectoryError)
+from runoff.errors import (  # noqa: E402
+    CheckpointError,
+    InvalidParameterError,
+    LogitsFileError,
+    RunDirectoryError,
+)
 from runoff.run_folder import RunFolder  # noqa: E402
 from runoff.training.runs import train_run  # noqa: E402
 from runoff.training.trainer import Recipe, recipe_for  # noqa: E402

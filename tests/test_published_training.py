@@ -28,9 +28,15 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
-from runoff.errors import RunDirectoryError  # noqa: E402
 from runoff.data.partition import make_plan  # noqa: E402
-from runoff.training.trainer import Recipe, draw_epoch, model_seed, recipe_for, train_ensemble  # noqa: E402
+from runoff.errors import RunDirectoryError  # noqa: E402
+from runoff.training.trainer import (  # noqa: E402
+    Recipe,
+    draw_epoch,
+    model_seed,
+    recipe_for,
+    train_ensemble,
+)
 
 torch.set_num_threads(1)
 

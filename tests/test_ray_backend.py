@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runoff.training.checkpoints import load_checkpoint
 from runoff.cli import main
 from runoff.errors import BackendError, InvalidParameterError
 from runoff.run_folder import CHECKPOINT_DIR
+from runoff.training.checkpoints import load_checkpoint
 from runoff.training.runs import train_run
 
 ray = pytest.importorskip("ray")
@@ -133,8 +133,8 @@ def test_ray_failed_chunk_names_models_and_keeps_the_others(tmp_path, local_clus
 def test_driver_writes_final_checkpoints_a_task_returns(tmp_path, monkeypatch):
     # without a shared file system the task's own file is on its node; the driver writes it
     import runoff.training.backends.ray as rb
-    from runoff.training.checkpoints import checkpoint_bytes, write_checkpoint_bytes
     from runoff.training.backends.ray import _keep
+    from runoff.training.checkpoints import checkpoint_bytes, write_checkpoint_bytes
 
     data = checkpoint_bytes({"format": "runoff-checkpoint", "epoch": 3})
     out = {"ids": [2, 3], "logits": np.ones((4, 2, 2), dtype=np.float32), "checkpoint": data}

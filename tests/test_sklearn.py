@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from adversary import find_attack, plain_predict  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.linear_model import LogisticRegression, RidgeClassifier  # noqa: E402
 from sklearn.tree import DecisionTreeClassifier  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import runoff  # noqa: E402
-from adversary import find_attack, plain_predict  # noqa: E402
 from runoff.errors import InvalidParameterError  # noqa: E402
 from runoff.sklearn import ConstantModel, PartitionEnsembleClassifier, row_hashes  # noqa: E402
 

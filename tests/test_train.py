@@ -14,11 +14,19 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
+from runoff.data.partition import hash_samples, make_plan  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError  # noqa: E402
 from runoff.training.models import BatchedNet, architecture  # noqa: E402
-from runoff.data.partition import hash_samples, make_plan  # noqa: E402
-from runoff.training.trainer import (Recipe, augment_batch, collect_logits, draw_epoch, load_checkpoint,  # noqa: E402
-                          model_seed, save_checkpoint, train_ensemble)
+from runoff.training.trainer import (  # noqa: E402
+    Recipe,
+    augment_batch,
+    collect_logits,
+    draw_epoch,
+    load_checkpoint,
+    model_seed,
+    save_checkpoint,
+    train_ensemble,
+)
 
 # One thread: tiny workloads run as fast, and timings do not collapse when other processes
 # share the cores (OpenMP threads spin-wait under oversubscription).
@@ -147,7 +155,13 @@ def test_same_layout_gives_the_same_bits(digits):
 
 
 def test_default_layout_depends_on_plan_recipe_and_device_type_only():
-    from runoff.training.trainer import CPU_CHUNK_CAP, CUDA_CHUNK_CAP, default_chunk_size, recipe_for, run_chunks
+    from runoff.training.trainer import (
+        CPU_CHUNK_CAP,
+        CUDA_CHUNK_CAP,
+        default_chunk_size,
+        recipe_for,
+        run_chunks,
+    )
 
     train, _ = load_dataset("digits")
     rec = recipe_for("digits")

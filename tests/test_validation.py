@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 import runoff
-from runoff import InvalidLabelsError, InvalidParameterError, InvalidScoresError, RunoffError
+from runoff import (
+    InvalidLabelsError,
+    InvalidParameterError,
+    InvalidScoresError,
+    RunoffError,
+)
 
 RNG = np.random.default_rng(0)
 GOOD = RNG.normal(size=(4, 6, 3))

@@ -20,7 +20,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .data.datasets import DATASETS
+from .data.partition import IMAGE_HASHES
 from .errors import InvalidParameterError, RunoffError, one_line, require
+from .training.backends import BACKENDS
 
 _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
 _DEBUG_HELP = "on an unexpected error, show the traceback (for bug reports); also RUNOFF_DEBUG=1"
@@ -54,7 +57,30 @@ def _method_list(text: str) -> list[str]:
     if any(not m for m in names):
         raise argparse.ArgumentTypeError(f"empty entry in {text!r}; give method names separated by commas, "
                                          "e.g. dpa,dpa-roe")
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(_method_name(m) for m in names))
+
+
+def _method_name(text: str) -> str:
+    """One method name, in any of its spellings; an unknown one gets "did you mean"."""
+    from .checks import check_method
+
+    try:
+        return check_method(text)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _one_of(what: str, choices):
+    """An argparse type accepting one of ``choices``; an unknown name gets "did you mean"."""
+    from .checks import check_choice
+
+    def parse(text: str) -> str:
+        try:
+            return check_choice(text, what, choices)
+        except InvalidParameterError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _number(text: str) -> float:
@@ -69,10 +95,16 @@ def _number(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------- option checks
-def _at_least(value, option: str, low, what: str = "an integer") -> None:
-    """Refuse ``value < low`` (None: the option was not given)."""
-    if value is not None and not value >= low:
-        raise InvalidParameterError(f"{option} must be {what} >= {low}; got {value:g}")
+def _at_least(value, option: str, low, unit: str | None = None, *, integer: bool = True) -> None:
+    """Refuse ``value < low`` (None: the option was not given), in the words of runoff.checks."""
+    from .checks import check_int, check_number
+
+    if value is None:
+        return
+    if integer:
+        check_int(value, option, low=low)
+    else:
+        check_number(value, option, low=low, unit=unit)
 
 
 def _check_device(device: str, *, ray: bool = False) -> None:
@@ -231,13 +263,13 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--config", default=None,
                    help="a named configuration of the paper (runoff configs lists them); sets dataset, k, d, versions")
-    p.add_argument("--dataset", default=None, help="digits (embedded, default), mnist, cifar10 or gtsrb (files under --data-root)")
+    p.add_argument("--dataset", default=None, type=_one_of("data set", DATASETS), help="digits (embedded, default), mnist, cifar10 or gtsrb (files under --data-root)")
     p.add_argument("--k", type=int, default=None, help="number of partitions (required without --config)")
     p.add_argument("--d", type=int, default=None, help="FA spread degree (models per bucket); default 1 (DPA)")
     p.add_argument("--versions", type=int, default=None,
                    help="DPA*: train this many seed versions of the same partitions and sum their logits")
     p.add_argument("--version", type=int, default=1, help="ensemble version v: model j is seeded (j+1)*v*v")
-    p.add_argument("--hash", default="pixelsum", choices=["pixelsum", "sha256"],
+    p.add_argument("--hash", default="pixelsum", type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}",
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
@@ -249,7 +281,7 @@ def _add_train(sub) -> None:
                         "for both backends and any --workers")
     _add_training_options(p)
     g = p.add_argument_group("backend (where the chunks of models are trained)")
-    g.add_argument("--backend", default="local", choices=["local", "ray"],
+    g.add_argument("--backend", default="local", type=_one_of("backend", BACKENDS), metavar="{local,ray}",
                    help="local: this process (default); ray: each chunk is a Ray task (pip install 'runoff[ray]')")
     g.add_argument("--address", default=None,
                    help="Ray: join this running cluster (ray://head:10001, head:6379 or auto); default: a local Ray instance")
@@ -271,17 +303,14 @@ def _check_train_options(args) -> None:
     _at_least(args.version, "--version", 1)
     _at_least(args.epochs, "--epochs", 1)
     _at_least(args.chunk_size, "--chunk-size", 1)
-    _at_least(args.checkpoint_interval, "--checkpoint-interval", 0, "a number of seconds")
+    _at_least(args.checkpoint_interval, "--checkpoint-interval", 0, "seconds", integer=False)
     _at_least(args.workers, "--workers", 1)
     _at_least(args.max_retries, "--max-retries", 0)
-    _at_least(args.gpus_per_task, "--gpus-per-task", 0, "a number")
-    if args.cpus_per_task is not None and not args.cpus_per_task > 0:
-        raise InvalidParameterError(f"--cpus-per-task must be a number > 0; got {args.cpus_per_task:g}")
-    if args.dataset is not None:
-        from .data.datasets import DATASETS
+    _at_least(args.gpus_per_task, "--gpus-per-task", 0, integer=False)
+    if args.cpus_per_task is not None:
+        from .checks import check_number
 
-        if args.dataset not in DATASETS:
-            raise InvalidParameterError(f"--dataset {args.dataset}: unknown data set; known: {', '.join(DATASETS)}")
+        check_number(args.cpus_per_task, "--cpus-per-task", low=0, strict=True)
     ray_only = {"--address": args.address, "--workers": args.workers, "--gpus-per-task": args.gpus_per_task,
                 "--cpus-per-task": args.cpus_per_task, "--max-retries": args.max_retries}
     if args.backend == "local":
@@ -467,7 +496,7 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("run", help="run folder written by runoff train")
     p.add_argument("inputs", nargs="+", help="a .npy/.npz array of images, or image files and folders of images")
-    p.add_argument("--method", "-m", default=None,
+    p.add_argument("--method", "-m", default=None, type=_method_name,
                    help="dpa, dpa-roe, fa or fa-roe; default dpa-roe for d = 1, fa-roe for d > 1")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default cpu")
     p.add_argument("--out", default=None, help="write predictions and certificates to this .npz file")
