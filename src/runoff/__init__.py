@@ -17,6 +17,7 @@ from .errors import (
     MissingDependencyError,
     RunDirectoryError,
     RunoffError,
+    TrainingDivergedError,
 )
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "DataFileError",
     "BackendError",
+    "TrainingDivergedError",
     "MissingDependencyError",
     "__version__",
 ]

@@ -12,6 +12,7 @@ with status 141, as a tool stopped by SIGPIPE.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -248,7 +249,14 @@ def _print_evaluation(summary: dict, title: str) -> None:
 def _add_training_options(p) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default cpu")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="show no progress (neither bar nor lines)")
+    p.add_argument("--progress-interval", type=_number, default=30.0, metavar="SECONDS",
+                   help="when the output is not a terminal (a log file, a pipe), progress is printed as plain "
+                        "lines, at most one every SECONDS (and one per finished chunk); default 30")
+    p.add_argument("--on-nan", default="stop", type=_one_of("action", ("stop", "skip")),
+                   metavar="{stop,skip}",
+                   help="a base model whose training loss stops being finite: stop with an error naming it "
+                        "(default), or skip: train on, flag it in models.json and let it vote for class 0")
 
 
 def _add_train(sub) -> None:
@@ -273,6 +281,9 @@ def _add_train(sub) -> None:
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
+    p.add_argument("--json", action="store_true",
+                   help="print the end-of-run summary as JSON (models trained, resumed, kept, flagged, time, "
+                        "samples per second); progress then goes to standard error")
     p.add_argument("--checkpoint-interval", type=_number, default=10.0,
                    help="least seconds between two checkpoints of a chunk (0: after every epoch); default 10")
     p.add_argument("--chunk-size", type=int, default=None,
@@ -302,6 +313,7 @@ def _check_train_options(args) -> None:
     _at_least(args.versions, "--versions", 1)
     _at_least(args.version, "--version", 1)
     _at_least(args.epochs, "--epochs", 1)
+    _at_least(args.progress_interval, "--progress-interval", 0, "seconds", integer=False)
     _at_least(args.chunk_size, "--chunk-size", 1)
     _at_least(args.checkpoint_interval, "--checkpoint-interval", 0, "seconds", integer=False)
     _at_least(args.workers, "--workers", 1)
@@ -377,15 +389,21 @@ def _cmd_train(args) -> int:
     t0 = time.perf_counter()
     common = dict(dataset=cfg["dataset"], k=cfg["k"], epochs=args.epochs, hash=args.hash, device=args.device,
                   progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
-                  checkpoint_min_interval=args.checkpoint_interval, backend=backend)
+                  checkpoint_min_interval=args.checkpoint_interval, backend=backend, on_nan=args.on_nan,
+                  progress_interval=args.progress_interval)
     try:
-        res = _train(args, cfg, common)
+        # with --json, standard output carries the JSON alone: progress goes to standard error
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            res = _train(args, cfg, common)
     except KeyboardInterrupt:
         _interrupted(args.out)
         return 130
     n, m, c = res.scores.shape
-    if res.summary is not None:
-        print(res.summary.describe())
+    if args.json:
+        print(json.dumps({"run": str(args.out), "n_test": n, "logits": str(res.logits_path),
+                          **res.summary.to_dict()}, indent=2))
+        return 0
+    print(res.summary.describe())
     print(f"{m} base models ready in {time.perf_counter() - t0:.1f} s; logits of {n} test points: {res.logits_path}")
     print(f"next: runoff evaluate {args.out}")
     return 0
@@ -434,6 +452,10 @@ def _cmd_evaluate(args) -> int:
     else:
         s = ev.summary
         _print_evaluation(s, f"{args.run}: {s['dataset']}, k={s['k']}, d={s['d']}, {s['n_test']} test points")
+        if "base_models" in s:
+            from .training.health import describe
+
+            print(describe(s["base_models"]))
         print(f"wrote report.json, report.md, certificates.npz, certified_accuracy.png in {args.run}")
     return 0
 
@@ -457,6 +479,7 @@ def _cmd_demo(args) -> int:
     from .reporting.tables import require_matplotlib
 
     _at_least(args.epochs, "--epochs", 1)
+    _at_least(args.progress_interval, "--progress-interval", 0, "seconds", integer=False)
     _check_device(args.device)
     _require_training("runoff demo", "digits")
     require_matplotlib("runoff demo (its plot)")
@@ -465,7 +488,8 @@ def _cmd_demo(args) -> int:
 
     try:
         ev, timings, training = run_demo(args.out, device=args.device, progress=not args.no_progress,
-                                         epochs=args.epochs)
+                                         epochs=args.epochs, on_nan=args.on_nan,
+                                         progress_interval=args.progress_interval)
     except KeyboardInterrupt:
         _interrupted(args.out)
         return 130

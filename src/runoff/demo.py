@@ -25,7 +25,8 @@ DEMO_FA = {"k": 50, "d": 4}
 
 
 def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True, epochs: int | None = None,
-             dpa: dict | None = None, fa: dict | None = None) -> tuple[Evaluation, dict, dict]:
+             dpa: dict | None = None, fa: dict | None = None, on_nan: str = "stop",
+             progress_interval: float = 30.0) -> tuple[Evaluation, dict, dict]:
     """Train, certify and report; resumes (or reuses) runs already in ``out_dir``.
 
     Parameters
@@ -34,11 +35,13 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
         Gets the run folders ``dpa/`` and ``fa/`` and the combined report.
     device : str, default "cpu"
     progress : bool, default True
-        Progress bars, labelled ``DPA`` and ``FA``.
+        Progress, labelled ``DPA`` and ``FA``: bars on a terminal, plain lines otherwise.
     epochs : int, optional
         Overrides the digits recipe's epochs.
     dpa, fa : dict, optional
         ``{"k": ..., "d": ...}`` of each ensemble; default :data:`DEMO_DPA`, :data:`DEMO_FA`.
+    on_nan, progress_interval
+        As :func:`runoff.training.runs.train_run`.
 
     Returns
     -------
@@ -69,7 +72,8 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
     for name, cfg in (("dpa", dpa or DEMO_DPA), ("fa", fa or DEMO_FA)):
         t0 = time.perf_counter()
         res = train_run(out_dir / name, dataset="digits", k=cfg["k"], d=cfg["d"], epochs=epochs,
-                        device=device, progress=progress, label=name.upper())
+                        device=device, progress=progress, label=name.upper(), on_nan=on_nan,
+                        progress_interval=progress_interval)
         timings[f"train_{name}"] = time.perf_counter() - t0
         training[name] = res.summary
         evaluations.append(evaluate_run(out_dir / name))
@@ -91,10 +95,15 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
 
 
 def describe_training(name: str, seconds: float, summary) -> str:
-    """``DPA 9.4 s``, or ``DPA already trained`` when the call trained nothing (a rerun)."""
+    """``DPA 9.4 s``, or ``DPA already trained`` when the call trained nothing (a rerun), with
+    the flagged models if any (``DPA 9.4 s, 2 models flagged: 3 (diverged), 17 (at chance)``)."""
     if summary is not None and summary.trained == 0:
-        return f"{name} already trained"
-    text = f"{name} {seconds:.1f} s"
-    if summary is not None and (summary.resumed or summary.already_done):
-        text += " (resumed)"
+        text = f"{name} already trained"
+    else:
+        text = f"{name} {seconds:.1f} s"
+        if summary is not None and (summary.resumed or summary.already_done):
+            text += " (resumed)"
+    if summary is not None and summary.flagged:
+        shown = ", ".join(f"{j} ({why})" for j, why in list(summary.flagged.items())[:5])
+        text += f", {len(summary.flagged)} model{'s' if len(summary.flagged) > 1 else ''} flagged: {shown}"
     return text

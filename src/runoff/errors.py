@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "DataFileError",
     "BackendError",
+    "TrainingDivergedError",
     "MissingDependencyError",
     "require",
     "one_line",
@@ -68,6 +69,12 @@ class DataFileError(RunoffError):
 class BackendError(RunoffError):
     """A training backend cannot run: Ray missing or unreachable, too few resources, or a
     chunk that failed on every retry (finished chunks stay saved; rerunning resumes)."""
+
+
+class TrainingDivergedError(RunoffError):
+    """A base model's training loss stopped being finite (the recipe's learning rate is too
+    high for its data, or the data hold extreme values). The chunk's last checkpoint is kept;
+    ``on_nan="skip"`` (``--on-nan skip``) trains on and flags such models instead."""
 
 
 class MissingDependencyError(RunoffError, ImportError):

@@ -7,6 +7,7 @@ A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff r
       plan.json            the partition plan, with the training recipe and seeds
       checkpoints/         models-FIRST-LAST.pt, one per chunk of base models
       logits.npz           scores (N, M, C) float32 and labels (N,) int64 of the test set
+      models.json          each base model's training loss and accuracy, and flagged models
       certificates.npz     predictions and certificates per method (runoff evaluate)
       report.json  report.md  certified_accuracy.png    (runoff evaluate)
       v1/ ... vV/          DPA* only: one complete run per seed version; the top folder's
@@ -36,6 +37,7 @@ __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
     "ACCURACY_PLOT",
+    "MODELS_FILE",
     "HISTOGRAM_PLOT",
 ]
 
@@ -47,6 +49,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ACCURACY_PLOT = "certified_accuracy.png"
 HISTOGRAM_PLOT = "certificates_hist.png"
+MODELS_FILE = "models.json"
 
 
 def version_dir_name(v: int) -> str:
@@ -164,6 +167,27 @@ class RunFolder:
     def write_logits(self, scores, labels) -> Path:
         """Write ``scores`` (as float32) and ``labels`` (as int64), atomically."""
         return save_logits(self.logits_path, scores, labels)
+
+    # ------------------------------------------------------------------ model health
+    @property
+    def models_path(self) -> Path:
+        return self.path / MODELS_FILE
+
+    def read_health(self):
+        """The run's :class:`~runoff.training.health.RunHealth`, or None when it has no
+        ``models.json`` (trained before runoff recorded model health, or a DPA* top folder)."""
+        from .training.health import RunHealth
+
+        if not self.models_path.is_file():
+            return None
+        try:
+            return RunHealth.from_json(self.models_path.read_text(), source=str(self.models_path))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise RunDirectoryError(str(exc)) from None
+
+    def write_health(self, health) -> Path:
+        atomic_write_text(self.models_path, health.to_json())
+        return self.models_path
 
     # ------------------------------------------------------------------ reports
     def write_text(self, kind: str, text: str) -> Path:

@@ -18,6 +18,7 @@ from ..certificates import certified_accuracy
 from ..data.configs import CONFIGS, Config
 from ..errors import RunDirectoryError
 from ..run_folder import ACCURACY_PLOT, HISTOGRAM_PLOT, REPORT_JSON, REPORT_MD
+from ..training.health import describe as describe_health
 from .evaluation import check_budget_list, evaluate_run, make_folder
 
 __all__ = ["matching_config", "compare_runs", "run_labels"]
@@ -123,7 +124,8 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
                 b_acc = 100 * certified_accuracy(ev.results[base].predictions, ev.results[base].certificates, labels, budgets)
                 col["roe_gain"] = {int(b): float(a - c) for b, a, c in zip(budgets, acc, b_acc)}
             columns[key] = col
-    report = {"budgets": budgets.tolist(), "n_test": int(labels.size), "columns": columns}
+    report = {"budgets": budgets.tolist(), "n_test": int(labels.size), "columns": columns,
+              "base_models": {name: ev.summary.get("base_models") for name, ev in zip(names, evaluations)}}
     if out_dir is not None:
         out = make_folder(out_dir, "the report folder")
         atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
@@ -150,4 +152,5 @@ def markdown_comparison(report: dict) -> str:
         lines.append(f"| {key} | {col['clean']:.2f}% | " + " | ".join(cells) + " |")
     note = ("\nCertified accuracy at budget B; (+x.xx): points gained by ROE over the same ensemble's "
             "plurality vote; [paper]: the paper's figure for the matching configuration.\n")
-    return "\n".join(lines) + "\n" + note
+    health = [f"- {name}: {describe_health(h)}" for name, h in report.get("base_models", {}).items() if h]
+    return "\n".join(lines) + "\n" + note + ("\nBase models:\n" + "\n".join(health) + "\n" if health else "")

@@ -19,6 +19,7 @@ from ..checks import check_budgets, check_labels, check_methods, methods_for
 from ..errors import RunDirectoryError
 from ..logits_io import save_certificates
 from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
+from ..training.health import describe as describe_health
 from .tables import (
     default_budgets,
     markdown_table,
@@ -28,7 +29,7 @@ from .tables import (
 )
 
 __all__ = ["Evaluation", "methods_for", "evaluate_logits", "evaluate_run", "write_report", "check_budget_list",
-           "make_folder"]
+           "make_folder", "base_model_health"]
 
 
 
@@ -58,7 +59,8 @@ def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | N
     save_certificates(out_dir / CERTIFICATES_FILE, evaluation.results, labels=evaluation.labels,
                       budgets=evaluation.budgets)
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary))
+    health = "" if "base_models" not in summary else f"Base models: {describe_health(summary['base_models'])}.\n"
+    atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary) + health)
     plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / ACCURACY_PLOT, title=title)
     return out_dir
 
@@ -120,6 +122,26 @@ def evaluate_logits(scores, labels=None, *, methods=None, d: int = 1, spread=Non
     return Evaluation(results=results, labels=labels, budgets=budgets, summary=summary)
 
 
+def base_model_health(folder) -> dict | None:
+    """A run's model health summary (:meth:`~runoff.training.health.RunHealth.summary`), or None
+    when it was trained before runoff recorded it. A DPA* folder gathers its versions' figures,
+    flags keyed ``"v2/17"``."""
+    from ..training.health import RunHealth
+
+    health = folder.read_health()
+    if health is not None:
+        return health.summary()
+    names = folder.read_plan_json().get("version_dirs") or []
+    parts = [(name, folder.version(int(name[1:])).read_health()) for name in names if name[1:].isdigit()]
+    if not parts or any(h is None for _, h in parts):
+        return None
+    merged = RunHealth(np.concatenate([h.loss for _, h in parts]), np.concatenate([h.accuracy for _, h in parts]),
+                       np.concatenate([h.majority for _, h in parts]))
+    summary = merged.summary()
+    summary["flagged"] = {f"{name}/{j}": why for name, h in parts for j, why in h.flags().items()}
+    return summary
+
+
 def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True) -> Evaluation:
     """Certify the logits of a run directory and (by default) write its report there.
 
@@ -154,6 +176,9 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     evaluation = evaluate_logits(scores, labels, methods=methods, d=plan.d, spread=list(plan.spread),
                                  budgets=budgets, n_jobs=n_jobs)
     evaluation.summary.update(dataset=plan.dataset, k=plan.k, n_test=int(scores.shape[0]), hash=plan.hash)
+    health = base_model_health(folder)
+    if health is not None:
+        evaluation.summary["base_models"] = health
     if write:
         title = f"{plan.dataset}: k={plan.k}" + (f", d={plan.d}" if plan.d > 1 else "")
         write_report(run_dir, evaluation, title=title)

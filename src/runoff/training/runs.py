@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_int, check_number
+from ..checks import check_choice, check_int, check_number
 from ..errors import InvalidParameterError, RunDirectoryError
 from ..run_folder import RunFolder
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
+from .health import RunHealth
 from .summary import TrainingSummary
 
 __all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions"]
@@ -37,6 +38,9 @@ class RunResult:
     labels : numpy.ndarray of int64, shape (N,)
     summary : TrainingSummary
         What the call trained, kept and retried, and its time.
+    health : RunHealth or None
+        Each base model's training figures and the flagged models (None for DPA*'s merged
+        result: each version folder has its own).
     """
 
     run_dir: Path
@@ -44,6 +48,7 @@ class RunResult:
     scores: np.ndarray
     labels: np.ndarray
     summary: TrainingSummary | None = None
+    health: RunHealth | None = None
 
     @property
     def logits_path(self) -> Path:
@@ -69,6 +74,8 @@ def train_run(
     checkpoint_min_interval: float = 10.0,
     backend="local",
     label: str | None = None,
+    on_nan: str = "stop",
+    progress_interval: float = 30.0,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -91,7 +98,8 @@ def train_run(
     hash : {"pixelsum", "sha256"}, default "pixelsum"
     device : {"cpu", "cuda", "cuda:N"}, default "cpu"
     progress : bool, default True
-        Rich progress bar while training.
+        Show progress: a rich bar on a terminal; plain lines (at most one every
+        ``progress_interval`` seconds, and one per finished chunk) in a log or pipe.
     chunk_size : int, optional
         Most models per chunk (default: :func:`runoff.training.trainer.default_chunk_size`,
         from the plan, recipe and device type only).
@@ -113,15 +121,25 @@ def train_run(
         logits; a run folder started by one can be resumed by the other.
     label : str, optional
         Name shown on the progress bar (e.g. "DPA"), for callers that train several runs.
+    on_nan : {"stop", "skip"}, default "stop"
+        A base model whose training loss stops being finite raises
+        :class:`~runoff.errors.TrainingDivergedError` naming it (``"stop"``), or is trained on
+        and flagged (``"skip"``); a diverged model's test logits are written as zeros, so it
+        votes for class 0 (certificates hold whatever a model outputs).
+    progress_interval : float, default 30.0
+        Seconds between plain progress lines.
 
     Returns
     -------
     RunResult
+        With ``health`` (each model's training figures, also written to ``models.json``).
 
     Raises
     ------
     InvalidParameterError
         Unknown data set or backend, k / d / hash / spread out of range, CUDA asked without CUDA.
+    TrainingDivergedError
+        A model's training loss stopped being finite (``on_nan="stop"``).
     MissingDependencyError
         Ray asked for but not installed.
     BackendError
@@ -134,7 +152,8 @@ def train_run(
     t0 = time.perf_counter()
     backend = resolve_backend(backend)
     _check_run_options(seed_version=seed_version, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
-                       checkpoint_min_interval=checkpoint_min_interval)
+                       checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
+                       progress_interval=progress_interval)
     folder = RunFolder(run_dir)
     # Everything is checked, and the cluster reached, before the first file is written: a
     # command that fails leaves nothing behind that would block the corrected one.
@@ -151,43 +170,53 @@ def train_run(
         job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
                           seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
-                          progress=progress, label=label)
+                          progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval))
         trained = backend.train(job)
-    scores = _assemble(trained, plan, n_test=len(test.labels))
+    health = RunHealth.from_chunks(trained.chunks, plan.n_models)
+    scores = _assemble(trained, plan, n_test=len(test.labels), silenced=health.diverged)
     labels = test.labels.copy()
     folder.write_logits(scores, labels)
-    summary = _summarize(trained, backend, plan, recipe, seconds=time.perf_counter() - t0)
-    return RunResult(run_dir=folder.path, plan=plan, scores=scores, labels=labels, summary=summary)
+    folder.write_health(health)
+    summary = _summarize(trained, backend, plan, recipe, seconds=time.perf_counter() - t0, health=health)
+    return RunResult(run_dir=folder.path, plan=plan, scores=scores, labels=labels, summary=summary, health=health)
 
 
-def _assemble(trained: TrainedChunks, plan, *, n_test: int) -> np.ndarray:
-    """Every chunk's logits in one (N, k*d, C) float32 array."""
+def _assemble(trained: TrainedChunks, plan, *, n_test: int, silenced=()) -> np.ndarray:
+    """Every chunk's logits in one (N, k*d, C) float32 array; ``silenced`` (diverged) models
+    get zeros: their outputs mean nothing, and a constant vote keeps the certificates sound."""
     scores = np.zeros((n_test, plan.n_models, plan.n_classes), dtype=np.float32)
     for chunk in trained.chunks:
         scores[:, chunk.ids] = chunk.logits
+    scores[:, list(silenced)] = 0.0
     return scores
 
 
-def _summarize(trained: TrainedChunks, backend: Backend, plan, recipe, *, seconds: float) -> TrainingSummary:
+def _summarize(trained: TrainedChunks, backend: Backend, plan, recipe, *, seconds: float,
+               health: RunHealth) -> TrainingSummary:
     """What this call did, counted from the chunks the backend returned."""
     epochs = recipe.epochs
 
     def models(pred):
         return sum(len(c.ids) for c in trained.chunks if pred(c))
 
+    samples = sum(len(plan.subsets[j]) * max(0, epochs - c.start_epoch) for c in trained.chunks for j in c.ids)
     return TrainingSummary(
         backend=backend.name, n_models=plan.n_models, chunks=len(trained.chunks), workers=trained.workers,
         trained=models(lambda c: c.start_epoch < epochs),
         resumed=models(lambda c: 0 < c.start_epoch < epochs),
         already_done=models(lambda c: c.start_epoch >= epochs),
-        retries=sum(c.attempts - 1 for c in trained.chunks), seconds=seconds,
+        retries=sum(c.attempts - 1 for c in trained.chunks), seconds=seconds, samples=samples,
+        flagged={str(j): why for j, why in health.flags().items()},
     )
 
 
-def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint_min_interval):
+def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint_min_interval, on_nan="stop",
+                       progress_interval=30.0):
     """The scalar options of :func:`train_run`, checked before any data is read."""
-    from .trainer import check_chunk_size
+    from .trainer import ON_NAN, check_chunk_size
 
+    check_choice(on_nan, "on_nan", ON_NAN)
+    check_number(progress_interval, "progress_interval", low=0, unit="seconds")
     check_int(seed_version, "seed_version", low=1)
     check_int(checkpoint_every, "checkpoint_every", low=1)
     check_chunk_size(chunk_size)
@@ -292,7 +321,9 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     label = train_kwargs.pop("label", None) or "DPA*"
     _check_run_options(seed_version=1, chunk_size=train_kwargs.get("chunk_size"),
                        checkpoint_every=train_kwargs.get("checkpoint_every", 1),
-                       checkpoint_min_interval=train_kwargs.get("checkpoint_min_interval", 10.0))
+                       checkpoint_min_interval=train_kwargs.get("checkpoint_min_interval", 10.0),
+                       on_nan=train_kwargs.get("on_nan", "stop"),
+                       progress_interval=train_kwargs.get("progress_interval", 30.0))
     with backend.session():
         backend.check(train_kwargs.get("device", "cpu"))
         top = _dpa_star_plan(dataset, k, versions, train_kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = ["TrainingSummary"]
 
@@ -30,6 +30,11 @@ class TrainingSummary:
         Chunks that could run at once.
     seconds : float
         Wall time of the call, training and test logits.
+    samples : int
+        Training samples processed in this call (each trained model's subset size times the
+        epochs it trained).
+    flagged : dict of str to str
+        Models to distrust (``"diverged"``, ``"at chance"``) by model id (``"v2/17"`` for DPA*).
     """
 
     backend: str
@@ -41,18 +46,29 @@ class TrainingSummary:
     retries: int
     workers: int
     seconds: float
+    samples: int = 0
+    flagged: dict = field(default_factory=dict)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
     @classmethod
-    def total(cls, summaries) -> "TrainingSummary":
-        """One summary for several calls (DPA*'s versions): counts and times added up."""
+    def total(cls, summaries, names=None) -> "TrainingSummary":
+        """One summary for several calls (DPA*'s versions): counts and times added up; flags
+        are keyed ``"{name}/{model}"`` with ``names`` (default ``v1``, ``v2``, ...)."""
         summaries = list(summaries)
+        names = names or [f"v{v}" for v in range(1, len(summaries) + 1)]
         first = summaries[0]
         counts = {f: sum(getattr(s, f) for s in summaries)
-                  for f in ("n_models", "trained", "resumed", "already_done", "chunks", "retries", "seconds")}
-        return cls(backend=first.backend, workers=max(s.workers for s in summaries), **counts)
+                  for f in ("n_models", "trained", "resumed", "already_done", "chunks", "retries", "seconds",
+                            "samples")}
+        flagged = {f"{name}/{j}": why for name, s in zip(names, summaries) for j, why in s.flagged.items()}
+        return cls(backend=first.backend, workers=max(s.workers for s in summaries), flagged=flagged, **counts)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready, with ``samples_per_second``."""
+        return {**asdict(self), "samples_per_second": round(self.samples_per_second, 1)}
 
     def describe(self) -> str:
         """One line for people: what was trained, what was kept, retries, time."""
@@ -64,4 +80,8 @@ class TrainingSummary:
         parts.append(f"{self.chunks} chunk{'s' if self.chunks != 1 else ''} on {self.workers} "
                      f"worker{'s' if self.workers != 1 else ''} ({self.backend})")
         parts.append(f"{self.retries} retr{'ies' if self.retries != 1 else 'y'}")
+        if self.flagged:
+            shown = ", ".join(f"{j} ({why})" for j, why in list(self.flagged.items())[:10])
+            more = f" and {len(self.flagged) - 10} more" if len(self.flagged) > 10 else ""
+            parts.append(f"{len(self.flagged)} model{'s' if len(self.flagged) != 1 else ''} flagged: {shown}{more}")
         return f"{'; '.join(parts)}; {self.seconds:.1f} s"

@@ -52,7 +52,7 @@ from ..checks import check_choice, check_int, check_number
 from ..data.configs import PAPER_RECIPES
 from ..data.datasets import Dataset
 from ..data.partition import PartitionPlan
-from ..errors import CheckpointError, InvalidParameterError
+from ..errors import CheckpointError, InvalidParameterError, TrainingDivergedError
 from .checkpoints import (  # noqa: F401
     checkpoint_path,
     chunk_layout,
@@ -340,6 +340,11 @@ class _Chunk:
         self.params = list(self.net.weights)
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.epoch = 0
+        # each model's mean training loss and accuracy over its last epoch's batches (NaN
+        # before the first epoch), and the models whose loss stopped being finite
+        self.loss = torch.full((len(self.model_ids),), math.nan, dtype=torch.float64)
+        self.accuracy = torch.full((len(self.model_ids),), math.nan, dtype=torch.float64)
+        self.diverged: list[int] = []
 
     def state(self, key: str) -> dict:
         return {
@@ -351,6 +356,7 @@ class _Chunk:
             "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
             "momentum": [b.detach().cpu() for b in self.bufs],
             "generators": [g.get_state() for g in self.generators],
+            "health": {"loss": self.loss.clone(), "accuracy": self.accuracy.clone(), "diverged": list(self.diverged)},
         }
 
     def restore(self, obj: dict, path, key: str) -> None:
@@ -380,9 +386,24 @@ class _Chunk:
                 g.set_state(s)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise bad(f"does not match the run ({exc})") from None
-        if not all(torch.isfinite(t).all() for t in self.net.state_dict().values() if t.is_floating_point()):
+        self._restore_health(obj.get("health"), bad)
+        kept = [e for e, j in enumerate(self.model_ids) if j not in self.diverged]
+        if not all(torch.isfinite(t).all() for e in kept for t in self.net.model_state(e).values()
+                   if t.is_floating_point()):
             raise bad("holds non-finite values")
         self.epoch = epoch
+
+    def _restore_health(self, health, bad) -> None:
+        if health is None:  # written before runoff recorded model health: unknown until trained on
+            return
+        try:
+            loss, acc = health["loss"].to(torch.float64), health["accuracy"].to(torch.float64)
+            diverged = [int(j) for j in health["diverged"]]
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise bad(f"unreadable model health ({exc})") from None
+        if loss.shape != self.loss.shape or acc.shape != self.accuracy.shape or not set(diverged) <= set(self.model_ids):
+            raise bad("model health of the wrong shape")
+        self.loss, self.accuracy, self.diverged = loss, acc, diverged
 
 
 def _steps_per_epoch(sizes, batch_size: int) -> int:
@@ -395,7 +416,11 @@ def chunk_steps(plan: PartitionPlan, ids, recipe: Recipe) -> int:
 
 
 def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> None:
-    """One epoch of every model of the chunk, batched. X uint8 (n, C, H, W) on device."""
+    """One epoch of every model of the chunk, batched. X uint8 (n, C, H, W) on device.
+
+    Also sets ``chunk.loss`` and ``chunk.accuracy``: each model's mean loss and accuracy over
+    this epoch's batches (augmented rows, training mode), from values the step computes anyway.
+    """
     recipe = chunk.recipe
     net = chunk.net
     dev = X.device
@@ -421,6 +446,8 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
     mean4 = mean[None, :, :, None, None]
     std4 = std[None, :, :, None, None]
     net.train()
+    loss_sum = torch.zeros(e_count, dtype=torch.float64, device=dev)
+    correct = torch.zeros(e_count, dtype=torch.int64, device=dev)
     for t in range(n_steps):
         sl = slice(t * bsz, (t + 1) * bsz)
         rows, m = idx[sl], valid[sl]
@@ -436,8 +463,15 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
         loss = (sum_rows(ce.reshape(bsz, e_count) * mf) / count.clamp_min(1)).sum()
         grads = torch.autograd.grad(loss, chunk.params)
         _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
+        with torch.no_grad():  # health figures only; nothing here feeds back into training
+            loss_sum += (ce.detach().reshape(bsz, e_count) * mf).sum(dim=0, dtype=torch.float64)
+            hits = logits.detach().reshape(bsz, e_count, -1).argmax(dim=2) == Y[rows]
+            correct += (hits & m).sum(dim=0)
         if on_step is not None:
             on_step()
+    size = torch.tensor(sizes, dtype=torch.float64).clamp_min(1)
+    chunk.loss = loss_sum.cpu() / size
+    chunk.accuracy = correct.cpu().to(torch.float64) / size
     chunk.epoch += 1
 
 
@@ -534,6 +568,7 @@ class ChunkResult:
     net: BatchedNet
     start_epoch: int
     epochs: int
+    health: dict | None = None
 
     @property
     def trained(self) -> bool:
@@ -566,6 +601,7 @@ def train_chunk(
     checkpoint_every: int = 1,
     checkpoint_min_interval: float = 10.0,
     on_progress=None,
+    on_nan: str = "stop",
 ) -> ChunkResult:
     """Train one chunk of base models together, resuming from its checkpoint if there is one.
 
@@ -582,11 +618,18 @@ def train_chunk(
         Called as ``on_progress(done, total)`` with the chunk's training steps done so far
         (absolute, counting epochs restored from the checkpoint) after the restore and after
         every step.
+    on_nan : {"stop", "skip"}, default "stop"
+        What a non-finite training loss does: ``"stop"`` raises
+        :class:`~runoff.errors.TrainingDivergedError` naming the models, before the epoch is
+        checkpointed; ``"skip"`` trains on and records them as diverged (``health``).
 
     Returns
     -------
     ChunkResult
+        With ``health``: each model's final training loss and accuracy, its subset's majority
+        share and the diverged models (see :func:`model_health`).
     """
+    on_nan = check_choice(on_nan, "on_nan", ON_NAN)
     dev = resolve_device(device)
     ids = [int(j) for j in ids]
     if not ids or ids != list(range(ids[0], ids[0] + len(ids))):
@@ -615,6 +658,7 @@ def train_chunk(
     with _deterministic(dev):
         while chunk.epoch < recipe.epochs:
             _train_epoch(chunk, data.X, data.Y, subsets, mean, std, on_step=step)
+            _check_divergence(chunk, on_nan)
             if path is None:
                 continue
             due = chunk.epoch % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_min_interval
@@ -622,32 +666,89 @@ def train_chunk(
                 save_checkpoint(path, chunk.state(key))
                 last_save = time.monotonic()
     chunk.net.eval()
-    return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs)
+    return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs,
+                       health=model_health(chunk, data))
+
+
+#: What a non-finite training loss does (``train_chunk``'s ``on_nan``, ``--on-nan``).
+ON_NAN = ("stop", "skip")
+
+
+def _check_divergence(chunk: _Chunk, on_nan: str) -> None:
+    """After an epoch: models whose loss is not finite stop the chunk, or are recorded."""
+    bad = [j for j, loss in zip(chunk.model_ids, chunk.loss.tolist()) if not math.isfinite(loss)]
+    new = [j for j in bad if j not in chunk.diverged]
+    if not new:
+        return
+    if on_nan == "stop":
+        raise TrainingDivergedError(
+            f"base model{'s' if len(new) > 1 else ''} {', '.join(map(str, new))} diverged in epoch {chunk.epoch} "
+            f"(training loss not finite; learning rate {chunk.recipe.lr_at(chunk.epoch - 1):g}); the chunk's last "
+            "checkpoint is kept. Lower the learning rate, or train on and flag them with --on-nan skip")
+    chunk.diverged.extend(new)
+
+
+def model_health(chunk: _Chunk, data: TrainingSet) -> dict:
+    """Each model's training figures from its last epoch, and the models to distrust.
+
+    Returns
+    -------
+    dict
+        ``ids``, ``loss`` and ``accuracy`` (lists of float, NaN where unknown: a checkpoint
+        written before runoff recorded them), ``majority`` (share of its subset's most
+        frequent label), and ``diverged`` (ids whose loss stopped being finite).
+    """
+    majority = []
+    for j in chunk.model_ids:
+        labels = data.Y[data.subsets[j].to(data.Y.device)]
+        majority.append(float(torch.bincount(labels).max() / labels.numel()) if labels.numel() else 1.0)
+    return {"ids": list(chunk.model_ids), "loss": chunk.loss.tolist(), "accuracy": chunk.accuracy.tolist(),
+            "majority": majority, "diverged": list(chunk.diverged)}
 
 
 def trained_chunks(plan: PartitionPlan, data: TrainingSet, chunks, *, recipe: Recipe, seed_version: int,
                    device, checkpoint_dir, checkpoint_every: int, checkpoint_min_interval: float,
-                   progress: bool, label: str | None):
+                   progress: bool, label: str | None, progress_interval: float | None = None,
+                   on_nan: str = "stop"):
     """Train ``chunks`` one after another in this process, yielding each :class:`ChunkResult`.
 
     The shared loop of :func:`train_ensemble` and the local backend: one progress display
     over all chunks; the caller decides what to keep of each trained chunk.
     """
-    from .progress import TrainingProgress
+    from .progress import DEFAULT_INTERVAL, TrainingProgress
 
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
-    with TrainingProgress(sum(steps), enabled=progress, label=label) as bar:
+    samples = sum(len(plan.subsets[j]) for ids in chunks for j in ids) * recipe.epochs
+    interval = DEFAULT_INTERVAL if progress_interval is None else progress_interval
+    with TrainingProgress(sum(steps), n_models=sum(map(len, chunks)), samples=samples, enabled=progress,
+                          label=label, interval=interval) as bar:
         for i, ids in enumerate(chunks):
             base = sum(steps[:i])
             bar.update(base, f"chunk {i + 1}/{len(chunks)}")
-            yield train_chunk(
+            res = train_chunk(
                 plan, data, ids, recipe=recipe, seed_version=seed_version, device=device,
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                checkpoint_min_interval=checkpoint_min_interval,
-                on_progress=lambda done, _total, base=base: bar.update(base + done),
+                checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
+                on_progress=_ChunkProgress(bar, base),
             )
+            bar.chunk_finished(res.ids, i, len(chunks))
+            yield res
+
+
+class _ChunkProgress:
+    """``on_progress`` of one chunk on a shared display: the first call reports what its
+    checkpoint had already done (not this call's speed), the others its steps."""
+
+    def __init__(self, bar, base: int):
+        self.bar, self.base, self.first = bar, base, True
+
+    def __call__(self, done: int, _total: int) -> None:
+        if self.first:
+            self.bar.resumed(done)
+            self.first = False
+        self.bar.update(self.base + done)
 
 
 def train_ensemble(
@@ -666,6 +767,8 @@ def train_ensemble(
     on_chunk=None,
     label: str | None = None,
     chunks=None,
+    on_nan: str = "stop",
+    progress_interval: float | None = None,
 ):
     """Train the base models of a plan, batched, resuming from checkpoints when present.
 
@@ -694,7 +797,7 @@ def train_ensemble(
         written (0: every ``checkpoint_every`` epochs). Keeps short epochs from spending
         their time writing checkpoints; any checkpoint resumes bit for bit.
     progress : bool, default True
-        Show a rich progress bar.
+        Show progress: a rich bar on a terminal, plain lines otherwise.
     model_ids : sequence of int, optional
         Train only these base models (default: all ``k*d``).
     on_chunk : callable, optional
@@ -704,6 +807,11 @@ def train_ensemble(
     chunks : list of list of int, optional
         The layout to train in, from :func:`run_chunks` (overrides ``chunk_size`` and
         ``model_ids``); the pipeline computes it once and hands it to whichever backend runs.
+    on_nan : {"stop", "skip"}, default "stop"
+        A model whose training loss is not finite stops training (``"stop"``,
+        :class:`~runoff.errors.TrainingDivergedError`) or is trained on and flagged.
+    progress_interval : float, optional
+        Seconds between plain progress lines when the output is not a terminal (default 30).
 
     Returns
     -------
@@ -725,7 +833,8 @@ def train_ensemble(
     results = []
     for res in trained_chunks(plan, TrainingSet(plan, train, dev), chunks, recipe=recipe, seed_version=seed_version,
                               device=dev, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                              checkpoint_min_interval=checkpoint_min_interval, progress=progress, label=label):
+                              checkpoint_min_interval=checkpoint_min_interval, progress=progress, label=label,
+                              progress_interval=progress_interval, on_nan=on_nan):
         results.append((res.ids, res.net))
         if on_chunk is not None:
             on_chunk(res)

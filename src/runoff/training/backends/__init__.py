@@ -51,9 +51,13 @@ class TrainingJob:
     checkpoint_min_interval : float
         Least seconds between two checkpoints of a chunk.
     progress : bool
-        Show progress.
+        Show progress (a bar on a terminal, plain lines otherwise).
     label : str or None
         Name on the progress display.
+    progress_interval : float
+        Seconds between plain progress lines.
+    on_nan : {"stop", "skip"}
+        What a non-finite training loss does (see :func:`runoff.training.trainer.train_chunk`).
     """
 
     plan: Any
@@ -68,6 +72,8 @@ class TrainingJob:
     checkpoint_min_interval: float = 10.0
     progress: bool = True
     label: str | None = None
+    progress_interval: float = 30.0
+    on_nan: str = "stop"
 
 
 @dataclass
@@ -84,12 +90,15 @@ class ChunkLogits:
         epochs: finished before, not trained again).
     attempts : int
         Times the chunk was started (above 1 after a retry).
+    health : dict or None
+        Its models' training figures (:func:`runoff.training.trainer.model_health`).
     """
 
     ids: list
     logits: np.ndarray
     start_epoch: int
     attempts: int = 1
+    health: dict | None = None
 
 
 @dataclass

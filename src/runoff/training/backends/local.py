@@ -34,7 +34,9 @@ class LocalBackend:
                                   seed_version=job.seed_version, device=dev, checkpoint_dir=job.checkpoint_dir,
                                   checkpoint_every=job.checkpoint_every,
                                   checkpoint_min_interval=job.checkpoint_min_interval,
-                                  progress=job.progress, label=job.label):
+                                  progress=job.progress, label=job.label,
+                                  progress_interval=job.progress_interval, on_nan=job.on_nan):
             logits = chunk_logits(res.net, res.ids, job.plan, job.test.images, device=dev)
-            out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch))
+            out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch,
+                                          health=res.health))
         return out

@@ -231,6 +231,7 @@ class _TaskSpec:
     checkpoint_every: int
     checkpoint_min_interval: float
     threads: int
+    on_nan: str = "stop"
 
 
 def _run_chunk(plan, train, test_images, spec: _TaskSpec, tracker):
@@ -252,10 +253,11 @@ def _run_chunk(plan, train, test_images, spec: _TaskSpec, tracker):
 
     res = train_chunk(plan, train, spec.ids, recipe=spec.recipe, seed_version=spec.seed_version,
                       device=spec.device, checkpoint_dir=spec.checkpoint_dir, checkpoint_every=spec.checkpoint_every,
-                      checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report)
+                      checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report, on_nan=spec.on_nan)
     logits = chunk_logits(res.net, spec.ids, plan, test_images, device=spec.device)
     final = checkpoint_path(spec.checkpoint_dir, spec.ids).read_bytes() if res.trained else None
-    return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final}
+    return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final,
+            "health": res.health}
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -280,22 +282,22 @@ class _RayRun:
         self.attempts: dict[int, int] = {}
 
     def execute(self) -> list[ChunkLogits]:
-        from ..progress import TrainingProgress
-
         self.tracker = _start_tracker(self.ray)
         task = self.ray.remote(_run_chunk)
         shared = [self.ray.put(self.job.plan), self.ray.put(self.job.train), self.ray.put(self.job.test.images)]
         todo = list(range(len(self.job.chunks)))[::-1]  # submitted from the end of the list
         running: dict = {}
         try:
-            with TrainingProgress(sum(self.steps), enabled=self.job.progress, label=self.job.label) as bar:
+            with self._progress() as bar:
                 while todo or running:
                     while todo and len(running) < self.slots:
                         i = todo.pop()
                         running[self._submit(task, shared, i)] = i
                     ready, _ = self.ray.wait(list(running), num_returns=1, timeout=_REPORT_EVERY)
                     for ref in ready:
-                        self._collect(ref, running.pop(ref))
+                        i = running.pop(ref)
+                        if self._collect(ref, i):
+                            bar.chunk_finished(self.job.chunks[i], i, len(self.job.chunks))
                     self._show(bar, len(running))
         except BaseException:
             for ref in running:
@@ -304,31 +306,41 @@ class _RayRun:
         self.attempts, _ = self._snapshot()  # final count: every task has reported its start
         self._raise_failures()
         return [ChunkLogits(ids=out["ids"], logits=out["logits"], start_epoch=out["start_epoch"],
-                            attempts=max(1, self.attempts.get(i, 1)))
+                            attempts=max(1, self.attempts.get(i, 1)), health=out.get("health"))
                 for i, out in sorted(self.results.items())]
+
+    def _progress(self):
+        from ..progress import TrainingProgress
+
+        job = self.job
+        samples = sum(len(job.plan.subsets[j]) for ids in job.chunks for j in ids) * job.recipe.epochs
+        return TrainingProgress(sum(self.steps), n_models=sum(map(len, job.chunks)), samples=samples,
+                                enabled=job.progress, label=job.label, interval=job.progress_interval)
 
     def _submit(self, task, shared, i):
         job, ids = self.job, self.job.chunks[i]
         spec = _TaskSpec(ids=list(ids), index=i, recipe=job.recipe, seed_version=job.seed_version,
                          device=str(job.device), checkpoint_dir=str(job.checkpoint_dir),
                          checkpoint_every=job.checkpoint_every, checkpoint_min_interval=job.checkpoint_min_interval,
-                         threads=max(1, int(self.options.cpus)))
+                         threads=max(1, int(self.options.cpus)), on_nan=job.on_nan)
         return task.options(
             name=f"runoff-chunk-{ids[0]:05d}-{ids[-1]:05d}", num_cpus=self.options.cpus,
             num_gpus=self.options.gpus, max_retries=self.options.max_retries, retry_exceptions=False,
         ).remote(*shared, spec, self.tracker)
 
-    def _collect(self, ref, i) -> None:
+    def _collect(self, ref, i) -> bool:
+        """Keep a finished task's result (True), or record its failure (False)."""
         try:
             out = self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:  # a Python error in the task: not retried
             self.failures[i] = (_last_line(exc), False)
-            return
+            return False
         except self.ray.exceptions.RayError as exc:  # the worker or node died on every attempt
             self.failures[i] = (_last_line(exc), True)
-            return
+            return False
         _keep(out, Path(self.job.checkpoint_dir))
         self.results[i] = out
+        return True
 
     def _show(self, bar, running: int) -> None:
         self.attempts, done = self._snapshot()

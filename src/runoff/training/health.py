@@ -1,0 +1,136 @@
+"""Model health: each base model's training figures, and the models to distrust.
+
+With hundreds of base models, one that diverged (its loss stopped being finite) or never
+learnt (training accuracy no better than always answering its subset's most frequent label)
+weakens every certificate without any error. The trainer records, for every model, its mean
+training loss and accuracy over its last epoch's batches (augmented rows, training mode: the
+values its steps computed anyway) and its subset's majority share; this module gathers them
+per run, flags the suspicious models, and reads and writes them as ``models.json`` in the run
+folder. Numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+__all__ = ["DIVERGED", "AT_CHANCE", "RunHealth", "MODELS_FORMAT", "describe"]
+
+#: Flag of a model whose training loss stopped being finite.
+DIVERGED = "diverged"
+#: Flag of a model whose training accuracy is no better than its subset's majority share.
+AT_CHANCE = "at chance"
+MODELS_FORMAT = "runoff-models"
+
+
+def _floats(values, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    if values is not None:
+        out[:] = [np.nan if v is None else float(v) for v in values]
+    return out
+
+
+class RunHealth:
+    """Training figures of every base model of a run.
+
+    Parameters
+    ----------
+    loss, accuracy, majority : array-like of float, shape (n_models,)
+        Last-epoch mean training loss and accuracy (NaN: unknown, e.g. trained before runoff
+        recorded them), and the share of the subset's most frequent label.
+    diverged : iterable of int
+        Models whose loss stopped being finite.
+    """
+
+    def __init__(self, loss, accuracy, majority, diverged=()):
+        self.loss = np.asarray(loss, dtype=np.float64)
+        self.accuracy = np.asarray(accuracy, dtype=np.float64)
+        self.majority = np.asarray(majority, dtype=np.float64)
+        self.diverged = sorted({int(j) for j in diverged})
+
+    @property
+    def n_models(self) -> int:
+        return int(self.loss.shape[0])
+
+    @classmethod
+    def from_chunks(cls, chunks, n_models: int) -> "RunHealth":
+        """Gather the ``health`` of each chunk (``ChunkLogits``); missing figures stay NaN."""
+        loss, acc, maj = (np.full(n_models, np.nan) for _ in range(3))
+        diverged = []
+        for chunk in chunks:
+            h = chunk.health
+            if h is None:
+                continue
+            ids = list(h["ids"])
+            loss[ids], acc[ids], maj[ids] = h["loss"], h["accuracy"], h["majority"]
+            diverged += h["diverged"]
+        return cls(loss, acc, maj, diverged)
+
+    def flags(self) -> dict[int, str]:
+        """``{model: reason}`` of the models to distrust, by model id."""
+        out = {}
+        for j in range(self.n_models):
+            loss, acc = self.loss[j], self.accuracy[j]
+            if j in self.diverged or (not math.isnan(loss) and not math.isfinite(loss)):
+                out[j] = DIVERGED
+            elif not math.isnan(acc) and acc <= self.majority[j]:
+                out[j] = AT_CHANCE
+        return out
+
+    def known(self) -> np.ndarray:
+        """Training accuracies that were recorded and are not of diverged models."""
+        keep = ~np.isnan(self.accuracy)
+        keep[self.diverged] = False
+        return self.accuracy[keep]
+
+    def summary(self) -> dict:
+        """JSON-ready: count, training accuracy min / median / max (None when unknown), flags."""
+        acc = self.known()
+        stats = {name: (None if acc.size == 0 else round(float(fn(acc)), 6))
+                 for name, fn in (("min", np.min), ("median", np.median), ("max", np.max))}
+        return {"n_models": self.n_models, "recorded": int(acc.size), "train_accuracy": stats,
+                "flagged": {str(j): why for j, why in self.flags().items()}}
+
+    # ------------------------------------------------------------------ models.json
+    def to_json(self) -> str:
+        def listed(a):
+            return [None if not math.isfinite(v) else round(float(v), 6) for v in a]
+
+        body = {"format": MODELS_FORMAT, "version": 1, "n_models": self.n_models,
+                "loss": listed(self.loss), "train_accuracy": listed(self.accuracy),
+                "majority_share": listed(self.majority), "diverged": self.diverged,
+                "flagged": {str(j): why for j, why in self.flags().items()}}
+        return ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()).join(("{\n", "\n}\n"))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "models.json") -> "RunHealth":
+        """Parse ``models.json``; raises ``ValueError`` naming ``source`` when it is not one."""
+        try:
+            obj = json.loads(text)
+            if obj.get("format") != MODELS_FORMAT or obj.get("version") != 1:
+                raise ValueError("not a runoff models file")
+            n = int(obj["n_models"])
+            health = cls(_floats(obj["loss"], n), _floats(obj["train_accuracy"], n),
+                         _floats(obj["majority_share"], n), obj["diverged"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{source}: unreadable model health ({exc})") from None
+        # a loss recorded as null for a diverged model was not finite
+        health.loss[health.diverged] = np.inf
+        return health
+
+
+def describe(summary: dict) -> str:
+    """One line for people from :meth:`RunHealth.summary`."""
+    stats, flagged = summary["train_accuracy"], summary["flagged"]
+    if stats["median"] is None:
+        text = f"{summary['n_models']} base models, no training accuracy to show"
+    else:
+        text = (f"{summary['n_models']} base models, training accuracy min {100 * stats['min']:.1f}%, "
+                f"median {100 * stats['median']:.1f}%, max {100 * stats['max']:.1f}%")
+    if not flagged:
+        return text + "; none flagged"
+    shown = ", ".join(f"{j} ({why})" for j, why in list(flagged.items())[:10])
+    more = f" and {len(flagged) - 10} more" if len(flagged) > 10 else ""
+    return f"{text}; {len(flagged)} flagged: {shown}{more}"
