@@ -6,6 +6,7 @@ fixture, or by ``runoff train --backend ray`` in a subprocess).
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,6 +192,20 @@ def test_fa_run_on_ray_equals_local(tmp_path, local_cluster):
     remote = train_run(tmp_path / "ray", backend=RayBackend(workers=2), **CHUNKS3, **kw)
     np.testing.assert_array_equal(local.scores, remote.scores)
     assert remote.summary.chunks == 2 and remote.scores.shape[1] == 6
+    # the tasks hand back each model's training figures, as the local backend records them
+    np.testing.assert_array_equal(remote.health.accuracy, local.health.accuracy)
+    np.testing.assert_array_equal(remote.health.loss, local.health.loss)
+    assert remote.health.to_json() == (tmp_path / "ray" / "models.json").read_text()
+
+
+def test_ray_progress_in_a_log_has_a_line_per_chunk(tmp_path, local_cluster, capsys):
+    kw = dict(dataset="digits", k=3, d=2, epochs=2, progress=True, progress_interval=0.0)
+    train_run(tmp_path / "ray", backend=RayBackend(workers=2), label="FA", **CHUNKS3, **kw)
+    lines = capsys.readouterr().out.splitlines()  # pytest's capture is not a terminal: plain lines
+    steps = int(re.fullmatch(r"FA: training 6 models, (\d+) steps", lines[0]).group(1))
+    finished = sorted(line for line in lines if " finished (models " in line)
+    assert [line.split(" finished")[0] for line in finished] == ["FA: chunk 1/2", "FA: chunk 2/2"]
+    assert lines[-1].startswith(f"FA: 6/6 models, {steps}/{steps} steps (100%)")
 
 
 def test_ray_backend_options_are_checked():

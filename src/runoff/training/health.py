@@ -96,7 +96,7 @@ class RunHealth:
     # ------------------------------------------------------------------ models.json
     def to_json(self) -> str:
         def listed(a):
-            return [None if not math.isfinite(v) else round(float(v), 6) for v in a]
+            return [None if not math.isfinite(v) else float(v) for v in a]
 
         body = {"format": MODELS_FORMAT, "version": 1, "n_models": self.n_models,
                 "loss": listed(self.loss), "train_accuracy": listed(self.accuracy),

@@ -701,7 +701,7 @@ def model_health(chunk: _Chunk, data: TrainingSet) -> dict:
     majority = []
     for j in chunk.model_ids:
         labels = data.Y[data.subsets[j].to(data.Y.device)]
-        majority.append(float(torch.bincount(labels).max() / labels.numel()) if labels.numel() else 1.0)
+        majority.append(int(torch.bincount(labels).max()) / labels.numel() if labels.numel() else 1.0)
     return {"ids": list(chunk.model_ids), "loss": chunk.loss.tolist(), "accuracy": chunk.accuracy.tolist(),
             "majority": majority, "diverged": list(chunk.diverged)}
 

@@ -1,0 +1,228 @@
+"""Long runs in a log: plain progress lines off a terminal, model health, --on-nan, --json."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from runoff import TrainingDivergedError  # noqa: E402
+from runoff.cli import main  # noqa: E402
+from runoff.run_folder import RunFolder  # noqa: E402
+from runoff.training import trainer  # noqa: E402
+from runoff.training.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
+from runoff.training.progress import TrainingProgress  # noqa: E402
+from runoff.training.runs import train_run  # noqa: E402
+from runoff.training.trainer import Recipe  # noqa: E402
+
+STATUS = re.compile(r"^\d+/\d+ models, \d+/\d+ steps \(\d+%\)(, [\d,]+ samples/s)?, elapsed \d+:\d\d:\d\d"
+                    r"(, ETA \d+:\d\d:\d\d)?$")
+RECIPE = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, init="rotnet")
+
+
+# ---------------------------------------------------------------------------- progress lines
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_plain_lines_off_a_terminal_bar_on_one_nothing_when_disabled():
+    log = io.StringIO()
+    with TrainingProgress(40, n_models=4, samples=400, interval=0.0, label="FA", stream=log) as bar:
+        for done in range(1, 21):
+            bar.update(done)
+        bar.chunk_finished([0, 1], 0, 2)
+        for done in range(21, 41):
+            bar.update(done)
+        bar.chunk_finished([2, 3], 1, 2)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "FA: training 4 models, 40 steps"
+    assert "FA: chunk 1/2 finished (models 0-1); 2/4 models done" in lines
+    assert lines[-2] == "FA: chunk 2/2 finished (models 2-3); 4/4 models done"
+    status = [line[len("FA: "):] for line in lines if "steps (" in line]
+    assert len(status) == 41 and all(STATUS.match(s) for s in status), status[:3]
+    assert status[-1].startswith("4/4 models, 40/40 steps (100%)")
+
+    quiet = io.StringIO()  # a long interval: the first line, chunk lines and the last line only
+    with TrainingProgress(10, n_models=1, interval=3600, stream=quiet) as bar:
+        for done in range(1, 11):
+            bar.update(done)
+        bar.chunk_finished([0], 0, 1)
+    assert len(quiet.getvalue().splitlines()) == 3
+
+    off = io.StringIO()
+    with TrainingProgress(10, enabled=False, stream=off) as bar:
+        bar.update(10)
+        bar.chunk_finished([0], 0, 1)
+    assert off.getvalue() == ""
+
+    tty = _Terminal()
+    with TrainingProgress(10, n_models=1, interval=0.0, stream=tty) as bar:
+        assert bar.mode == "bar"
+        bar.update(10)
+    assert "steps (" not in tty.getvalue()
+
+
+def test_resumed_steps_do_not_count_as_this_calls_speed():
+    log = io.StringIO()
+    with TrainingProgress(100, n_models=1, samples=1000, interval=0.0, stream=log) as bar:
+        bar.resumed(90)
+        bar.update(90)
+        time.sleep(0.05)
+        bar.update(95)
+    line = [s for s in log.getvalue().splitlines() if s.startswith("0/1 models, 95/100")][0]
+    rate = float(re.search(r"([\d,]+) samples/s", line).group(1).replace(",", ""))
+    # 5 of the 10 steps left ran in >= 0.05 s: at most 500 samples in 0.05 s, not 950
+    assert rate <= 500 / 0.05 + 1e-9
+
+
+def test_train_piped_to_a_file_prints_progress_before_it_ends(tmp_path):
+    log = tmp_path / "train.log"
+    argv = [sys.executable, "-m", "runoff", "train", "--k", "10", "--epochs", "12", "--progress-interval", "0.2",
+            "--out", str(tmp_path / "run")]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        seen_while_running = False
+        while proc.poll() is None:
+            if any(STATUS.match(line) for line in log.read_text().splitlines()[1:]):
+                seen_while_running = proc.poll() is None
+                break
+            time.sleep(0.05)
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    assert seen_while_running, log.read_text()
+    text = log.read_text().splitlines()
+    assert text[0] == "training 10 models, 120 steps"
+    assert "chunk 1/1 finished (models 0-9); 10/10 models done" in text
+    assert "\x1b[" not in log.read_text()  # no terminal control codes in a log
+
+
+# ---------------------------------------------------------------------------- model health
+def _after_chunk_init(monkeypatch, change):
+    """Run ``change(chunk)`` on every chunk right after its models are built."""
+    original = trainer._Chunk.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        with torch.no_grad():
+            change(self)
+
+    monkeypatch.setattr(trainer._Chunk, "__init__", init)
+
+
+def _poison_model(model: int):
+    def change(chunk):
+        if model in chunk.model_ids:
+            chunk.net.weights[-2][chunk.model_ids.index(model)].fill_(math.nan)  # its classifier's weight
+    return change
+
+
+def test_health_is_recorded_checkpointed_and_written(tmp_path):
+    res = train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False)
+    health = RunFolder(tmp_path / "run").read_health()
+    assert health.n_models == 6 and np.all(np.isfinite(health.loss)) and np.all(health.loss > 0)
+    assert np.all((health.accuracy >= 0) & (health.accuracy <= 1))
+    labels = res.plan.canonical(_digits_train()).labels
+    expected = [np.bincount(labels[s]).max() / len(s) for s in res.plan.subsets]
+    np.testing.assert_allclose(health.majority, expected, rtol=1e-12)
+    assert health.flags() == {} and res.summary.flagged == {}
+    # a rerun reads the figures back from the finished checkpoints
+    again = train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False)
+    assert again.summary.trained == 0
+    np.testing.assert_array_equal(again.health.accuracy, health.accuracy)
+    np.testing.assert_array_equal(again.health.loss, health.loss)
+
+
+def _digits_train():
+    from runoff.data import load_dataset
+
+    return load_dataset("digits")[0]
+
+
+def test_a_model_that_never_learns_is_flagged_at_chance_with_exact_accuracy(tmp_path, monkeypatch):
+    def zero_classifier(chunk):
+        chunk.net.weights[-2].zero_()
+        chunk.net.weights[-1].zero_()
+
+    _after_chunk_init(monkeypatch, zero_classifier)
+    # lr * gradient underflows to 0 in float32: the classifier stays 0, every logit equal, and
+    # each model answers class 0 for every row (the argmax of a tie)
+    frozen = Recipe(model="small", epochs=1, batch_size=16, lr=1e-46, weight_decay=0.0, init="rotnet")
+    res = train_run(tmp_path / "run", k=4, recipe=frozen, progress=False)
+    labels = res.plan.canonical(_digits_train()).labels
+    share_of_0 = [np.mean(labels[s] == 0) for s in res.plan.subsets]
+    np.testing.assert_allclose(res.health.accuracy, share_of_0, rtol=1e-12)  # padded rows not counted
+    np.testing.assert_allclose(res.health.loss, math.log(10), rtol=1e-5)
+    assert res.health.flags() == {j: AT_CHANCE for j in range(4)}
+    assert res.summary.flagged == {str(j): AT_CHANCE for j in range(4)}
+    assert "4 models flagged: 0 (at chance)" in res.summary.describe()
+
+
+def test_a_diverging_model_stops_the_run_naming_it(tmp_path, monkeypatch):
+    _after_chunk_init(monkeypatch, _poison_model(2))
+    with pytest.raises(TrainingDivergedError, match=r"^base model 2 diverged in epoch 1 .*--on-nan skip$"):
+        train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False)
+    assert not RunFolder(tmp_path / "run").checkpoint_dir.exists() or not any(
+        RunFolder(tmp_path / "run").checkpoint_dir.iterdir())  # nothing of the bad epoch was saved
+
+
+def test_on_nan_skip_trains_on_flags_only_that_model_and_silences_it(tmp_path, monkeypatch):
+    clean = train_run(tmp_path / "clean", k=6, recipe=RECIPE, progress=False)
+    _after_chunk_init(monkeypatch, _poison_model(2))
+    res = train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False, on_nan="skip")
+    assert res.health.flags() == {2: DIVERGED} and res.summary.flagged == {"2": DIVERGED}
+    assert np.all(res.scores[:, 2] == 0)  # a diverged model votes for class 0
+    others = [0, 1, 3, 4, 5]  # trained in the same chunk, untouched by model 2's NaN
+    np.testing.assert_allclose(res.scores[:, others], clean.scores[:, others], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.health.accuracy[others], clean.health.accuracy[others], atol=1e-6)
+    # the finished checkpoint holds model 2's NaN weights and still resumes
+    again = train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False, on_nan="skip")
+    assert again.summary.trained == 0 and again.health.flags() == {2: DIVERGED}
+    assert RunFolder(tmp_path / "run").read_health().flags() == {2: DIVERGED}
+
+
+def test_cli_on_nan_json_and_evaluate(tmp_path, monkeypatch, capsys):
+    _after_chunk_init(monkeypatch, _poison_model(1))
+    out = str(tmp_path / "run")
+    argv = ["train", "--k", "5", "--epochs", "2", "--no-progress", "--out", out]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("runoff: error: base model 1 diverged in epoch 1")
+    assert main(argv + ["--on-nan", "skip", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # standard output is the JSON alone
+    assert summary["flagged"] == {"1": "diverged"} and summary["trained"] == 5 and summary["n_models"] == 5
+    assert summary["samples"] > 0 and summary["samples_per_second"] > 0
+    assert main(["evaluate", out]) == 0
+    printed = capsys.readouterr().out
+    assert "5 base models, training accuracy min" in printed and "1 flagged: 1 (diverged)" in printed
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["base_models"]["flagged"] == {"1": "diverged"}
+    assert "Base models: 5 base models" in (tmp_path / "run" / "report.md").read_text()
+    assert main(["train", "--k", "5", "--out", out, "--on-nan", "ignore"]) == 1
+    assert "argument --on-nan: unknown action 'ignore'; choose one of: stop, skip" in capsys.readouterr().err
+    assert main(["train", "--k", "5", "--out", out, "--progress-interval", "-1"]) == 1
+    assert "--progress-interval must be a number of seconds >= 0" in capsys.readouterr().err
+
+
+def test_run_health_flags_and_models_json():
+    health = RunHealth(loss=[0.5, math.inf, 0.7, math.nan], accuracy=[0.9, math.nan, 0.25, math.nan],
+                       majority=[0.2, 0.3, 0.25, 0.5], diverged=[1])
+    assert health.flags() == {1: DIVERGED, 2: AT_CHANCE}  # accuracy == majority: no better than chance
+    back = RunHealth.from_json(health.to_json())
+    assert back.flags() == health.flags() and back.diverged == [1]
+    np.testing.assert_array_equal(back.accuracy, health.accuracy)
+    summary = health.summary()
+    assert summary["recorded"] == 2 and summary["train_accuracy"] == {"min": 0.25, "median": 0.575, "max": 0.9}
+    assert describe(summary) == ("4 base models, training accuracy min 25.0%, median 57.5%, max 90.0%; "
+                                 "2 flagged: 1 (diverged), 2 (at chance)")
+    with pytest.raises(ValueError, match="models.json: unreadable model health"):
+        RunHealth.from_json('{"format": "other"}')
