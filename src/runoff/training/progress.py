@@ -88,6 +88,7 @@ class TrainingProgress:
             fields = {} if status is None else {"description": f"{self._prefix}{status}"}
             self._bar.update(self._task, completed=completed, **fields)
         elif self.mode == "lines" and time.monotonic() - self._last_line >= self.interval:
+            self._last_line = time.monotonic()  # the status lines' own clock: chunk lines come besides
             self._print(self._status_line())
 
     def resumed(self, steps: int) -> None:
@@ -122,7 +123,6 @@ class TrainingProgress:
         return ", ".join(parts)
 
     def _print(self, text: str) -> None:
-        self._last_line = time.monotonic()
         try:
             print(f"{self._prefix}{text}", file=self.stream, flush=True)
         except ValueError:  # the stream was closed under us (a test's capture): progress is optional
