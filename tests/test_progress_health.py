@@ -226,3 +226,16 @@ def test_run_health_flags_and_models_json():
                                  "2 flagged: 1 (diverged), 2 (at chance)")
     with pytest.raises(ValueError, match="models.json: unreadable model health"):
         RunHealth.from_json('{"format": "other"}')
+
+
+def test_demo_and_summary_lines_name_flagged_models():
+    from runoff.demo import describe_training
+    from runoff.training.summary import TrainingSummary
+
+    s = TrainingSummary(backend="local", n_models=4, trained=4, resumed=0, already_done=0, chunks=1, retries=0,
+                        workers=1, seconds=2.0, samples=1000, flagged={"2": DIVERGED})
+    assert describe_training("FA", 2.0, s) == "FA 2.0 s, 1 model flagged: 2 (diverged)"
+    assert s.describe().endswith("; 1 model flagged: 2 (diverged); 2.0 s")
+    assert s.to_dict()["samples_per_second"] == 500.0
+    both = TrainingSummary.total([s, s])
+    assert both.flagged == {"v1/2": DIVERGED, "v2/2": DIVERGED} and both.samples == 2000

@@ -104,6 +104,7 @@ def describe_training(name: str, seconds: float, summary) -> str:
         if summary is not None and (summary.resumed or summary.already_done):
             text += " (resumed)"
     if summary is not None and summary.flagged:
-        shown = ", ".join(f"{j} ({why})" for j, why in list(summary.flagged.items())[:5])
-        text += f", {len(summary.flagged)} model{'s' if len(summary.flagged) > 1 else ''} flagged: {shown}"
+        from .training.health import describe_flags
+
+        text += ", " + describe_flags(summary.flagged, noun="model", limit=5)
     return text

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["DIVERGED", "AT_CHANCE", "RunHealth", "MODELS_FORMAT", "describe"]
+__all__ = ["DIVERGED", "AT_CHANCE", "RunHealth", "MODELS_FORMAT", "describe", "describe_flags"]
 
 #: Flag of a model whose training loss stopped being finite.
 DIVERGED = "diverged"
@@ -129,8 +129,13 @@ def describe(summary: dict) -> str:
     else:
         text = (f"{summary['n_models']} base models, training accuracy min {100 * stats['min']:.1f}%, "
                 f"median {100 * stats['median']:.1f}%, max {100 * stats['max']:.1f}%")
-    if not flagged:
-        return text + "; none flagged"
-    shown = ", ".join(f"{j} ({why})" for j, why in list(flagged.items())[:10])
-    more = f" and {len(flagged) - 10} more" if len(flagged) > 10 else ""
-    return f"{text}; {len(flagged)} flagged: {shown}{more}"
+    return f"{text}; {describe_flags(flagged) if flagged else 'none flagged'}"
+
+
+def describe_flags(flagged: dict, *, noun: str = "", limit: int = 10) -> str:
+    """``"2 models flagged: 3 (diverged), 17 (at chance)"`` (``noun="model"``), the first
+    ``limit`` of them named."""
+    shown = ", ".join(f"{j} ({why})" for j, why in list(flagged.items())[:limit])
+    more = f" and {len(flagged) - limit} more" if len(flagged) > limit else ""
+    what = f" {noun}{'s' if len(flagged) != 1 else ''}" if noun else ""
+    return f"{len(flagged)}{what} flagged: {shown}{more}"

@@ -81,7 +81,7 @@ class TrainingSummary:
                      f"worker{'s' if self.workers != 1 else ''} ({self.backend})")
         parts.append(f"{self.retries} retr{'ies' if self.retries != 1 else 'y'}")
         if self.flagged:
-            shown = ", ".join(f"{j} ({why})" for j, why in list(self.flagged.items())[:10])
-            more = f" and {len(self.flagged) - 10} more" if len(self.flagged) > 10 else ""
-            parts.append(f"{len(self.flagged)} model{'s' if len(self.flagged) != 1 else ''} flagged: {shown}{more}")
+            from .health import describe_flags
+
+            parts.append(describe_flags(self.flagged, noun="model"))
         return f"{'; '.join(parts)}; {self.seconds:.1f} s"
