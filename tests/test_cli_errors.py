@@ -292,7 +292,7 @@ def test_text_input_arrays_are_not_valid(tmp_path, name, content, expected):
     (["--cpus-per-task", "1"], "--cpus-per-task: Ray options"),
     (["--max-retries", "3"], "--max-retries: Ray options"),
     (["--cpus-per-task", "nan"], "argument --cpus-per-task: expected a finite number"),
-    (["--dataset", "imagenet"], "argument --dataset: unknown data set 'imagenet'; choose one of: digits, mnist, cifar10, gtsrb"),
+    (["--dataset", "imagenet"], "argument --dataset: unknown data set 'imagenet'; choose one of: digits, mnist, fashion-mnist, cifar10, gtsrb, folder:PATH, npz:FILE"),
     (["--dataset", "cifar"], "argument --dataset: unknown data set 'cifar'; did you mean cifar10? choose one of"),
     (["--backend", "rayy"], "argument --backend: unknown backend 'rayy'; did you mean ray? choose one of: local, ray"),
     (["--hash", "sha"], "argument --hash: unknown hash 'sha'; did you mean sha256? choose one of: pixelsum, sha256"),

@@ -30,9 +30,9 @@ def _idx_bytes(arr: np.ndarray) -> bytes:
     return head + arr.tobytes()
 
 
-def write_mnist(root, *, gz=False, n_train=5, n_test=3, seed=0):
+def write_mnist(root, *, gz=False, n_train=5, n_test=3, seed=0, folder="MNIST"):
     rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     data = {}
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -131,6 +131,19 @@ def test_mnist_roundtrip(tmp_path, gz):
     np.testing.assert_array_equal(test.images[..., 0], data["t10k"][0])
     np.testing.assert_array_equal(test.labels, data["t10k"][1])
     assert train.pixel_sums is None
+
+
+def test_fashion_mnist_reads_its_own_folder(tmp_path):
+    data = write_mnist(tmp_path, folder="FashionMNIST", seed=3)
+    train, test = load_dataset("fashion-mnist", root=tmp_path)
+    assert train.name == "fashion-mnist/train" and test.images.shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(train.images[..., 0], data["train"][0])
+    np.testing.assert_array_equal(test.labels, data["t10k"][1])
+    with pytest.raises(DataFileError, match=r"(?s)^Fashion-MNIST not found: .*/elsewhere/FashionMNIST/raw/train-images-idx3-ubyte"):
+        load_dataset("fashion-mnist", root=tmp_path / "elsewhere")
+    from runoff.training.trainer import recipe_for
+
+    assert recipe_for("fashion-mnist") == recipe_for("mnist")  # same kind of images, MNIST's recipe
 
 
 def test_mnist_missing(tmp_path):

@@ -71,13 +71,34 @@ def _method_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _one_of(what: str, choices):
+def _image_size(text: str) -> tuple[int, int]:
+    from .data.custom import parse_image_size
+
+    try:
+        return parse_image_size(text)
+    except InvalidParameterError:
+        raise argparse.ArgumentTypeError(f"expected HxW with sizes >= 1, e.g. 32x32; got {text!r}") from None
+
+
+def _dataset_name(text: str) -> str:
+    """A registered data set, or one's own: folder:PATH, npz:FILE."""
+    from .data.custom import is_custom
+
+    if is_custom(text):
+        if not text.split(":", 1)[1]:
+            raise argparse.ArgumentTypeError(f"{text!r} names no path: give folder:PATH or npz:FILE")
+        return text
+    return _one_of("data set", DATASETS, listing=f"choose one of: {', '.join(DATASETS)}, folder:PATH, "
+                                                  "npz:FILE")(text)
+
+
+def _one_of(what: str, choices, listing: str | None = None):
     """An argparse type accepting one of ``choices``; an unknown name gets "did you mean"."""
     from .checks import check_choice
 
     def parse(text: str) -> str:
         try:
-            return check_choice(text, what, choices)
+            return check_choice(text, what, choices, listing=listing)
         except InvalidParameterError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -271,7 +292,10 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--config", default=None,
                    help="a named configuration of the paper (runoff configs lists them); sets dataset, k, d, versions")
-    p.add_argument("--dataset", default=None, type=_one_of("data set", DATASETS), help="digits (embedded, default), mnist, cifar10 or gtsrb (files under --data-root)")
+    p.add_argument("--dataset", default=None, type=_dataset_name,
+                   help="digits (embedded, default), mnist, fashion-mnist, cifar10 or gtsrb (files under --data-root); "
+                        "or your own: folder:PATH (PATH/train/<class>/*.png, PATH/test/<class>/*.png) or npz:FILE "
+                        "(x_train, y_train, x_test, y_test)")
     p.add_argument("--k", type=int, default=None, help="number of partitions (required without --config)")
     p.add_argument("--d", type=int, default=None, help="FA spread degree (models per bucket); default 1 (DPA)")
     p.add_argument("--versions", type=int, default=None,
@@ -280,6 +304,9 @@ def _add_train(sub) -> None:
     p.add_argument("--hash", default="pixelsum", type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}",
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
+    p.add_argument("--image-size", default=None, type=_image_size, metavar="HxW",
+                   help="folder: data sets: resize every image to HxW (needed when their sizes differ; the partition "
+                        "hash still sees each image as stored)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
     p.add_argument("--json", action="store_true",
                    help="print the end-of-run summary as JSON (models trained, resumed, kept, flagged, time, "
@@ -364,6 +391,8 @@ def _train_settings(args) -> dict:
             raise InvalidParameterError("give --k (number of partitions) or --config NAME")
         chosen = {"dataset": args.dataset or "digits", "k": args.k, "d": 1 if args.d is None else args.d,
                   "versions": args.versions}
+    if args.image_size is not None and not chosen["dataset"].startswith("folder:"):
+        raise InvalidParameterError(f"--image-size applies to folder: data sets, not to {chosen['dataset']}")
     if chosen["versions"] is not None and chosen["d"] != 1:
         raise InvalidParameterError("--versions (DPA*) and --d (FA) cannot be combined")
     if chosen["versions"] is not None and args.version != 1:
@@ -376,6 +405,8 @@ def _require_training(command: str, dataset: str | None) -> None:
     require("torch", command)
     if dataset == "digits":
         require("sklearn", f"{command} (the digits data set)")
+    if dataset in ("gtsrb",) or (dataset or "").startswith("folder:"):
+        require("PIL", f"{command} (reading image files)")
 
 
 def _cmd_train(args) -> int:
@@ -390,7 +421,7 @@ def _cmd_train(args) -> int:
     common = dict(dataset=cfg["dataset"], k=cfg["k"], epochs=args.epochs, hash=args.hash, device=args.device,
                   progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
                   checkpoint_min_interval=args.checkpoint_interval, backend=backend, on_nan=args.on_nan,
-                  progress_interval=args.progress_interval)
+                  progress_interval=args.progress_interval, image_size=args.image_size)
     try:
         # with --json, standard output carries the JSON alone: progress goes to standard error
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

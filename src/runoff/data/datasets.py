@@ -36,6 +36,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_mnist",
+    "load_fashion_mnist",
     "load_cifar10",
     "load_gtsrb",
     "default_data_root",
@@ -68,6 +69,9 @@ class Dataset:
         ``images`` are not the original ones (GTSRB: resized to 48x48). The ``"pixelsum"``
         partition hash uses it instead of summing ``images``. None (the default) means that
         ``images`` are the originals.
+    class_names : tuple of str, optional
+        Name of each class (label ``i`` is ``class_names[i]``), for data sets that have them
+        (``folder:`` data sets: the class folders' names).
     """
 
     images: np.ndarray
@@ -75,6 +79,7 @@ class Dataset:
     n_classes: int
     name: str
     pixel_sums: np.ndarray | None = None
+    class_names: tuple | None = None
 
     def __post_init__(self):
         images = np.asarray(self.images)
@@ -120,7 +125,8 @@ class Dataset:
         """A new :class:`Dataset` holding the samples at ``indices`` (in that order)."""
         idx = np.asarray(indices, dtype=np.int64)
         sums = None if self.pixel_sums is None else self.pixel_sums[idx]
-        return Dataset(self.images[idx], self.labels[idx], self.n_classes, self.name, pixel_sums=sums)
+        return Dataset(self.images[idx], self.labels[idx], self.n_classes, self.name, pixel_sums=sums,
+                       class_names=self.class_names)
 
 
 def load_digits() -> tuple[Dataset, Dataset]:
@@ -259,7 +265,26 @@ def load_mnist(root=None) -> tuple[Dataset, Dataset]:
     DataFileError
         A file is missing (the message lists the expected paths) or is not a valid IDX file.
     """
-    raw_dir = _root(root) / "MNIST" / "raw"
+    return _load_idx_set(_root(root) / "MNIST" / "raw", "mnist", "MNIST", _MNIST_SOURCE)
+
+
+def load_fashion_mnist(root=None) -> tuple[Dataset, Dataset]:
+    """Fashion-MNIST from ``root/FashionMNIST/raw`` (torchvision's layout): 60,000 + 10,000
+    grey 28x28 images of clothes, 10 classes, in the same four IDX files as MNIST (same names,
+    gzipped or not). Not one of the paper's data sets; trained with MNIST's recipe.
+
+    Raises
+    ------
+    DataFileError
+        A file is missing (the message lists the expected paths) or is not a valid IDX file.
+    """
+    return _load_idx_set(_root(root) / "FashionMNIST" / "raw", "fashion-mnist", "Fashion-MNIST",
+                         "the four IDX files of https://github.com/zalandoresearch/fashion-mnist, gzipped (.gz) "
+                         "or not, as torchvision.datasets.FashionMNIST lays them out")
+
+
+def _load_idx_set(raw_dir: Path, set_name: str, title: str, source: str) -> tuple[Dataset, Dataset]:
+    """An MNIST-shaped set of four IDX files in ``raw_dir`` (10 classes, grey 28x28)."""
     paths = {}
     missing = []
     for split, names in _MNIST_FILES.items():
@@ -269,7 +294,7 @@ def load_mnist(root=None) -> tuple[Dataset, Dataset]:
                 missing.append(raw_dir / name)
             paths[name] = p
     if missing:
-        raise _missing("MNIST", missing, _MNIST_SOURCE)
+        raise _missing(title, missing, source)
     out = []
     for split, (img_name, lab_name) in _MNIST_FILES.items():
         images = _read_idx(paths[img_name], 3)
@@ -281,7 +306,7 @@ def load_mnist(root=None) -> tuple[Dataset, Dataset]:
             )
         if labels.size and labels.max() >= 10:
             raise DataFileError(f"{paths[lab_name]}: labels must lie in [0, 10)")
-        out.append(Dataset(images[..., None], labels, 10, f"mnist/{split}"))
+        out.append(Dataset(images[..., None], labels, 10, f"{set_name}/{split}"))
     return out[0], out[1]
 
 
@@ -500,21 +525,26 @@ def load_gtsrb(root=None) -> tuple[Dataset, Dataset]:
 DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
     "digits": lambda root=None: load_digits(),
     "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "gtsrb": load_gtsrb,
 }
 
 
-def load_dataset(name: str, *, root=None) -> tuple[Dataset, Dataset]:
-    """Load a registered data set by name.
+def load_dataset(name: str, *, root=None, image_size=None) -> tuple[Dataset, Dataset]:
+    """Load a registered data set by name, or one's own data.
 
     Parameters
     ----------
     name : str
-        A key of :data:`DATASETS` (``"digits"``, ...).
+        A key of :data:`DATASETS` (``"digits"``, ...), ``"folder:PATH"`` (an image folder,
+        ``PATH/{train,test}/<class>/``) or ``"npz:FILE"`` (arrays ``x_train``, ``y_train``,
+        ``x_test``, ``y_test``); see :mod:`runoff.data.custom`.
     root : path-like, optional
-        Folder holding the data files, for data sets that need one (default
+        Folder holding the data files, for registered data sets that need one (default
         :func:`default_data_root`: ``$RUNOFF_DATA``, else ``./data``).
+    image_size : (int, int) or "HxW", optional
+        ``folder:`` data sets: resize every image (needed when their sizes differ).
 
     Returns
     -------
@@ -527,5 +557,12 @@ def load_dataset(name: str, *, root=None) -> tuple[Dataset, Dataset]:
     DataFileError
         When the data set's files are missing or corrupt.
     """
-    name = check_choice(name, "data set", DATASETS)  # listed in registration order: digits first
+    from .custom import is_custom, load_custom
+
+    if is_custom(name):
+        return load_custom(name, image_size=image_size)
+    name = check_choice(name, "data set", DATASETS,  # listed in registration order: digits first
+                        listing=f"choose one of: {', '.join(DATASETS)}, folder:PATH or npz:FILE")
+    if image_size is not None:
+        raise InvalidParameterError(f"image_size applies to folder: data sets, not to {name}")
     return DATASETS[name](root=root)

@@ -515,7 +515,7 @@ def make_plan(
     sums = None if train.pixel_sums is None else train.pixel_sums[order]
     buckets = hash_samples(images, labels, n_buckets=m, method=hash, pixel_sums=sums)
     mean, std = _subset_stats(images, buckets, spread, m, std_rule)
-    name = train.name.split("/")[0]
+    name = train.name.rsplit("/", 1)[0]  # "digits/train" -> "digits"; "folder:/data/pets/train" -> "folder:/data/pets"
     return PartitionPlan(
         dataset=name, k=k, d=d, spread=spread, hash=hash, n_classes=train.n_classes,
         image_shape=tuple(train.image_shape), fingerprint=dataset_fingerprint(images, labels),

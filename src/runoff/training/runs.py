@@ -76,6 +76,7 @@ def train_run(
     label: str | None = None,
     on_nan: str = "stop",
     progress_interval: float = 30.0,
+    image_size=None,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -86,7 +87,8 @@ def train_run(
         hash, spread, recipe, seed version), the run resumes from its checkpoints; a finished
         run just returns its logits.
     dataset : str, default "digits"
-        Registered data set name (:data:`runoff.data.datasets.DATASETS`).
+        Registered data set name (:data:`runoff.data.datasets.DATASETS`), ``"folder:PATH"``
+        or ``"npz:FILE"`` (one's own data, :mod:`runoff.data.custom`).
     k : int
         Partitions, ``1 <= k <= `` training set size.
     d : int, default 1
@@ -128,6 +130,9 @@ def train_run(
         votes for class 0 (certificates hold whatever a model outputs).
     progress_interval : float, default 30.0
         Seconds between plain progress lines.
+    image_size : (int, int) or "HxW", optional
+        ``folder:`` data sets: resize every image to this size (the partition hash still
+        sees each image as stored).
 
     Returns
     -------
@@ -161,7 +166,7 @@ def train_run(
         backend.check(device)
         plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
                                                   seed_version=seed_version, hash=hash, spread=spread,
-                                                  data_root=data_root)
+                                                  data_root=data_root, image_size=image_size)
         fresh = _check_run_folder(folder, plan, train)
         chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
                          checkpoint_dir=None if fresh else folder.checkpoint_dir)
@@ -223,13 +228,13 @@ def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint
     check_number(checkpoint_min_interval, "checkpoint_min_interval", low=0, unit="seconds")
 
 
-def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root):
+def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root, image_size=None):
     """Load the data set and build the run's plan (nothing is written)."""
     from ..data.datasets import load_dataset
     from ..data.partition import make_plan
     from .trainer import recipe_for
 
-    train, test = load_dataset(dataset, root=data_root)
+    train, test = load_dataset(dataset, root=data_root, image_size=image_size)
     if recipe is None:
         recipe = recipe_for(dataset, epochs=epochs)
     elif epochs is not None:
@@ -239,6 +244,8 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
         "seed_version": int(seed_version),
         "seed_rule": "(j+1)*v*v",
     }
+    if train.class_names is not None:  # label i is class_names[i]
+        training["class_names"] = list(train.class_names)
     plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
     return plan, train, test, recipe
 
@@ -346,7 +353,7 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
     plan, _train, _test, _recipe = _prepare_plan(
         dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"), seed_version=1,
         hash=train_kwargs.get("hash", "pixelsum"), spread=train_kwargs.get("spread"),
-        data_root=train_kwargs.get("data_root"))
+        data_root=train_kwargs.get("data_root"), image_size=train_kwargs.get("image_size"))
     training = dict(plan.training or {}, seed_version=None, versions=versions,
                     merge="sum of the versions' logits", version_dirs=RunFolder(".").version_names(versions))
     return replace(plan, training=training)

@@ -183,6 +183,8 @@ RECIPES: dict[str, Recipe] = {
     **{name: Recipe(**fields) for name, fields in PAPER_RECIPES.items()},
     "digits": Recipe(model="small", epochs=60, batch_size=16, lr=0.1, momentum=0.9, nesterov=True,
                      weight_decay=5e-4, milestones=(30, 45), gamma=0.2, init="rotnet"),
+    # not in the paper: the published MNIST recipe, for the same kind of images
+    "fashion-mnist": Recipe(**PAPER_RECIPES["mnist"]),
 }
 
 

@@ -1,0 +1,211 @@
+"""One's own data: folder:PATH image folders, npz:FILE arrays, the decode cache, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from runoff.data import custom, load_dataset
+from runoff.data.cache import CACHE_DIR
+from runoff.errors import DataFileError, InvalidParameterError
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+
+def write_folder(base, *, classes=("cat", "dog", "eel"), per_class=(6, 2), size=(12, 10), mode="RGB", seed=0):
+    """PATH/{train,test}/<class>/NNN.png of random pixels; returns {path: array as written}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, n in zip(("train", "test"), per_class):
+        for c in classes:
+            folder = base / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shape = size + ((3,) if mode == "RGB" else ())
+                arr = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(arr, mode).save(folder / f"{i:03d}.png")
+                written[folder / f"{i:03d}.png"] = arr
+    return written
+
+
+def test_folder_labels_are_sorted_class_names_and_pixels_are_as_stored(tmp_path):
+    written = write_folder(tmp_path, classes=("zebra", "ant", "mole"))
+    train, test = load_dataset(f"folder:{tmp_path}")
+    assert train.class_names == ("ant", "mole", "zebra") and train.n_classes == 3
+    assert train.images.shape == (18, 12, 10, 3) and test.images.shape == (6, 12, 10, 3)
+    assert train.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6  # class, then file name
+    np.testing.assert_array_equal(train.images[0], written[tmp_path / "train" / "ant" / "000.png"])
+    np.testing.assert_array_equal(test.images[-1], written[tmp_path / "test" / "zebra" / "001.png"])
+    assert train.name == f"folder:{tmp_path.resolve()}/train" and train.pixel_sums is None
+
+
+def test_grey_images_stay_single_channel_unless_mixed_with_colour(tmp_path):
+    write_folder(tmp_path / "grey", mode="L")
+    train, _ = load_dataset(f"folder:{tmp_path / 'grey'}")
+    assert train.images.shape[3] == 1
+    write_folder(tmp_path / "mixed", mode="L")
+    Image.fromarray((np.zeros((12, 10, 3)) + [10, 20, 30]).astype(np.uint8), "RGB").save(
+        tmp_path / "mixed" / "train" / "cat" / "100.png")
+    mixed, _ = load_dataset(f"folder:{tmp_path / 'mixed'}")
+    assert mixed.images.shape[3] == 3
+    assert np.all(mixed.images[0, ..., 0] == mixed.images[0, ..., 2])  # a grey image, replicated
+
+
+def test_sizes_must_agree_or_be_resized_and_the_hash_sees_the_stored_image(tmp_path):
+    written = write_folder(tmp_path)
+    odd = tmp_path / "train" / "dog" / "099.png"
+    big = np.random.default_rng(5).integers(0, 256, (20, 16, 3), dtype=np.uint8)
+    Image.fromarray(big).save(odd)
+    written[odd] = big
+    with pytest.raises(DataFileError, match=r"images of different sizes, e\.g\. .*\(12x10\) and .*099\.png \(20x16\); "
+                                             r"give --image-size HxW"):
+        load_dataset(f"folder:{tmp_path}")
+    train, test = load_dataset(f"folder:{tmp_path}", image_size="8x8")
+    assert train.images.shape == (19, 8, 8, 3)
+    order = sorted(p for p in written if p.parts[-3] == "train")
+    order = sorted(order, key=lambda p: (p.parent.name, p.name))
+    assert train.pixel_sums.tolist() == [int(written[p].sum()) for p in order]  # before the resize
+    from runoff.data.partition import hash_samples
+
+    buckets = hash_samples(train.images, train.labels, n_buckets=7, pixel_sums=train.pixel_sums)
+    assert buckets.tolist() == [int(written[p].sum()) % 7 for p in order]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda b: (b / "train" / "cat" / "000.png").write_bytes(b"not a png"), r"train/cat/000\.png: not a readable image"),
+    (lambda b: [p.unlink() for p in (b / "train" / "dog").iterdir()], r"train/dog: empty class folder"),
+    (lambda b: (b / "test" / "fox").mkdir() or (b / "test" / "cat" / "000.png").rename(b / "test" / "fox" / "0.png"),
+     r"test: class\(es\) fox not in .*train"),
+    (lambda b: [p.unlink() for p in (b / "test").rglob("*.png")] and None, r"test/cat: empty class folder"),
+])
+def test_bad_folders_are_named(tmp_path, damage, expected):
+    write_folder(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DataFileError, match=expected):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_missing_split_folder(tmp_path):
+    write_folder(tmp_path)
+    os.rename(tmp_path / "test", tmp_path / "val")
+    with pytest.raises(DataFileError, match=r"test: no such folder \(folder: data sets need PATH/train/<class>/"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_decoded_images_are_cached_and_a_changed_file_invalidates_the_cache(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    first, _ = load_dataset(f"folder:{tmp_path}")
+    assert len(list((tmp_path / CACHE_DIR).iterdir())) == 1
+    calls = []
+    real = custom._decode_all
+
+    def counting(paths, size):
+        calls.append(len(paths))
+        return real(paths, size)
+
+    monkeypatch.setattr(custom, "_decode_all", counting)
+    again, _ = load_dataset(f"folder:{tmp_path}")
+    assert calls == [] and np.array_equal(again.images, first.images)  # read from the cache
+    changed = tmp_path / "train" / "eel" / "001.png"
+    Image.fromarray(np.full((12, 10, 3), 7, np.uint8)).save(changed)
+    os.utime(changed, ns=(0, os.stat(changed).st_mtime_ns + 10**9))
+    third, _ = load_dataset(f"folder:{tmp_path}")
+    assert calls == [24] and np.all(third.images[13] == 7)  # decoded again, with the new file (eel: 12-17)
+    assert np.array_equal(np.delete(third.images, 13, 0), np.delete(first.images, 13, 0))
+    resized, _ = load_dataset(f"folder:{tmp_path}", image_size=(6, 5))  # another option: another entry
+    assert calls == [24, 24] and resized.images.shape[1:3] == (6, 5)
+
+
+def test_a_read_only_data_folder_still_loads(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr("runoff.data.cache.atomic_write", refuse)
+    train, _ = load_dataset(f"folder:{tmp_path}")
+    assert len(train) == 18 and not list((tmp_path / CACHE_DIR).glob("*.npz"))
+
+
+def write_npz(path, **override):
+    rng = np.random.default_rng(1)
+    arrays = {"x_train": rng.integers(0, 256, (12, 9, 7), dtype=np.uint8), "y_train": rng.integers(0, 4, 12),
+              "x_test": rng.integers(0, 256, (5, 9, 7), dtype=np.uint8), "y_test": np.array([0, 1, 2, 3, 5])}
+    arrays.update(override)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_npz_arrays(tmp_path):
+    arrays = write_npz(tmp_path / "d.npz")
+    train, test = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert train.images.shape == (12, 9, 7, 1) and test.n_classes == 6 == train.n_classes
+    np.testing.assert_array_equal(train.images[..., 0], arrays["x_train"])
+    np.testing.assert_array_equal(test.labels, arrays["y_test"])
+    rgb = write_npz(tmp_path / "c.npz", x_train=np.zeros((12, 4, 4, 3), np.uint8), x_test=np.ones((5, 4, 4, 3), np.uint8))
+    train, _ = load_dataset(f"npz:{tmp_path / 'c.npz'}")
+    assert train.images.shape == (12, 4, 4, 3) and rgb["x_train"].shape == train.images.shape
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"y_test": None}, r"missing array\(s\) y_test"),
+    ({"x_train": np.zeros((12, 9, 7), np.float32)}, r"x_train must be uint8 images; got float32"),
+    ({"y_train": np.zeros(11, np.int64)}, r"y_train must have shape \(12,\), one label per image; got \(11,\)"),
+    ({"y_test": np.array([0, 1, -1, 2, 3])}, r"y_test holds negative labels"),
+    ({"y_test": np.zeros(5, np.float64)}, r"y_test must be integer labels; got float64"),
+    ({"x_test": np.zeros((5, 9, 8), np.uint8)}, r"x_train images are \(9, 7, 1\) but x_test images \(9, 8, 1\)"),
+    ({"x_test": np.zeros((5,), np.uint8)}, r"x_test must have shape \(N, H, W\) or \(N, H, W, C\)"),
+])
+def test_bad_npz_files_are_named(tmp_path, override, expected):
+    write_npz(tmp_path / "d.npz", **override)
+    with pytest.raises(DataFileError, match=expected):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_npz_not_a_file_or_not_an_npz(tmp_path):
+    with pytest.raises(DataFileError, match="no such file"):
+        load_dataset(f"npz:{tmp_path / 'nope.npz'}")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(DataFileError, match="not a readable .npz file"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
+    with pytest.raises(InvalidParameterError, match="image_size applies to folder: data sets"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}", image_size=(4, 4))
+    with pytest.raises(InvalidParameterError, match="choose one of: digits, mnist.*folder:PATH or npz:FILE"):
+        load_dataset("cifar100")
+
+
+def test_train_predict_and_errors_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from runoff.cli import main
+
+    written = write_folder(tmp_path / "pets", per_class=(4, 2), size=(10, 10))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--k", "2", "--epochs", "1",
+                 "--no-progress", "--out", str(run)]) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["dataset"] == f"folder:{(tmp_path / 'pets').resolve()}"
+    assert plan["training"]["class_names"] == ["cat", "dog", "eel"]
+    capsys.readouterr()
+    image = next(p for p in written if p.parts[-3] == "test")
+    assert main(["predict", str(run), str(image), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_models"] == 2 and len(out["predictions"]) == 1
+    for argv, expected in [
+        (["--dataset", "folder:"], "argument --dataset: 'folder:' names no path"),
+        (["--dataset", "folder:" + str(tmp_path / "nowhere")], "nowhere/train: no such folder"),
+        (["--dataset", "npz:" + str(tmp_path / "x.npz"), "--image-size", "8x8"],
+         "--image-size applies to folder: data sets"),
+        (["--dataset", "folder:" + str(tmp_path / "pets"), "--image-size", "8by8"],
+         "argument --image-size: expected HxW with sizes >= 1, e.g. 32x32; got '8by8'"),
+        (["--dataset", "pets"], "unknown data set 'pets'; choose one of: digits, mnist, fashion-mnist, cifar10, "
+                                "gtsrb, folder:PATH, npz:FILE"),
+    ]:
+        assert main(["train", "--k", "2", "--out", str(tmp_path / "other"), *argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+        assert not (tmp_path / "other").exists()
