@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 
@@ -276,6 +277,27 @@ def test_gtsrb_roundtrip(tmp_path):
     np.testing.assert_array_equal(again.images, train.images)
     np.testing.assert_array_equal(again.pixel_sums, train.pixel_sums)
     np.testing.assert_array_equal(again_test.images, test.images)
+
+
+def test_gtsrb_second_load_reads_the_decode_cache(tmp_path, monkeypatch):
+    import runoff.data.datasets as datasets
+
+    write_gtsrb(tmp_path)
+    train, test = load_dataset("gtsrb", root=tmp_path)
+    assert len(list((tmp_path / "gtsrb" / ".runoff-cache").glob("*.npz"))) == 1
+
+    def no_decoding(files, Image):
+        raise AssertionError("decoded again although no file changed")
+
+    monkeypatch.setattr(datasets, "_gtsrb_decode", no_decoding)
+    again, again_test = load_dataset("gtsrb", root=tmp_path)
+    np.testing.assert_array_equal(again.images, train.images)
+    np.testing.assert_array_equal(again.pixel_sums, train.pixel_sums)
+    np.testing.assert_array_equal(again_test.labels, test.labels)
+    touched = tmp_path / "gtsrb" / "GTSRB" / "Training" / "00003" / "00000_00000.ppm"
+    os.utime(touched, ns=(0, touched.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="decoded again"):  # a changed file: decoded, not cached
+        load_dataset("gtsrb", root=tmp_path)
 
 
 def test_gtsrb_hash_uses_original(tmp_path):

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..checks import check_choice
 from ..errors import DataFileError, InvalidParameterError
+from .cache import cached_arrays
 
 __all__ = [
     "Dataset",
@@ -403,14 +404,13 @@ def _gtsrb_image(path: Path, Image) -> tuple[np.ndarray, int]:
     return small, int(original.sum(dtype=np.int64))
 
 
-def _gtsrb_dataset(files, labels, name, Image) -> Dataset:
+def _gtsrb_decode(files, Image) -> dict[str, np.ndarray]:
     n = len(files)
     images = np.empty((n, GTSRB_SIZE, GTSRB_SIZE, 3), dtype=np.uint8)
     sums = np.empty(n, dtype=np.int64)
     for i, path in enumerate(files):
         images[i], sums[i] = _gtsrb_image(path, Image)
-    return Dataset(images, np.asarray(labels, dtype=np.int64).reshape(n), _GTSRB_CLASSES, name,
-                   pixel_sums=sums)
+    return {"images": images, "pixel_sums": sums}
 
 
 def load_gtsrb(root=None) -> tuple[Dataset, Dataset]:
@@ -513,10 +513,14 @@ def load_gtsrb(root=None) -> tuple[Dataset, Dataset]:
     if not classes:
         raise _missing("GTSRB test images", [test_dir / "*.ppm"], _GTSRB_SOURCE)
     test_names = sorted(classes)
-    train = _gtsrb_dataset(train_files, train_labels, "gtsrb/train", Image)
-    test = _gtsrb_dataset([test_dir / f for f in test_names], [classes[f] for f in test_names],
-                          "gtsrb/test", Image)
-    return train, test
+    files = train_files + [test_dir / f for f in test_names]
+    # decoding ~51k files takes minutes: kept in root/gtsrb/.runoff-cache while the files are unchanged
+    arrays = cached_arrays(base, files, {"loader": "gtsrb", "size": GTSRB_SIZE}, lambda: _gtsrb_decode(files, Image))
+    n = len(train_files)
+    labels = {"train": train_labels, "test": [classes[f] for f in test_names]}
+    return tuple(Dataset(arrays["images"][part], np.asarray(labels[split], dtype=np.int64), _GTSRB_CLASSES,
+                         f"gtsrb/{split}", pixel_sums=arrays["pixel_sums"][part])
+                 for split, part in (("train", slice(0, n)), ("test", slice(n, None))))
 
 
 #: Registered data sets: name -> loader. A loader takes ``root`` (a data folder, or None
