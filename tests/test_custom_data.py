@@ -195,6 +195,14 @@ def test_train_predict_and_errors_from_the_command_line(tmp_path, capsys):
     assert main(["predict", str(run), str(image), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_models"] == 2 and len(out["predictions"]) == 1
+    # and in a fresh interpreter, where nothing has imported PIL.Image yet
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "runoff", "predict", str(run), str(image), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["predictions"] == out["predictions"]
     for argv, expected in [
         (["--dataset", "folder:"], "argument --dataset: 'folder:' names no path"),
         (["--dataset", "folder:" + str(tmp_path / "nowhere")], "nowhere/train: no such folder"),

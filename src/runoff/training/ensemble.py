@@ -410,7 +410,10 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def _pillow():
-    return require("PIL", "reading image files").Image
+    require("PIL", "reading image files")
+    from PIL import Image  # a submodule: `import PIL` alone does not load it
+
+    return Image
 
 
 #: Files of a folder given to :func:`read_inputs` that are read as images.
