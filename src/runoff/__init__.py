@@ -5,7 +5,14 @@ certificate for every prediction: the number of training samples an attacker cou
 remove without changing it. Importing runoff never imports torch.
 """
 
-from .certificates import METHODS, Certification, certified_accuracy, certify
+from .certificates import (
+    METHODS,
+    Certification,
+    CollectiveCertification,
+    certified_accuracy,
+    certify,
+    certify_collective,
+)
 from .errors import (
     BackendError,
     CheckpointError,
@@ -27,6 +34,8 @@ __all__ = [
     "Certification",
     "certify",
     "certified_accuracy",
+    "certify_collective",
+    "CollectiveCertification",
     "RunoffError",
     "InvalidScoresError",
     "InvalidLabelsError",

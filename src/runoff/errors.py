@@ -31,6 +31,7 @@ INSTALL_HINTS = {
     "sklearn": ("scikit-learn", "pip install 'runoff[train]'"),
     "PIL": ("Pillow", "pip install 'runoff[train]'"),
     "ray": ("Ray", "pip install 'runoff[ray]'"),
+    "scipy": ("SciPy", "pip install 'runoff[collective]'"),
 }
 
 
@@ -91,7 +92,7 @@ def require(module: str, purpose: str, *, hint: str | None = None):
     Parameters
     ----------
     module : str
-        Top-level module name: ``"torch"``, ``"matplotlib"``, ``"sklearn"``, ``"PIL"`` or ``"ray"``.
+        Top-level module name: ``"torch"``, ``"matplotlib"``, ``"sklearn"``, ``"PIL"``, ``"ray"`` or ``"scipy"``.
     purpose : str
         What needs it, for the message (e.g. ``"runoff train"``).
     hint : str, optional

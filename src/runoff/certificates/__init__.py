@@ -2,6 +2,7 @@
 
 from ._validate import METHODS
 from .api import Certification, certified_accuracy, certify, certify_ensemble
+from .collective import CollectiveAttack, CollectiveCertification, certify_collective
 from .dpa import dpa_1v1, dpa_2v1
 from .fa import greedy_certificate
 
@@ -11,6 +12,9 @@ __all__ = [
     "certify",
     "certify_ensemble",
     "certified_accuracy",
+    "certify_collective",
+    "CollectiveCertification",
+    "CollectiveAttack",
     "dpa_1v1",
     "dpa_2v1",
     "greedy_certificate",
