@@ -195,6 +195,7 @@ def test_train_predict_and_errors_from_the_command_line(tmp_path, capsys):
     assert main(["predict", str(run), str(image), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_models"] == 2 and len(out["predictions"]) == 1
+    assert out["classes"] == [["cat", "dog", "eel"][out["predictions"][0]]]  # labels named by their folders
     # and in a fresh interpreter, where nothing has imported PIL.Image yet
     import subprocess
     import sys

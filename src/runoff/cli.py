@@ -573,6 +573,9 @@ def _cmd_predict(args) -> int:
     pred, cert = res.predictions.tolist(), res.certificates.tolist()
     out = {"run": str(args.run), "method": res.method, "k": ens.plan.k, "d": ens.d, "n_models": ens.n_models,
            "n_classes": ens.n_classes, "inputs": names, "predictions": pred, "certificates": cert}
+    class_names = (ens.plan.training or {}).get("class_names")  # folder: data sets name their classes
+    if class_names:
+        out["classes"] = [class_names[p_] for p_ in pred]
     if ens.versions > 1:
         out["versions"] = ens.versions
     if args.out:
@@ -588,8 +591,8 @@ def _cmd_predict(args) -> int:
     table.add_column("input")
     table.add_column("prediction", justify="right")
     table.add_column("certificate", justify="right")
-    for name, p_, c_ in zip(names, pred, cert):
-        table.add_row(name, str(p_), str(c_))
+    for i, (name, p_, c_) in enumerate(zip(names, pred, cert)):
+        table.add_row(name, f"{p_} ({out['classes'][i]})" if class_names else str(p_), str(c_))
     console = Console()
     console.print(table)
     console.print("certificate: training samples an attacker may insert or remove without changing the prediction",
