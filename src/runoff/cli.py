@@ -318,6 +318,16 @@ def _add_train(sub) -> None:
                         "by plan, recipe and device type only (CPU: 25 small models or one NiN; GPU: 8), the same "
                         "for both backends and any --workers")
     _add_training_options(p)
+    r = p.add_argument_group("recipe (default: the data set's; `runoff configs --json` shows the paper's)")
+    r.add_argument("--model", default=None, help="architecture: nin or small (`runoff models` lists them)")
+    r.add_argument("--batch-size", type=int, default=None, help="samples per step and model")
+    r.add_argument("--lr", type=_number, default=None, help="initial learning rate (> 0)")
+    r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
+    r.add_argument("--augment", default=None, type=_one_of("augmentation", ("none", "crop", "crop-flip")),
+                   metavar="{none,crop,crop-flip}", help="random crop (4 pixels of zero padding), and a flip")
+    r.add_argument("--recipe", default=None, metavar="FILE.toml",
+                   help="recipe fields from a TOML file (model, epochs, batch_size, lr, momentum, nesterov, "
+                        "weight_decay, milestones, gamma, augment, crop_padding, init); the options above override it")
     g = p.add_argument_group("backend (where the chunks of models are trained)")
     g.add_argument("--backend", default="local", type=_one_of("backend", BACKENDS), metavar="{local,ray}",
                    help="local: this process (default); ray: each chunk is a Ray task (pip install 'runoff[ray]')")
@@ -346,6 +356,12 @@ def _check_train_options(args) -> None:
     _at_least(args.workers, "--workers", 1)
     _at_least(args.max_retries, "--max-retries", 0)
     _at_least(args.gpus_per_task, "--gpus-per-task", 0, integer=False)
+    _at_least(args.batch_size, "--batch-size", 1)
+    _at_least(args.weight_decay, "--weight-decay", 0, integer=False)
+    if args.lr is not None:
+        from .checks import check_number
+
+        check_number(args.lr, "--lr", low=0, strict=True)
     if args.cpus_per_task is not None:
         from .checks import check_number
 
@@ -415,10 +431,12 @@ def _cmd_train(args) -> int:
     _check_train_options(args)
     cfg = _train_settings(args)
     _require_training("runoff train", cfg["dataset"])
+    recipe = _train_recipe(args, cfg["dataset"])
     _check_out_folder(args.out)
     backend = _backend(args)
     t0 = time.perf_counter()
-    common = dict(dataset=cfg["dataset"], k=cfg["k"], epochs=args.epochs, hash=args.hash, device=args.device,
+    common = dict(dataset=cfg["dataset"], k=cfg["k"], hash=args.hash, device=args.device,
+                  **({"recipe": recipe} if recipe is not None else {"epochs": args.epochs}),
                   progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
                   checkpoint_min_interval=args.checkpoint_interval, backend=backend, on_nan=args.on_nan,
                   progress_interval=args.progress_interval, image_size=args.image_size)
@@ -438,6 +456,28 @@ def _cmd_train(args) -> int:
     print(f"{m} base models ready in {time.perf_counter() - t0:.1f} s; logits of {n} test points: {res.logits_path}")
     print(f"next: runoff evaluate {args.out}")
     return 0
+
+
+def _train_recipe(args, dataset: str):
+    """The recipe the recipe options make of the data set's, or None when none is given."""
+    given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+             "augment": args.augment}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given and args.recipe is None:
+        return None
+    from dataclasses import replace
+
+    from .checks import check_choice
+    from .training.models import ARCHITECTURES
+    from .training.trainer import load_recipe_file, recipe_for, with_epochs
+
+    if args.model is not None:
+        check_choice(args.model, "--model", ARCHITECTURES)
+    recipe = recipe_for(dataset)
+    if args.recipe is not None:
+        recipe = load_recipe_file(args.recipe, recipe)
+    recipe = replace(recipe, **given)
+    return recipe if args.epochs is None else with_epochs(recipe, args.epochs)
 
 
 def _interrupted(out) -> None:
@@ -602,6 +642,48 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the base-model architectures (--model)",
+                       description="The architectures runoff trains, batched, with their size for an image shape.")
+    p.add_argument("--image-shape", default="32x32x3", metavar="HxWxC",
+                   help="image size and channels the sizes are given for; default 32x32x3")
+    p.add_argument("--classes", type=int, default=10, help="number of classes; default 10")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_models)
+
+
+_MODEL_NOTES = {
+    "nin": "Network in Network (RotNet's), the paper's base model: 9 conv layers with BatchNorm",
+    "small": "a small CNN (3 conv layers with BatchNorm, 16-32 channels): fast on a CPU, runoff's digits model",
+}
+
+
+def _cmd_models(args) -> int:
+    require("torch", "runoff models")
+    from .training.models import ARCHITECTURES, architecture
+
+    try:
+        h, w, c = (int(v) for v in args.image_shape.lower().split("x"))
+    except ValueError:
+        raise InvalidParameterError(f"--image-shape must be HxWxC, e.g. 32x32x3; got {args.image_shape!r}") from None
+    _at_least(args.classes, "--classes", 1)
+    rows = {name: {"parameters": _n_parameters(architecture(name, in_channels=c, n_classes=args.classes)),
+                   "about": _MODEL_NOTES.get(name, "")} for name in ARCHITECTURES}
+    if args.json:
+        print(json.dumps({"image_shape": [h, w, c], "classes": args.classes, "models": rows}, indent=2))
+        return 0
+    for name, row in rows.items():
+        print(f"{name:8s} {row['parameters']:>10,} parameters   {row['about']}")
+    return 0
+
+
+def _n_parameters(spec) -> int:
+    """Trainable parameters of an architecture spec: conv weights (no bias), BatchNorm, linear."""
+    sizes = {"conv": lambda cin, cout, k, *_: cin * cout * k * k, "bn": lambda c: 2 * c,
+             "linear": lambda i, o: i * o + o}
+    return sum(sizes[layer[0]](*layer[1:]) for layer in spec if layer[0] in sizes)
+
+
 def _add_configs(sub) -> None:
     p = sub.add_parser("configs", help="list the paper's named configurations (for runoff train --config)",
                        description="Every setting of the paper's Tables 1-5: data set, k, d, kind, budgets and the "
@@ -693,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_report(sub)
     _add_configs(sub)
+    _add_models(sub)
     _add_certify(sub)
     _add_predict(sub)
     for p in sub.choices.values():  # also after the command: runoff certify FILE --debug

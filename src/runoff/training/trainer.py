@@ -60,12 +60,15 @@ from .checkpoints import (  # noqa: F401
     plan_key,
     save_checkpoint,
 )
-from .models import INIT_RULES, BatchedNet, architecture, sum_rows
+from .models import ARCHITECTURES, INIT_RULES, BatchedNet, architecture, sum_rows
 
 __all__ = [
     "Recipe",
     "RECIPES",
     "recipe_for",
+    "with_epochs",
+    "load_recipe_file",
+    "RECIPE_FIELDS",
     "model_seed",
     "draw_epoch",
     "augment_batch",
@@ -140,6 +143,7 @@ class Recipe:
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        check_choice(self.model, "model", ARCHITECTURES)
         check_int(self.epochs, "epochs", low=1)
         check_int(self.batch_size, "batch_size", low=1)
         check_number(self.lr, "lr", low=0, strict=True)
@@ -196,11 +200,48 @@ def recipe_for(dataset: str, *, epochs: int | None = None) -> Recipe:
     of 200 epochs become (6, 12, 16) for 20 epochs and (1, 2, 3) for 4.
     """
     base = RECIPES.get(dataset, _PAPER)
-    if epochs is None:
-        return base
+    return base if epochs is None else with_epochs(base, epochs)
+
+
+def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
+    """``recipe`` over ``epochs`` epochs, its milestones scaled in proportion (see :func:`recipe_for`)."""
     epochs = check_int(epochs, "epochs", low=1)
-    ms = tuple(sorted({max(1, round(m * epochs / base.epochs)) for m in base.milestones if m * epochs / base.epochs < epochs}))
-    return replace(base, epochs=epochs, milestones=ms)
+    scale = epochs / recipe.epochs
+    ms = tuple(sorted({max(1, round(m * scale)) for m in recipe.milestones if m * scale < epochs}))
+    return replace(recipe, epochs=epochs, milestones=ms)
+
+
+#: Recipe fields a user may set (``--recipe FILE.toml``, command-line options); ``init`` too.
+RECIPE_FIELDS = ("model", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones",
+                 "gamma", "augment", "crop_padding", "init")
+
+
+def load_recipe_file(path, base: Recipe) -> Recipe:
+    """``base`` with the fields of a TOML file (``lr = 0.05``, ``augment = "crop"``, ...).
+
+    Raises
+    ------
+    InvalidParameterError
+        The file is missing or not TOML, names an unknown field, or a value is out of range
+        (the message names the file).
+    """
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            fields = tomllib.load(fh)
+    except OSError as exc:
+        raise InvalidParameterError(f"{path}: cannot read the recipe file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidParameterError(f"{path}: not a TOML file ({exc})") from None
+    unknown = sorted(set(fields) - set(RECIPE_FIELDS))
+    if unknown:
+        raise InvalidParameterError(f"{path}: unknown recipe field(s) {', '.join(unknown)}; "
+                                    f"known: {', '.join(RECIPE_FIELDS)}")
+    try:
+        return replace(base, **fields)
+    except (InvalidParameterError, TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"{path}: {exc}") from None
 
 
 def model_seed(j: int, version: int = 1) -> int:
