@@ -304,6 +304,9 @@ def _add_train(sub) -> None:
     p.add_argument("--hash", default="pixelsum", type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}",
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch mnist, fashion-mnist, cifar10 or gtsrb into --data-root with torchvision first "
+                        "(needs torchvision); files already there are kept")
     p.add_argument("--image-size", default=None, type=_image_size, metavar="HxW",
                    help="folder: data sets: resize every image to HxW (needed when their sizes differ; the partition "
                         "hash still sees each image as stored)")
@@ -407,6 +410,11 @@ def _train_settings(args) -> dict:
             raise InvalidParameterError("give --k (number of partitions) or --config NAME")
         chosen = {"dataset": args.dataset or "digits", "k": args.k, "d": 1 if args.d is None else args.d,
                   "versions": args.versions}
+    if args.download:
+        from .data.download import DOWNLOADABLE
+
+        if chosen["dataset"] not in DOWNLOADABLE:
+            raise InvalidParameterError(f"--download fetches {', '.join(DOWNLOADABLE)}; not {chosen['dataset']}")
     if args.image_size is not None and not chosen["dataset"].startswith("folder:"):
         raise InvalidParameterError(f"--image-size applies to folder: data sets, not to {chosen['dataset']}")
     if chosen["versions"] is not None and chosen["d"] != 1:
@@ -439,7 +447,7 @@ def _cmd_train(args) -> int:
                   **({"recipe": recipe} if recipe is not None else {"epochs": args.epochs}),
                   progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
                   checkpoint_min_interval=args.checkpoint_interval, backend=backend, on_nan=args.on_nan,
-                  progress_interval=args.progress_interval, image_size=args.image_size)
+                  progress_interval=args.progress_interval, image_size=args.image_size, download=args.download)
     try:
         # with --json, standard output carries the JSON alone: progress goes to standard error
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

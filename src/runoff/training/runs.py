@@ -77,6 +77,7 @@ def train_run(
     on_nan: str = "stop",
     progress_interval: float = 30.0,
     image_size=None,
+    download: bool = False,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -133,6 +134,9 @@ def train_run(
     image_size : (int, int) or "HxW", optional
         ``folder:`` data sets: resize every image to this size (the partition hash still
         sees each image as stored).
+    download : bool, default False
+        Fetch the data set with torchvision into ``data_root`` first (MNIST, Fashion-MNIST,
+        CIFAR-10, GTSRB; :mod:`runoff.data.download`).
 
     Returns
     -------
@@ -166,7 +170,8 @@ def train_run(
         backend.check(device)
         plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
                                                   seed_version=seed_version, hash=hash, spread=spread,
-                                                  data_root=data_root, image_size=image_size)
+                                                  data_root=data_root, image_size=image_size,
+                                                  download=download)
         fresh = _check_run_folder(folder, plan, train)
         chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
                          checkpoint_dir=None if fresh else folder.checkpoint_dir)
@@ -228,12 +233,17 @@ def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint
     check_number(checkpoint_min_interval, "checkpoint_min_interval", low=0, unit="seconds")
 
 
-def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root, image_size=None):
-    """Load the data set and build the run's plan (nothing is written)."""
-    from ..data.datasets import load_dataset
+def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root, image_size=None,
+                  download=False):
+    """Load the data set (fetched first with ``download``) and build the run's plan (no run file is written)."""
+    from ..data.datasets import default_data_root, load_dataset
     from ..data.partition import make_plan
     from .trainer import recipe_for
 
+    if download:
+        from ..data.download import download as fetch
+
+        fetch(dataset, data_root if data_root is not None else default_data_root())
     train, test = load_dataset(dataset, root=data_root, image_size=image_size)
     if recipe is None:
         recipe = recipe_for(dataset, epochs=epochs)
@@ -353,7 +363,8 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
     plan, _train, _test, _recipe = _prepare_plan(
         dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"), seed_version=1,
         hash=train_kwargs.get("hash", "pixelsum"), spread=train_kwargs.get("spread"),
-        data_root=train_kwargs.get("data_root"), image_size=train_kwargs.get("image_size"))
+        data_root=train_kwargs.get("data_root"), image_size=train_kwargs.get("image_size"),
+        download=train_kwargs.pop("download", False))
     training = dict(plan.training or {}, seed_version=None, versions=versions,
                     merge="sum of the versions' logits", version_dirs=RunFolder(".").version_names(versions))
     return replace(plan, training=training)
