@@ -7,7 +7,8 @@ the trainer.
 
 The embedded default is scikit-learn's ``digits`` (see :func:`load_digits`). MNIST, CIFAR-10
 and GTSRB (:func:`load_mnist`, :func:`load_cifar10`, :func:`load_gtsrb`) are read from a local
-data folder in the layout torchvision's data sets use; runoff never downloads anything. The
+data folder in the layout torchvision's data sets use; the loaders never download (``--download``,
+:mod:`runoff.data.download`, has torchvision fetch the files first). The
 data folder is the ``root`` argument, else the environment variable ``RUNOFF_DATA``, else
 ``./data`` (see :func:`default_data_root`).
 
@@ -172,7 +173,7 @@ def load_digits() -> tuple[Dataset, Dataset]:
 DATA_ROOT_ENV = "RUNOFF_DATA"
 #: GTSRB images are resized to ``GTSRB_SIZE x GTSRB_SIZE`` (the paper's 48x48).
 GTSRB_SIZE = 48
-_NEVER = "runoff never downloads data"
+_NEVER = "runoff downloads only when asked (--download, with torchvision installed)"
 
 
 def default_data_root() -> Path:
