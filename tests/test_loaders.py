@@ -155,7 +155,7 @@ def test_mnist_missing(tmp_path):
     msg = str(exc.value)
     assert str(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte") in msg
     assert "train-images" not in msg  # only the missing file is named
-    assert "never downloads" in msg and "--data-root" in msg
+    assert "downloads only when asked (--download" in msg and "--data-root" in msg
 
 
 def test_mnist_missing_everything_names_all(tmp_path):
@@ -230,7 +230,7 @@ def test_cifar_missing(tmp_path):
     msg = str(exc.value)
     assert "CIFAR-10 not found" in msg
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_3") in msg
-    assert "cs.toronto.edu" in msg and "never downloads" in msg
+    assert "cs.toronto.edu" in msg and "downloads only when asked (--download" in msg
 
 
 def test_cifar_truncated(tmp_path):
@@ -340,7 +340,7 @@ def test_gtsrb_missing(tmp_path):
     assert str(tmp_path / "gtsrb" / "GTSRB" / "Training") in msg
     assert str(tmp_path / "gtsrb" / "GTSRB" / "Final_Test" / "Images") in msg
     assert str(tmp_path / "gtsrb" / "GT-final_test.csv") in msg
-    assert "never downloads" in msg
+    assert "downloads only when asked (--download" in msg
 
 
 def test_gtsrb_missing_csv_only(tmp_path):
