@@ -51,7 +51,6 @@ attack reported is replayed through runoff's own aggregation, so ``lower`` is ac
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
