@@ -219,7 +219,38 @@ def _add_certify(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--n-jobs", type=int, default=None,
                    help="threads: -1 every core (default), -2 all but one, N exactly N")
+    _add_collective_options(p)
     p.set_defaults(func=_cmd_certify)
+
+
+def _add_collective_options(p) -> None:
+    p.add_argument("--collective", type=_budget_list, default=None, metavar="B,B,...",
+                   help="also give collective certified accuracy at these budgets: one attack with B poisons "
+                        "against every test point at once, a proven bound from a MILP (HiGHS; needs SciPy: "
+                        "pip install 'runoff[collective]')")
+    p.add_argument("--time-limit", type=_number, default=None, metavar="SECONDS",
+                   help="with --collective: solver seconds per method (the bound stays proven, only looser)")
+
+
+def _check_collective_options(args) -> None:
+    if args.time_limit is not None:
+        if args.collective is None:
+            raise InvalidParameterError("--time-limit applies to --collective; add --collective B,B,...")
+        from .checks import check_number
+
+        check_number(args.time_limit, "--time-limit", low=0, strict=True, unit="seconds")
+    if args.collective is not None:
+        require("scipy", "--collective")
+
+
+def _print_collective(summary: dict) -> None:
+    from rich.console import Console
+
+    from .reporting.collective import COLLECTIVE_CAPTION, collective_table
+
+    console = Console()
+    console.print(collective_table(summary))
+    console.print(COLLECTIVE_CAPTION, soft_wrap=True)
 
 
 def _n_jobs(value):
@@ -236,6 +267,7 @@ def _cmd_certify(args) -> int:
     from .reporting.evaluation import evaluate_logits
 
     _at_least(args.d, "--d", 1)
+    _check_collective_options(args)
     if args.out:
         _check_out_file(args.out)
     scores, labels = load_logits(args.file)
@@ -243,6 +275,12 @@ def _cmd_certify(args) -> int:
                          n_jobs=_n_jobs(args.n_jobs))
     results, labels, budgets, summary = ev.results, ev.labels, ev.budgets, ev.summary
     summary["file"] = str(args.file)
+    if args.collective is not None:
+        from .reporting.collective import collective_summary
+
+        summary["collective"] = collective_summary(scores, labels, list(results), args.collective, d=args.d,
+                                                   spread=args.spread, time_limit=args.time_limit,
+                                                   n_jobs=_n_jobs(args.n_jobs))
     n, m, c = summary["n_points"], summary["n_models"], summary["n_classes"]
     if args.out:
         summary["out"] = str(save_certificates(args.out, results, labels=labels, budgets=budgets))
@@ -251,6 +289,8 @@ def _cmd_certify(args) -> int:
     else:
         title = f"{args.file}: {n} points, {m} models, {c} classes" + (f", d={args.d}" if args.d != 1 else "")
         _print_evaluation(summary, title)
+        if "collective" in summary:
+            _print_collective(summary["collective"])
         if args.out:
             print(f"wrote {summary['out']}")
     return 0
@@ -278,6 +318,19 @@ def _add_training_options(p) -> None:
                    metavar="{stop,skip}",
                    help="a base model whose training loss stops being finite: stop with an error naming it "
                         "(default), or skip: train on, flag it in models.json and let it vote for class 0")
+
+
+def _add_recipe_options(p) -> None:
+    r = p.add_argument_group("recipe (default: the data set's; `runoff configs --json` shows the paper's)")
+    r.add_argument("--model", default=None, help="architecture: nin or small (`runoff models` lists them)")
+    r.add_argument("--batch-size", type=int, default=None, help="samples per step and model")
+    r.add_argument("--lr", type=_number, default=None, help="initial learning rate (> 0)")
+    r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
+    r.add_argument("--augment", default=None, type=_one_of("augmentation", ("none", "crop", "crop-flip")),
+                   metavar="{none,crop,crop-flip}", help="random crop (4 pixels of zero padding), and a flip")
+    r.add_argument("--recipe", default=None, metavar="FILE.toml",
+                   help="recipe fields from a TOML file (model, epochs, batch_size, lr, momentum, nesterov, "
+                        "weight_decay, milestones, gamma, augment, crop_padding, init); the options above override it")
 
 
 def _add_train(sub) -> None:
@@ -321,16 +374,7 @@ def _add_train(sub) -> None:
                         "by plan, recipe and device type only (CPU: 25 small models or one NiN; GPU: 8), the same "
                         "for both backends and any --workers")
     _add_training_options(p)
-    r = p.add_argument_group("recipe (default: the data set's; `runoff configs --json` shows the paper's)")
-    r.add_argument("--model", default=None, help="architecture: nin or small (`runoff models` lists them)")
-    r.add_argument("--batch-size", type=int, default=None, help="samples per step and model")
-    r.add_argument("--lr", type=_number, default=None, help="initial learning rate (> 0)")
-    r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
-    r.add_argument("--augment", default=None, type=_one_of("augmentation", ("none", "crop", "crop-flip")),
-                   metavar="{none,crop,crop-flip}", help="random crop (4 pixels of zero padding), and a flip")
-    r.add_argument("--recipe", default=None, metavar="FILE.toml",
-                   help="recipe fields from a TOML file (model, epochs, batch_size, lr, momentum, nesterov, "
-                        "weight_decay, milestones, gamma, augment, crop_padding, init); the options above override it")
+    _add_recipe_options(p)
     g = p.add_argument_group("backend (where the chunks of models are trained)")
     g.add_argument("--backend", default="local", type=_one_of("backend", BACKENDS), metavar="{local,ray}",
                    help="local: this process (default); ray: each chunk is a Ray task (pip install 'runoff[ray]')")
@@ -514,6 +558,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--method", "-m", type=_method_list, default=None, help=f"{_METHOD_HELP}; default: by the run's d")
     p.add_argument("--budgets", type=_budget_list, default=None, help="comma-separated budgets (sorted, each once)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_collective_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -522,15 +567,19 @@ def _cmd_evaluate(args) -> int:
     from .reporting.tables import require_matplotlib
 
     require_matplotlib("runoff evaluate (its plot)")
+    _check_collective_options(args)
     run = Path(args.run)
     if run.is_dir() and not os.access(run, os.W_OK | os.X_OK):
         raise InvalidParameterError(f"{args.run}: cannot write the report into this run folder (permission denied)")
-    ev = evaluate_run(args.run, methods=args.method, budgets=args.budgets)
+    ev = evaluate_run(args.run, methods=args.method, budgets=args.budgets, collective=args.collective,
+                      time_limit=args.time_limit)
     if args.json:
         print(json.dumps(ev.summary, indent=2))
     else:
         s = ev.summary
         _print_evaluation(s, f"{args.run}: {s['dataset']}, k={s['k']}, d={s['d']}, {s['n_test']} test points")
+        if "collective" in s:
+            _print_collective(s["collective"])
         if "base_models" in s:
             from .training.health import describe
 
@@ -735,18 +784,21 @@ def _add_report(sub) -> None:
     p.add_argument("--budgets", type=_budget_list, default=None, help="comma-separated budgets (sorted, each once)")
     p.add_argument("--out", default=None, help="folder for report.md, report.json, certified_accuracy.png, certificates_hist.png")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _add_collective_options(p)
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args) -> int:
     from .reporting.comparison import compare_runs, markdown_comparison
 
+    _check_collective_options(args)
     if args.out:
         from .reporting.tables import require_matplotlib
 
         require_matplotlib("runoff report --out (its plots)")
         _check_out_folder(args.out)
-    report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets)
+    report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets, collective=args.collective,
+                          time_limit=args.time_limit)
     print(json.dumps(report, indent=2) if args.json else markdown_comparison(report))
     if args.out and not args.json:
         print(f"wrote report.md, report.json, certified_accuracy.png, certificates_hist.png in {args.out}")

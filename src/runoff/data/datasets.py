@@ -414,6 +414,36 @@ def _gtsrb_decode(files, Image) -> dict[str, np.ndarray]:
     return {"images": images, "pixel_sums": sums}
 
 
+def _gtsrb_test_labels(test_csv: Path, test_dir: Path) -> dict[str, int]:
+    """Test image file name -> class, from ``GT-final_test.csv``; every image needs a row and every row an image."""
+    try:
+        with open(test_csv, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter=";"))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFileError(f"{test_csv}: cannot read ({exc})") from None
+    classes = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            fname, cls = row["Filename"].strip(), int(row["ClassId"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise DataFileError(
+                f"{test_csv}, line {i}: expected semicolon-separated columns with Filename and ClassId"
+            ) from None
+        if not 0 <= cls < _GTSRB_CLASSES:
+            raise DataFileError(f"{test_csv}, line {i}: ClassId {cls} not in [0, {_GTSRB_CLASSES})")
+        classes[fname] = cls
+    on_disk = {p.name for p in test_dir.iterdir() if p.suffix.lower() == ".ppm" and p.is_file()}
+    no_image = sorted(set(classes) - on_disk)
+    no_label = sorted(on_disk - set(classes))
+    if no_image:
+        raise _missing("GTSRB test images", [test_dir / f for f in no_image[:5]], _GTSRB_SOURCE)
+    if no_label:
+        raise DataFileError(f"{test_csv} has no ClassId for test image(s) {', '.join(no_label[:5])}")
+    if not classes:
+        raise _missing("GTSRB test images", [test_dir / "*.ppm"], _GTSRB_SOURCE)
+    return classes
+
+
 def load_gtsrb(root=None) -> tuple[Dataset, Dataset]:
     """GTSRB (German traffic signs, 43 classes) from ``root/gtsrb`` (torchvision's layout).
 
@@ -488,31 +518,7 @@ def load_gtsrb(root=None) -> tuple[Dataset, Dataset]:
     if not train_files:
         raise _missing("GTSRB training images", [train_dir / "00000/*.ppm ... 00042/*.ppm"], _GTSRB_SOURCE)
 
-    try:
-        with open(test_csv, newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter=";"))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataFileError(f"{test_csv}: cannot read ({exc})") from None
-    classes = {}
-    for i, row in enumerate(rows, start=2):
-        try:
-            fname, cls = row["Filename"].strip(), int(row["ClassId"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise DataFileError(
-                f"{test_csv}, line {i}: expected semicolon-separated columns with Filename and ClassId"
-            ) from None
-        if not 0 <= cls < _GTSRB_CLASSES:
-            raise DataFileError(f"{test_csv}, line {i}: ClassId {cls} not in [0, {_GTSRB_CLASSES})")
-        classes[fname] = cls
-    on_disk = {p.name for p in test_dir.iterdir() if p.suffix.lower() == ".ppm" and p.is_file()}
-    no_image = sorted(set(classes) - on_disk)
-    no_label = sorted(on_disk - set(classes))
-    if no_image:
-        raise _missing("GTSRB test images", [test_dir / f for f in no_image[:5]], _GTSRB_SOURCE)
-    if no_label:
-        raise DataFileError(f"{test_csv} has no ClassId for test image(s) {', '.join(no_label[:5])}")
-    if not classes:
-        raise _missing("GTSRB test images", [test_dir / "*.ppm"], _GTSRB_SOURCE)
+    classes = _gtsrb_test_labels(test_csv, test_dir)
     test_names = sorted(classes)
     files = train_files + [test_dir / f for f in test_names]
     # decoding ~51k files takes minutes: kept in root/gtsrb/.runoff-cache while the files are unchanged

@@ -61,13 +61,15 @@ def run_labels(run_dirs) -> list[str]:
     return labels
 
 
-def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
+def compare_runs(run_dirs, *, out_dir=None, budgets=None, collective=None, time_limit=None) -> dict:
     """Certify every run and build one comparison; write it to ``out_dir`` if given.
 
     Returns a JSON-ready dict with ``budgets``, and per column (``run: method``) the clean and
     certified accuracy (%), the paper's values where a configuration matches, and ROE's gain.
     A run is named by its folder, or by as much of its path as tells it from the others
-    (:func:`run_labels`). Budgets are sorted and de-duplicated.
+    (:func:`run_labels`). Budgets are sorted and de-duplicated. ``collective`` (budgets) adds
+    each column's collective certified accuracy (%) at those budgets (:func:`runoff.certify_collective`,
+    ``time_limit`` solver seconds per run and method).
     Files: ``report.json``, ``report.md``, ``certified_accuracy.png``, ``certificates_hist.png``.
 
     Raises
@@ -98,7 +100,7 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
         budgets = check_budget_list(budgets)
     evaluations, configs = [], []
     for run in runs:
-        evaluations.append(evaluate_run(run, write=False))
+        evaluations.append(evaluate_run(run, write=False, collective=collective, time_limit=time_limit))
         configs.append(matching_config(PartitionPlan.load(run)))
     labels = evaluations[0].labels
     for run, ev in zip(runs[1:], evaluations[1:]):
@@ -123,6 +125,8 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None) -> dict:
             if method.endswith("-roe") and base in ev.results:
                 b_acc = 100 * certified_accuracy(ev.results[base].predictions, ev.results[base].certificates, labels, budgets)
                 col["roe_gain"] = {int(b): float(a - c) for b, a, c in zip(budgets, acc, b_acc)}
+            if "collective" in ev.summary:
+                col["collective"] = {b: 100 * v for b, v in ev.summary["collective"]["methods"][method]["collective"].items()}
             columns[key] = col
     report = {"budgets": budgets.tolist(), "n_test": int(labels.size), "columns": columns,
               "base_models": {name: ev.summary.get("base_models") for name, ev in zip(names, evaluations)}}
@@ -153,4 +157,18 @@ def markdown_comparison(report: dict) -> str:
     note = ("\nCertified accuracy at budget B; (+x.xx): points gained by ROE over the same ensemble's "
             "plurality vote; [paper]: the paper's figure for the matching configuration.\n")
     health = [f"- {name}: {describe_health(h)}" for name, h in report.get("base_models", {}).items() if h]
+    note += _collective_rows(report)
     return "\n".join(lines) + "\n" + note + ("\nBase models:\n" + "\n".join(health) + "\n" if health else "")
+
+
+def _collective_rows(report: dict) -> str:
+    """Markdown rows of collective certified accuracy, when the report has them."""
+    cols = {key: col for key, col in report["columns"].items() if "collective" in col}
+    if not cols:
+        return ""
+    budgets = sorted({b for col in cols.values() for b in col["collective"]})
+    lines = ["| run: method | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for key, col in cols.items():
+        lines.append(f"| {key} | " + " | ".join(f"{col['collective'][b]:.2f}%" for b in budgets) + " |")
+    return ("\nCollective certified accuracy (one attack with B poisons against every point at once; a proven "
+            "bound):\n\n" + "\n".join(lines) + "\n")

@@ -20,6 +20,7 @@ from ..errors import RunDirectoryError
 from ..logits_io import save_certificates
 from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
 from ..training.health import describe as describe_health
+from .collective import collective_markdown, collective_summary
 from .tables import (
     default_budgets,
     markdown_table,
@@ -60,8 +61,11 @@ def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | N
                       budgets=evaluation.budgets)
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(summary, indent=2) + "\n")
     health = "" if "base_models" not in summary else f"Base models: {describe_health(summary['base_models'])}.\n"
-    atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary) + health)
-    plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / ACCURACY_PLOT, title=title)
+    collective = summary.get("collective")
+    extra_md = "" if collective is None else collective_markdown(collective)
+    atomic_write_text(out_dir / REPORT_MD, f"# {title}\n\n" + markdown_table(summary) + health + extra_md)
+    plot_certified_accuracy(evaluation.results, evaluation.labels, out_dir / ACCURACY_PLOT, title=title,
+                            collective=collective)
     return out_dir
 
 
@@ -142,7 +146,8 @@ def base_model_health(folder) -> dict | None:
     return summary
 
 
-def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True) -> Evaluation:
+def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True,
+                 collective=None, time_limit: float | None = None) -> Evaluation:
     """Certify the logits of a run directory and (by default) write its report there.
 
     Parameters
@@ -154,6 +159,11 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     write : bool, default True
         Write ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accuracy.png``
         into ``run_dir`` (needs matplotlib, checked before anything is computed or written).
+    collective : sequence of int, optional
+        Budgets at which to add collective certified accuracy (:func:`runoff.certify_collective`,
+        one attack against all points; needs SciPy) to the summary, report and plot.
+    time_limit : float, optional
+        Solver seconds per method for ``collective``.
 
     Returns
     -------
@@ -179,6 +189,10 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     health = base_model_health(folder)
     if health is not None:
         evaluation.summary["base_models"] = health
+    if collective is not None:  # one attack against every point at once (runoff.certify_collective)
+        evaluation.summary["collective"] = collective_summary(
+            scores, labels, list(evaluation.results), check_budget_list(collective), d=plan.d,
+            spread=list(plan.spread) if plan.d > 1 else None, time_limit=time_limit, n_jobs=n_jobs)
     if write:
         title = f"{plan.dataset}: k={plan.k}" + (f", d={plan.d}" if plan.d > 1 else "")
         write_report(run_dir, evaluation, title=title)

@@ -114,11 +114,14 @@ def _save_figure(path, draw, *, xlabel: str, ylabel: str, title: str | None):
     return path
 
 
-def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, title: str | None = None):
+def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, title: str | None = None,
+                            collective: dict | None = None):
     """Save a PNG of certified accuracy (%) against budget, one curve per method.
 
     Each curve runs from budget 0 to the largest certificate of a correct prediction, at every
-    integer budget. Needs matplotlib.
+    integer budget. ``collective`` (from :func:`runoff.reporting.collective.collective_summary`)
+    adds each method's collective certified accuracy as markers on a dashed line. Needs
+    matplotlib.
     """
     labels = np.asarray(labels)
     budgets = np.arange(int(default_budgets(results, labels)[-1]) + 2)
@@ -126,7 +129,11 @@ def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, 
     def draw(ax):
         for method, res in results.items():
             acc = certified_accuracy(res.predictions, res.certificates, labels, budgets)
-            ax.step(budgets, 100 * acc, where="post", label=method)
+            line, = ax.step(budgets, 100 * acc, where="post", label=method)
+            if collective and method in collective["methods"]:
+                points = collective["methods"][method]["collective"]
+                ax.plot(list(points), [100 * v for v in points.values()], "o--", color=line.get_color(),
+                        label=f"{method}, collective")
         ax.set_ylim(0, 100)
         ax.set_xlim(0, budgets[-1])
 

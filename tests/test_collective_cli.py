@@ -1,0 +1,79 @@
+"""--collective in runoff certify, evaluate and report: beside the pointwise figures, never below."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from runoff import certified_accuracy, certify  # noqa: E402
+from runoff.cli import main  # noqa: E402
+
+
+@pytest.fixture
+def logits(tmp_path):
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=30)
+    scores = rng.normal(size=(30, 12, 4))
+    scores[np.arange(30), :, labels] += 1.2  # a decent ensemble: most models right
+    path = tmp_path / "logits.npz"
+    np.savez(path, scores=scores, labels=labels)
+    return path, scores, labels
+
+
+def test_certify_json_has_collective_beside_pointwise(logits):
+    path, scores, labels = logits
+    proc = subprocess.run([sys.executable, "-m", "runoff", "certify", str(path), "--collective", "1,2,3", "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # nothing but JSON on stdout, not even the solver's own lines
+    col = summary["collective"]
+    assert col["budgets"] == [1, 2, 3] and set(col["methods"]) == {"dpa", "dpa-roe"}
+    for method, row in col["methods"].items():
+        res = certify(scores, method)
+        pointwise = certified_accuracy(res.predictions, res.certificates, labels, [1, 2, 3])
+        assert [row["pointwise"][b] for b in ("1", "2", "3")] == pytest.approx(pointwise)
+        assert all(row["collective"][b] >= row["pointwise"][b] for b in ("1", "2", "3"))
+        assert all(row["lower"][b] <= row["upper"][b] for b in ("1", "2", "3"))
+    assert col["methods"]["dpa"]["exact"] and not col["methods"]["dpa-roe"]["exact"]
+
+
+def test_certify_table_and_option_errors(logits, capsys, monkeypatch):
+    path = str(logits[0])
+    assert main(["certify", path, "--collective", "2", "--time-limit", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "pointwise / collective" in out and "one attack with B poisons against all points" in out
+    for argv, expected in [
+        (["--time-limit", "5"], "--time-limit applies to --collective; add --collective B,B,..."),
+        (["--collective", "2", "--time-limit", "0"], "--time-limit must be a number of seconds > 0"),
+        (["--collective", "2,-1"], "argument --collective: budgets must be >= 0"),
+    ]:
+        assert main(["certify", path, *argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    assert main(["certify", path, "--collective", "2"]) == 1
+    assert "pip install 'runoff[collective]'" in capsys.readouterr().err
+
+
+def test_evaluate_and_report_add_collective(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    from runoff.training.runs import train_run
+
+    run = tmp_path / "run"
+    train_run(run, k=8, epochs=1, progress=False)
+    assert main(["evaluate", str(run), "--collective", "1,2"]) == 0
+    assert "pointwise / collective" in capsys.readouterr().out
+    report = json.loads((run / "report.json").read_text())
+    assert report["collective"]["budgets"] == [1, 2]
+    assert "## Collective certified accuracy" in (run / "report.md").read_text()
+    assert main(["report", str(run), "--budgets", "0,2", "--collective", "2", "--json"]) == 0
+    columns = json.loads(capsys.readouterr().out)["columns"]
+    for col in columns.values():
+        assert col["collective"]["2"] >= col["certified"]["2"] - 1e-9  # percent, never below pointwise
