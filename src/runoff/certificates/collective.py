@@ -213,6 +213,44 @@ class _Terms:
         np.maximum.at(self.term_need, row_term, self.need)
 
 
+@dataclass(frozen=True)
+class _Ballots:
+    """The ensemble's logits (N, M, C), round-1 votes (N, M), vote counts (N, C), predictions (N,)."""
+
+    scores: np.ndarray
+    votes: np.ndarray
+    counts: np.ndarray
+    pred: np.ndarray
+
+
+@dataclass
+class _TermRows:
+    """Terms and their rows gathered piece by piece, concatenated once (in order) by :meth:`terms`."""
+
+    row_term: list = field(default_factory=list)
+    coef: list = field(default_factory=list)
+    gap: list = field(default_factory=list)
+    term_point: list = field(default_factory=list)
+    n_terms: int = 0
+
+    def new_terms(self, x):
+        """Open one term at each point of ``x``; returns their ids."""
+        t_ids = self.n_terms + np.arange(x.size)
+        self.n_terms += x.size
+        self.term_point.append(x)
+        return t_ids
+
+    def add_rows(self, t_ids, coef, gap):
+        """One row ``coef . s >= gap`` for each term of ``t_ids``."""
+        self.row_term.append(t_ids)
+        self.coef.append(coef)
+        self.gap.append(gap)
+
+    def terms(self, m, units):
+        return _Terms(np.concatenate(self.row_term), np.concatenate(self.coef).reshape(-1, m).astype(np.int8),
+                      np.concatenate(self.gap).astype(np.int64), np.concatenate(self.term_point), units)
+
+
 def _one_hot(votes, cls):
     return (votes == cls[:, None]).astype(np.int8)
 
@@ -235,8 +273,9 @@ def _rivals(counts, pred, pts, keep_silent):
     return rival & (~silent | (rank < keep_silent))
 
 
-def _plurality_terms(votes, counts, pred, pts, units):
-    n_classes = counts.shape[1]
+def _plurality_terms(ballots, pts, units):
+    """One term per point and rival ``c``: every corrupted model votes ``c`` (exact)."""
+    votes, counts, pred = ballots.votes, ballots.counts, ballots.pred
     p_idx, c_idx = np.nonzero(_rivals(counts, pred, pts, 1))
     x, c = pts[p_idx], c_idx
     coef = 1 + _one_hot(votes[x], pred[x]) - _one_hot(votes[x], c)
@@ -244,44 +283,51 @@ def _plurality_terms(votes, counts, pred, pts, units):
     return _Terms(np.arange(x.size), coef, gap, x, units)
 
 
-def _roe_terms(scores, votes, counts, pred, sec, pts, units):
+def _roe_terms(ballots, sec, pts, units):
+    """Run-off terms (every rival, a relaxation) then round-1 terms (rival pairs, exact).
+
+    ``sec``: (N,) the losing finalist of each point.
+    """
+    rows = _TermRows()
+    _add_run_off_terms(rows, ballots, sec, pts)
+    if ballots.counts.shape[1] >= 3:  # a pair of rivals needs three classes
+        _add_round_one_terms(rows, ballots, pts)
+    return rows.terms(ballots.votes.shape[1], units)
+
+
+def _add_run_off_terms(rows, ballots, sec, pts):
+    """Round 2: rival ``c`` beats ``y`` in the run-off (necessary conditions only)."""
+    votes, counts, pred = ballots.votes, ballots.counts, ballots.pred
     n_classes, m = counts.shape[1], votes.shape[1]
-    row_term, coef, gap, term_point = [], [], [], []
-    n_terms = 0
-    # Round 2: rival c beats y in the run-off (necessary conditions).
     p_idx, c_idx = np.nonzero(np.arange(n_classes)[None, :] != pred[pts][:, None])
     x, c = pts[p_idx], c_idx
-    t_ids = n_terms + np.arange(x.size)
-    n_terms += x.size
-    term_point.append(x)
+    t_ids = rows.new_terms(x)
+    # c must overtake the losing finalist sec in round 1; nothing to do when c is sec
     not_sec = c != sec[x]
     xs, cs = x[not_sec], c[not_sec]
-    row_term.append(t_ids[not_sec])
-    coef.append(1 + _one_hot(votes[xs], sec[xs]) - _one_hot(votes[xs], cs))
-    gap.append(gaps(counts[xs], sec[xs])[np.arange(xs.size), cs])
-    sy = scores[x, :, pred[x]] if x.size else np.zeros((0, m))
-    sc = scores[x, :, c] if x.size else np.zeros((0, m))
+    rows.add_rows(t_ids[not_sec], 1 + _one_hot(votes[xs], sec[xs]) - _one_hot(votes[xs], cs),
+                  gaps(counts[xs], sec[xs])[np.arange(xs.size), cs])
+    # c must win the two-way vote against y; a corrupted model preferring y can swap sides
+    sy = ballots.scores[x, :, pred[x]] if x.size else np.zeros((0, m))
+    sc = ballots.scores[x, :, c] if x.size else np.zeros((0, m))
     y_first = (sy > sc) | ((sy == sc) & (pred[x] < c)[:, None])
-    row_term.append(t_ids)
-    coef.append(2 * y_first.astype(np.int8))
-    gap.append(run_off_gaps(m - y_first.sum(axis=1), m, pred[x], c))
-    # Round 1: two rivals both overtake y (exact).
-    if n_classes >= 3:
-        c1, c2 = np.triu_indices(n_classes, k=1)
-        keep = _rivals(counts, pred, pts, 2)
-        p_idx, k_idx = np.nonzero(keep[:, c1] & keep[:, c2])
-        x, a, b = pts[p_idx], c1[k_idx], c2[k_idx]
-        t_ids = n_terms + np.arange(x.size)
-        n_terms += x.size
-        term_point.append(x)
-        on_y, on_a, on_b = _one_hot(votes[x], pred[x]), _one_hot(votes[x], a), _one_hot(votes[x], b)
-        g = gaps(counts[x], pred[x])
-        ga, gb = g[np.arange(x.size), a], g[np.arange(x.size), b]
-        row_term += [t_ids, t_ids, t_ids]
-        coef += [1 + on_y - on_a, 1 + on_y - on_b, 1 + 2 * on_y - on_a - on_b]
-        gap += [ga, gb, ga + gb]
-    return _Terms(np.concatenate(row_term), np.concatenate(coef).reshape(-1, m).astype(np.int8),
-                  np.concatenate(gap).astype(np.int64), np.concatenate(term_point), units)
+    rows.add_rows(t_ids, 2 * y_first.astype(np.int8), run_off_gaps(m - y_first.sum(axis=1), m, pred[x], c))
+
+
+def _add_round_one_terms(rows, ballots, pts):
+    """Round 1: two rivals ``a < b`` both overtake ``y``, so ``y`` is no finalist (exact)."""
+    votes, counts, pred = ballots.votes, ballots.counts, ballots.pred
+    c1, c2 = np.triu_indices(counts.shape[1], k=1)
+    keep = _rivals(counts, pred, pts, 2)
+    p_idx, k_idx = np.nonzero(keep[:, c1] & keep[:, c2])
+    x, a, b = pts[p_idx], c1[k_idx], c2[k_idx]
+    t_ids = rows.new_terms(x)
+    on_y, on_a, on_b = _one_hot(votes[x], pred[x]), _one_hot(votes[x], a), _one_hot(votes[x], b)
+    g = gaps(counts[x], pred[x])
+    ga, gb = g[np.arange(x.size), a], g[np.arange(x.size), b]
+    rows.add_rows(t_ids, 1 + on_y - on_a, ga)
+    rows.add_rows(t_ids, 1 + on_y - on_b, gb)
+    rows.add_rows(t_ids, 1 + 2 * on_y - on_a - on_b, ga + gb)
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,6 +343,19 @@ def _aggregate(logits, roe):
     return roe_finalists(class_major(logits), counts)[0]
 
 
+@dataclass(frozen=True)
+class _Coalition:
+    """What the corrupted models ``S`` weigh at each replayed point (P points, C classes)."""
+
+    y: np.ndarray  # (P,) current predictions
+    counts: np.ndarray  # (P, C) round-1 vote counts
+    on: np.ndarray  # (P, C) corrupted models voting each class
+    on_y: np.ndarray  # (P, 1) corrupted models voting y
+    n_s: int  # |S|
+    g: np.ndarray  # (P, C) gap(y, c)
+    reach: np.ndarray  # (P, C) power of S against each rival: 1 + [V=y] - [V=c] summed over S
+
+
 def _replay(scores, roe, pred, pts, models):
     """Points of ``pts`` that corrupting ``models`` changes, and their new predictions.
 
@@ -305,124 +364,208 @@ def _replay(scores, roe, pred, pts, models):
     between two rivals), only where the linear conditions say they can work, and each is
     confirmed by aggregating the modified logits.
     """
-    n_classes = scores.shape[2]
     models = np.asarray(models, dtype=np.int64)
     if pts.size == 0 or models.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    co = _coalition(scores, pred, pts, models)
+    cands = _attack_candidates(scores, roe, pts, models, co)
+    changed = _confirm_candidates(scores, roe, pts, models, co.y, cands)
+    done = np.flatnonzero(changed >= 0)
+    return pts[done], changed[done]
+
+
+def _coalition(scores, pred, pts, models):
+    n_classes = scores.shape[2]
     votes = round1_votes(scores[pts])
     counts = vote_counts(votes, n_classes)
     y = pred[pts]
-    sub = votes[:, models]  # (P, |S|)
-    on = vote_counts(sub, n_classes)  # corrupted models voting each class
+    on = vote_counts(votes[:, models], n_classes)
     n_s = models.size
     on_y = on[np.arange(pts.size), y][:, None]
-    cands = []  # (point position, kind, c1, c2, switches)
-    g = gaps(counts, y)
-    reach = n_s + on_y - on  # power of S against each rival: 1 + [V=y] - [V=c] summed
-    ok = (reach >= g) & (np.arange(n_classes)[None, :] != y[:, None])
-    p_idx, c_idx = np.nonzero(ok)
-    cands.append(np.stack([p_idx, np.zeros_like(p_idx), c_idx, c_idx, np.zeros_like(p_idx)], 1))
+    return _Coalition(y=y, counts=counts, on=on, on_y=on_y, n_s=n_s, g=gaps(counts, y), reach=n_s + on_y - on)
+
+
+def _stack_candidates(p_idx, kind, a, b, switches=None):
+    """Candidate rows (point position, kind, c1, c2, switches); kind 0: plurality, 1: run-off,
+    2: round-1 split, where the first ``switches`` corrupted models rank ``c2`` first."""
+    switches = np.zeros_like(p_idx) if switches is None else switches
+    return np.stack([p_idx, np.full_like(p_idx, kind), a, b, switches], 1)
+
+
+def _attack_candidates(scores, roe, pts, models, co):
+    """All candidates worth replaying, in the order they are tried (the first that works wins)."""
+    cls = np.arange(co.counts.shape[1])[None, :]
+    # every corrupted model votes rival c (for ROE: c also reaches the run-off this way)
+    p_idx, c_idx = np.nonzero((co.reach >= co.g) & (cls != co.y[:, None]))
+    cands = [_stack_candidates(p_idx, 0, c_idx, c_idx)]
     if roe:
-        cm = class_major(scores[pts])
-        _, sec = roe_finalists(cm, counts)
-        gs = gaps(counts, sec)
-        on_sec = on[np.arange(pts.size), sec][:, None]
-        rows = np.arange(pts.size)[:, None]
-        sy = cm[rows, y[:, None]][:, :, models]  # (P, 1, |S|)
-        y_first_s = ((cm[:, :, models] < sy) | ((cm[:, :, models] == sy)
-                                                & (y[:, None, None] < np.arange(n_classes)[None, :, None]))).sum(2)
-        sy_all = cm[rows, y[:, None]]
-        y_first = ((cm < sy_all) | ((cm == sy_all) & (y[:, None, None] < np.arange(n_classes)[None, :, None]))).sum(2)
-        ro = run_off_gaps(scores.shape[1] - y_first, scores.shape[1], y[:, None], np.arange(n_classes)[None, :])
-        ok2 = ((n_s + on_sec - on >= gs) | (np.arange(n_classes)[None, :] == sec[:, None])) & (2 * y_first_s >= ro)
-        ok2 &= np.arange(n_classes)[None, :] != y[:, None]
-        p_idx, c_idx = np.nonzero(ok2)
-        cands.append(np.stack([p_idx, np.ones_like(p_idx), c_idx, c_idx, np.zeros_like(p_idx)], 1))
-        if n_classes >= 3:
-            c1, c2 = np.triu_indices(n_classes, k=1)
-            hi = reach[:, c1]  # gap(y, c1) reduction when all vote c1
-            total = n_s + 2 * on_y - on[:, c1] - on[:, c2]
-            g1, g2 = g[:, c1], g[:, c2]
-            r1 = np.maximum(g1, hi - n_s)  # the split: r1 = hi - switches
-            ok3 = (hi >= g1) & (reach[:, c2] >= g2) & (total >= g1 + g2) & (r1 <= total - g2)
-            ok3 &= (c1[None, :] != y[:, None]) & (c2[None, :] != y[:, None])
-            p_idx, k_idx = np.nonzero(ok3)
-            switches = (hi - r1)[p_idx, k_idx]
-            cands.append(np.stack([p_idx, np.full_like(p_idx, 2), c1[k_idx], c2[k_idx], switches], 1))
-    cands = np.concatenate(cands)
+        cands.append(_run_off_candidates(scores, pts, models, co))
+        if co.counts.shape[1] >= 3:
+            cands.append(_split_candidates(co))
+    return np.concatenate(cands)
+
+
+def _run_off_candidates(scores, pts, models, co):
+    """Kind 1: the corrupted models rank rival ``c`` first and ``y`` last, where ``c`` can pass
+    the losing finalist and win the run-off against ``y``."""
+    m, n_classes = scores.shape[1], scores.shape[2]
+    cls = np.arange(n_classes)[None, :]
+    cm = class_major(scores[pts])
+    _, sec = roe_finalists(cm, co.counts)
+    gs = gaps(co.counts, sec)
+    on_sec = co.on[np.arange(pts.size), sec][:, None]
+    rows = np.arange(pts.size)[:, None]
+    sy = cm[rows, co.y[:, None]][:, :, models]  # (P, 1, |S|)
+    y_first_s = ((cm[:, :, models] < sy) | ((cm[:, :, models] == sy)
+                                            & (co.y[:, None, None] < cls[:, :, None]))).sum(2)
+    sy_all = cm[rows, co.y[:, None]]
+    y_first = ((cm < sy_all) | ((cm == sy_all) & (co.y[:, None, None] < cls[:, :, None]))).sum(2)
+    ro = run_off_gaps(m - y_first, m, co.y[:, None], cls)
+    ok = ((co.n_s + on_sec - co.on >= gs) | (cls == sec[:, None])) & (2 * y_first_s >= ro)
+    ok &= cls != co.y[:, None]
+    p_idx, c_idx = np.nonzero(ok)
+    return _stack_candidates(p_idx, 1, c_idx, c_idx)
+
+
+def _split_candidates(co):
+    """Kind 2: the corrupted models split their round-1 votes between rivals ``c1 < c2`` so
+    that both overtake ``y``; ``switches`` of them move from ``c1`` to ``c2``."""
+    c1, c2 = np.triu_indices(co.counts.shape[1], k=1)
+    hi = co.reach[:, c1]  # gap(y, c1) reduction when all vote c1
+    total = co.n_s + 2 * co.on_y - co.on[:, c1] - co.on[:, c2]
+    g1, g2 = co.g[:, c1], co.g[:, c2]
+    r1 = np.maximum(g1, hi - co.n_s)  # the split: r1 = hi - switches
+    ok = (hi >= g1) & (co.reach[:, c2] >= g2) & (total >= g1 + g2) & (r1 <= total - g2)
+    ok &= (c1[None, :] != co.y[:, None]) & (c2[None, :] != co.y[:, None])
+    p_idx, k_idx = np.nonzero(ok)
+    switches = (hi - r1)[p_idx, k_idx]
+    return _stack_candidates(p_idx, 2, c1[k_idx], c2[k_idx], switches)
+
+
+def _confirm_candidates(scores, roe, pts, models, y, cands):
+    """(P,) new prediction of each point under its first candidate that changes it; -1: none."""
+    n_classes = scores.shape[2]
     changed = np.full(pts.size, -1, dtype=np.int64)
+    # batches of about 2M logits
     step = max(1, (1 << 21) // (scores.shape[1] * n_classes))
     for lo in range(0, cands.shape[0], step):
         part = cands[lo: lo + step]
-        part = part[changed[part[:, 0]] < 0]
+        part = part[changed[part[:, 0]] < 0]  # points already changed need no more tries
         if part.size == 0:
             continue
-        p, kind, a, b, sw = part.T
+        p = part[:, 0]
         logits = scores[pts[p]].astype(np.float64)  # (K, M, C)
-        yy = y[p]
-        row = np.ones((p.size, n_s, n_classes))
-        first = np.where((kind == 2)[:, None] & (np.arange(n_s)[None, :] < sw[:, None]), b[:, None], a[:, None])
-        other = np.where(first == a[:, None], b[:, None], a[:, None])
-        k_rows = np.arange(p.size)[:, None]
-        row[k_rows, np.arange(n_s)[None, :], other] = 2.0
-        row[k_rows, np.arange(n_s)[None, :], first] = 3.0
-        row[k_rows, np.arange(n_s)[None, :], yy[:, None]] = 0.0
-        logits[:, models, :] = row
+        logits[:, models, :] = _corrupted_logits(part, y[p], models.size, n_classes)
         new = _aggregate(logits, roe)
-        hit = np.flatnonzero((new != yy) & (changed[p] < 0))
+        hit = np.flatnonzero((new != y[p]) & (changed[p] < 0))
         # first confirmed candidate of each point
         p_hit, first_pos = np.unique(p[hit], return_index=True)
         changed[p_hit] = new[hit[first_pos]]
-    done = np.flatnonzero(changed >= 0)
-    return pts[done], changed[done]
+    return changed
+
+
+def _corrupted_logits(part, y, n_s, n_classes):
+    """(K, |S|, C) outputs of the corrupted models for candidates ``part``: the chosen rival
+    first (3), the other rival second (2), ``y`` last (0), every other class 1."""
+    p, kind, a, b, sw = part.T
+    row = np.ones((p.size, n_s, n_classes))
+    first = np.where((kind == 2)[:, None] & (np.arange(n_s)[None, :] < sw[:, None]), b[:, None], a[:, None])
+    other = np.where(first == a[:, None], b[:, None], a[:, None])
+    k_rows = np.arange(p.size)[:, None]
+    s_cols = np.arange(n_s)[None, :]
+    row[k_rows, s_cols, other] = 2.0
+    row[k_rows, s_cols, first] = 3.0
+    row[k_rows, s_cols, y[:, None]] = 0.0
+    return row
 
 
 # ---------------------------------------------------------------------------------------
 # The MILP of one chunk
 # ---------------------------------------------------------------------------------------
+#
+# Variables, in this order: t (one per unit, binary), s (FA only: one per model, continuous),
+# w (one per term of the chunk, binary).
 
 
-def _solve_chunk(terms, t_sel, units, budget, time_limit, fa):
+class _Rows:
+    """Constraint rows ``lb <= A x <= ub`` gathered block by block as sparse triplets."""
+
+    def __init__(self):
+        self.r, self.c, self.v, self.lb, self.ub = [], [], [], [], []
+        self.n_row = 0
+
+    def add(self, entries, lb, ub):
+        """A block of ``len(lb)`` rows; ``entries``: (row within the block, column, value) arrays."""
+        for r, c, v in entries:
+            self.r.append(self.n_row + r)
+            self.c.append(c)
+            self.v.append(v)
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.n_row += len(lb)
+
+    def matrix(self, n_var):
+        from scipy import sparse
+        return sparse.csr_array((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))),
+                                shape=(self.n_row, n_var))
+
+
+def _solve_chunk(terms, t_sel, units, budget, *, time_limit, fa):
     """Bound on the points of one chunk: (upper, chosen units or None, solver ok).
 
     ``t_sel``: indices of the chunk's live terms.
     """
     require("scipy", "runoff.certify_collective")
-    from scipy import optimize, sparse
-    n_units, m = units.shape
     n_points = np.unique(terms.term_point[t_sel]).size
-    n_s = m if fa else 0
-    n_t = t_sel.size
-    col_w = n_units + n_s
-    # live rows of the chosen terms, renumbered
+    cons, col_w = _chunk_constraints(terms, t_sel, units, budget, fa)
+    a_mat = cons.matrix(col_w + t_sel.size)
+    res = _run_milp(a_mat, cons, n_units=units.shape[0], col_w=col_w, time_limit=time_limit)
+    if res is None:
+        return n_points, None, False
+    return _read_bound(res, units.shape[0], n_points)
+
+
+def _live_rows(terms, t_sel):
+    """Rows of the chunk's terms with a positive gap: (rows, their term's local index, gap, coef).
+
+    ``coef`` is clipped to the gap: ``a_i > g`` never helps.
+    """
     local = np.full(terms.term_point.shape[0], -1, dtype=np.int64)
-    local[t_sel] = np.arange(n_t)
+    local[t_sel] = np.arange(t_sel.size)
     rows = np.flatnonzero((local[terms.row_term] >= 0) & (terms.gap > 0))
     r_term = local[terms.row_term[rows]]
     g = terms.gap[rows]
-    coef = np.minimum(terms.coef[rows].astype(np.int64), g[:, None])  # a_i > g never helps
-    r_i, m_i = np.nonzero(coef)
-    s_col = (n_units + m_i) if fa else m_i
-    blocks_r, blocks_c, blocks_v, lb, ub = [], [], [], [], []
-    n_row = 0
-    # budget
-    blocks_r.append(np.zeros(n_units, dtype=np.int64)); blocks_c.append(np.arange(n_units))
-    blocks_v.append(np.ones(n_units)); lb.append([-np.inf]); ub.append([budget]); n_row += 1
+    coef = np.minimum(terms.coef[rows].astype(np.int64), g[:, None])
+    return rows, r_term, g, coef
+
+
+def _chunk_constraints(terms, t_sel, units, budget, fa):
+    """The chunk's MILP rows and its first w column."""
+    n_units, m = units.shape
+    col_s = n_units if fa else 0  # first s column (DPA: s is t)
+    col_w = n_units + (m if fa else 0)  # first w column
+    rows, r_term, g, coef = _live_rows(terms, t_sel)
+    cons = _Rows()
+    # budget: sum_b t_b <= B
+    cons.add([(np.zeros(n_units, dtype=np.int64), np.arange(n_units), np.ones(n_units))], [-np.inf], [budget])
     if fa:  # s_i - sum of t_b feeding i <= 0
         b_of, i_of = np.nonzero(units)
-        blocks_r += [n_row + np.arange(m), n_row + i_of]
-        blocks_c += [n_units + np.arange(m), b_of]
-        blocks_v += [np.ones(m), -np.ones(b_of.size)]
-        lb.append(np.full(m, -np.inf)); ub.append(np.zeros(m)); n_row += m
+        cons.add([(np.arange(m), n_units + np.arange(m), np.ones(m)), (i_of, b_of, -np.ones(b_of.size))],
+                 np.full(m, -np.inf), np.zeros(m))
     # coef . s - g w >= 0
-    blocks_r += [n_row + r_i, n_row + np.arange(rows.size)]
-    blocks_c += [s_col, col_w + r_term]
-    blocks_v += [coef[r_i, m_i].astype(float), -g.astype(float)]
-    lb.append(np.zeros(rows.size)); ub.append(np.full(rows.size, np.inf)); n_row += rows.size
-    # Valid cuts: a corrupted set of at most `reach` models meets a row only if
-    # sum over it of (a_i - K) >= g - K * reach, so sum_i (a_i - K)^+ s_i >= (g - K * reach) w.
+    r_i, m_i = np.nonzero(coef)
+    cons.add([(r_i, col_s + m_i, coef[r_i, m_i].astype(float)),
+              (np.arange(rows.size), col_w + r_term, -g.astype(float))],
+             np.zeros(rows.size), np.full(rows.size, np.inf))
     reach = budget * (int(units[0].sum()) if fa else 1)
-    raw = terms.coef[rows].astype(np.int64)
+    _add_cuts(cons, terms.coef[rows].astype(np.int64), g, r_term, reach=reach, col_s=col_s, col_w=col_w)
+    _add_one_term_per_point(cons, terms.term_point[t_sel], col_w)
+    return cons, col_w
+
+
+def _add_cuts(cons, raw, g, r_term, *, reach, col_s, col_w):
+    """Valid cuts: a corrupted set of at most ``reach`` models meets a row only if
+    sum over it of (a_i - K) >= g - K * reach, so sum_i (a_i - K)^+ s_i >= (g - K * reach) w."""
     for k in (1, 2):
         rhs = g - k * reach
         sel = np.flatnonzero(rhs > 0)
@@ -430,34 +573,42 @@ def _solve_chunk(terms, t_sel, units, budget, time_limit, fa):
             continue
         part = np.maximum(raw[sel] - k, 0)
         c_i, c_m = np.nonzero(part)
-        blocks_r += [n_row + c_i, n_row + np.arange(sel.size)]
-        blocks_c += [(n_units + c_m) if fa else c_m, col_w + r_term[sel]]
-        blocks_v += [part[c_i, c_m].astype(float), -rhs[sel].astype(float)]
-        lb.append(np.zeros(sel.size)); ub.append(np.full(sel.size, np.inf)); n_row += sel.size
-    # one w per point
-    pt = terms.term_point[t_sel]
-    uniq, inv, cnt = np.unique(pt, return_inverse=True, return_counts=True)
+        cons.add([(c_i, col_s + c_m, part[c_i, c_m].astype(float)),
+                  (np.arange(sel.size), col_w + r_term[sel], -rhs[sel].astype(float))],
+                 np.zeros(sel.size), np.full(sel.size, np.inf))
+
+
+def _add_one_term_per_point(cons, pt, col_w):
+    """sum of a point's w <= 1 (points with a single term need no row: w <= 1 already)."""
+    _, inv, cnt = np.unique(pt, return_inverse=True, return_counts=True)
     multi = cnt[inv] > 1
     _, row_of = np.unique(inv[multi], return_inverse=True)
     n_multi = int((cnt > 1).sum())
-    blocks_r.append(n_row + row_of); blocks_c.append(col_w + np.flatnonzero(multi))
-    blocks_v.append(np.ones(row_of.size))
-    lb.append(np.full(n_multi, -np.inf)); ub.append(np.ones(n_multi)); n_row += n_multi
-    n_var = col_w + n_t
-    a_mat = sparse.csr_array((np.concatenate(blocks_v), (np.concatenate(blocks_r), np.concatenate(blocks_c))),
-                             shape=(n_row, n_var))
+    cons.add([(row_of, col_w + np.flatnonzero(multi), np.ones(row_of.size))], np.full(n_multi, -np.inf),
+             np.ones(n_multi))
+
+
+def _run_milp(a_mat, cons, *, n_units, col_w, time_limit):
+    """HiGHS's result for maximising the sum of w, or None when the solver raised."""
+    from scipy import optimize
+    n_var = a_mat.shape[1]
     cost = np.zeros(n_var)
-    cost[col_w:] = -1.0
+    cost[col_w:] = -1.0  # maximise the sum of w
     integrality = np.ones(n_var)
     integrality[n_units:col_w] = 0  # FA: s continuous
     options = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = max(time_limit, 0.05)
     try:
-        res = optimize.milp(cost, constraints=optimize.LinearConstraint(a_mat, np.concatenate(lb), np.concatenate(ub)),
-                            integrality=integrality, bounds=optimize.Bounds(0, 1), options=options)
+        constraints = optimize.LinearConstraint(a_mat, np.concatenate(cons.lb), np.concatenate(cons.ub))
+        return optimize.milp(cost, constraints=constraints, integrality=integrality, bounds=optimize.Bounds(0, 1),
+                             options=options)
     except Exception:  # noqa: BLE001 - any solver failure falls back to the sound pointwise count
-        return n_points, None, False
+        return None
+
+
+def _read_bound(res, n_units, n_points):
+    """(upper, chosen units or None, solver ok) from a MILP result; only a proven bound counts."""
     dual = getattr(res, "mip_dual_bound", None)
     if res.status not in (0, 1) or dual is None or not np.isfinite(dual):
         if res.status == 0 and res.fun is not None and np.isfinite(res.fun):
@@ -535,7 +686,7 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     jobs = check_n_jobs(n_jobs)
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
     require("scipy", "runoff.certify_collective")
-    return _compute(arr, method, b_arr, lab, d, shifts, time_limit, jobs, chunk)
+    return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk)
 
 
 def _units(method, m, d, shifts):
@@ -546,96 +697,42 @@ def _units(method, m, d, shifts):
     return u
 
 
-def _compute(scores, method, budgets, labels, d, shifts, time_limit, n_jobs, chunk):
-    n, m, n_classes = scores.shape
-    roe = method.endswith("roe")
-    fa = method.startswith("fa")
+@dataclass(frozen=True)
+class _Instance:
+    """One call's ensemble and pointwise results, shared by the steps of :func:`_compute`."""
+
+    scores: np.ndarray  # (N, M, C)
+    roe: bool
+    fa: bool
+    units: np.ndarray  # (units, M) int8: the models each poisoned unit reaches
+    pred: np.ndarray  # (N,) predictions
+    pw_cert: np.ndarray  # (N,) pointwise certificates
+    counted: np.ndarray  # (N,) bool: the points that count (with labels: correctly predicted)
+
+    def candidates(self, budget):
+        """Counted points whose pointwise certificate is below ``budget``: the only ones an
+        attack with ``budget`` poisons can change."""
+        return np.flatnonzero(self.counted & (self.pw_cert < budget))
+
+
+def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk):
+    n, m, _ = scores.shape
     cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
     pred, pw_cert = cert.predictions, cert.certificates
-    counted = np.ones(n, dtype=bool) if labels is None else pred == labels
-    units = _units(method, m, d, shifts)
-    b_max = int(budgets.max())
-    pts = np.flatnonzero(counted & (pw_cert < b_max))
-
-    if pts.size:
-        votes = round1_votes(scores)
-        counts = vote_counts(votes, n_classes)
-        if roe:
-            sec = roe_finalists(class_major(scores), counts)[1]
-            terms = _roe_terms(scores, votes, counts, pred, sec, pts, units)
-        else:
-            terms = _plurality_terms(votes, counts, pred, pts, units)
-    else:
-        terms = None
-
-    # plan the solves: per budget, the live terms of the candidate points, in chunks
-    plans = []
-    for budget in budgets.tolist():
-        cand = np.flatnonzero(counted & (pw_cert < budget))
-        if terms is None or cand.size == 0:
-            plans.append((budget, cand, []))
-            continue
-        live = np.flatnonzero((terms.term_need <= budget) & (pw_cert[terms.term_point] < budget))
-        live = live[np.argsort(terms.term_point[live], kind="stable")]
-        live_pts, start = np.unique(terms.term_point[live], return_index=True)
-        bounds = np.append(start, live.size)
-        chunks = [live[bounds[i]: bounds[min(i + chunk, live_pts.size)]] for i in range(0, live_pts.size, chunk)]
-        plans.append((budget, cand, chunks))
+    inst = _Instance(scores=scores, roe=method.endswith("roe"), fa=method.startswith("fa"),
+                     units=_units(method, m, d, shifts), pred=pred, pw_cert=pw_cert,
+                     counted=np.ones(n, dtype=bool) if labels is None else pred == labels)
+    pts = inst.candidates(int(budgets.max()))
+    terms = _candidate_terms(inst, pts) if pts.size else None
+    plans = _plan_chunks(inst, terms, budgets, chunk)
     n_solves = sum(len(c) for _, _, c in plans)
+    # the time limit is shared equally among all the MILPs of the call
     per_solve = None if time_limit is None or n_solves == 0 else time_limit / n_solves
-
-    n_b = budgets.size
-    upper = np.zeros(n_b, dtype=np.int64)
-    pointwise = np.zeros(n_b, dtype=np.int64)
-    chunked = np.zeros(n_b, dtype=bool)
-    fallback = np.zeros(n_b, dtype=np.int64)
-    found = []  # per budget: list of unit sets
-    for j, (budget, cand, chunks) in enumerate(plans):
-        pointwise[j] = cand.size
-        chunked[j] = len(chunks) > 1
-        if not chunks:
-            found.append([])
-            continue
-
-        def run(t_sel, budget=budget):
-            return _solve_chunk(terms, t_sel, units, budget, per_solve, fa)
-
-        if n_jobs > 1 and len(chunks) > 1:
-            with ThreadPoolExecutor(min(n_jobs, len(chunks))) as pool:
-                results = list(pool.map(run, chunks))
-        else:
-            results = [run(c) for c in chunks]
-        upper[j] = sum(r[0] for r in results)
-        fallback[j] = sum(not r[2] for r in results)
-        found.append([r[1] for r in results if r[1] is not None and r[1].size])
-
-    # an attack within a smaller budget is one within a larger; a bound for a larger budget
-    # bounds a smaller one
-    order = np.argsort(budgets, kind="stable")
-    best = [None] * n_b
-    prev = None
-    tried = {}
-    for j in order.tolist():
-        budget = int(budgets[j])
-        cand = np.flatnonzero(counted & (pw_cert < budget))
-        options = [prev] if prev is not None else []
-        for u_set in found[j]:
-            key = tuple(u_set.tolist())
-            if key not in tried:
-                models = np.flatnonzero(units[u_set].any(axis=0))
-                tried[key] = _replay(scores, roe, pred, cand, models) + (models,)
-            options.append((key,) + tried[key])
-        if options:
-            prev = max(options, key=lambda o: o[1].size)
-        if prev is None:
-            best[j] = CollectiveAttack(budget, (), (), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        else:
-            key, p_changed, p_new, models = prev
-            best[j] = CollectiveAttack(budget, key, tuple(models.tolist()), p_changed, p_new)
-    lower = np.array([a.count for a in best], dtype=np.int64)
-    for pos in range(n_b - 2, -1, -1):  # min over larger budgets
-        j, nxt = order[pos], order[pos + 1]
-        upper[j] = min(upper[j], upper[nxt])
+    upper, chunked, fallback, pointwise, found = _bound_budgets(inst, terms, plans, time_limit=per_solve,
+                                                                n_jobs=n_jobs)
+    attacks = _best_attacks(inst, budgets, found)
+    lower = np.array([a.count for a in attacks], dtype=np.int64)
+    _min_over_larger_budgets(upper, budgets)
     return CollectiveCertification(
         method=method,
         budgets=budgets,
@@ -645,12 +742,125 @@ def _compute(scores, method, budgets, labels, d, shifts, time_limit, n_jobs, chu
         chunked=chunked,
         fallback=fallback,
         pointwise=pointwise,
-        attacks=tuple(best),
+        attacks=tuple(attacks),
         exact=method in EXACT_METHODS,
         n_points=n,
-        n_correct=None if labels is None else int(counted.sum()),
+        n_correct=None if labels is None else int(inst.counted.sum()),
         predictions=pred,
         certificates=pw_cert,
         d=d,
         spread=None if shifts is None else shifts.tolist(),
     )
+
+
+def _candidate_terms(inst, pts):
+    """The terms of the points ``pts`` (plurality or ROE)."""
+    votes = round1_votes(inst.scores)
+    counts = vote_counts(votes, inst.scores.shape[2])
+    ballots = _Ballots(scores=inst.scores, votes=votes, counts=counts, pred=inst.pred)
+    if inst.roe:
+        sec = roe_finalists(class_major(inst.scores), counts)[1]
+        return _roe_terms(ballots, sec, pts, inst.units)
+    return _plurality_terms(ballots, pts, inst.units)
+
+
+def _plan_chunks(inst, terms, budgets, chunk):
+    """Per budget: (budget, candidate points, chunks of live term indices to solve)."""
+    plans = []
+    for budget in budgets.tolist():
+        cand = inst.candidates(budget)
+        if terms is None or cand.size == 0:
+            plans.append((budget, cand, []))
+        else:
+            plans.append((budget, cand, _chunks(terms, inst.pw_cert, budget, chunk)))
+    return plans
+
+
+def _chunks(terms, pw_cert, budget, chunk):
+    """Live terms (within reach of ``budget`` poisons, at a candidate point), grouped by point,
+    ``chunk`` points per group; a point's terms never straddle two chunks."""
+    live = np.flatnonzero((terms.term_need <= budget) & (pw_cert[terms.term_point] < budget))
+    live = live[np.argsort(terms.term_point[live], kind="stable")]
+    live_pts, start = np.unique(terms.term_point[live], return_index=True)
+    bounds = np.append(start, live.size)
+    return [live[bounds[i]: bounds[min(i + chunk, live_pts.size)]] for i in range(0, live_pts.size, chunk)]
+
+
+def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs):
+    """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found), where
+    ``found[j]`` lists the non-empty unit sets the solver chose for budget ``j``."""
+    n_b = len(plans)
+    upper = np.zeros(n_b, dtype=np.int64)
+    pointwise = np.zeros(n_b, dtype=np.int64)
+    chunked = np.zeros(n_b, dtype=bool)
+    fallback = np.zeros(n_b, dtype=np.int64)
+    found = []
+    for j, (budget, cand, chunks) in enumerate(plans):
+        pointwise[j] = cand.size
+        chunked[j] = len(chunks) > 1
+        results = _solve_chunks(inst, terms, chunks, budget, time_limit=time_limit, n_jobs=n_jobs)
+        upper[j] = sum(r[0] for r in results)
+        fallback[j] = sum(not r[2] for r in results)
+        found.append([r[1] for r in results if r[1] is not None and r[1].size])
+    return upper, chunked, fallback, pointwise, found
+
+
+def _solve_chunks(inst, terms, chunks, budget, *, time_limit, n_jobs):
+    """:func:`_solve_chunk` of each chunk, in order (threads when ``n_jobs > 1``)."""
+    def run(t_sel):
+        return _solve_chunk(terms, t_sel, inst.units, budget, time_limit=time_limit, fa=inst.fa)
+
+    if n_jobs > 1 and len(chunks) > 1:
+        with ThreadPoolExecutor(min(n_jobs, len(chunks))) as pool:
+            return list(pool.map(run, chunks))
+    return [run(c) for c in chunks]
+
+
+def _best_attacks(inst, budgets, found):
+    """Per budget, the replayed attack that changes the most points.
+
+    Budgets are visited in increasing order: an attack within a smaller budget is one within a
+    larger, so the best so far stays a candidate.
+    """
+    attacks = [None] * budgets.size
+    best = None  # (units, points changed, new predictions, models)
+    tried = {}
+    for j in np.argsort(budgets, kind="stable").tolist():
+        budget = int(budgets[j])
+        options = [best] if best is not None else []
+        options += _replayed(inst, inst.candidates(budget), found[j], tried)
+        if options:
+            best = max(options, key=lambda o: o[1].size)
+        attacks[j] = _attack(budget, best)
+    return attacks
+
+
+def _replayed(inst, cand, unit_sets, tried):
+    """(units, points changed, new predictions, models) for each unit set, replayed on ``cand``.
+
+    ``tried`` caches replays across budgets: a set first found at a smaller budget has at most
+    that many units, so it cannot change the points the larger budget adds to ``cand``.
+    """
+    options = []
+    for u_set in unit_sets:
+        key = tuple(u_set.tolist())
+        if key not in tried:
+            models = np.flatnonzero(inst.units[u_set].any(axis=0))
+            tried[key] = _replay(inst.scores, inst.roe, inst.pred, cand, models) + (models,)
+        options.append((key,) + tried[key])
+    return options
+
+
+def _attack(budget, option):
+    if option is None:
+        return CollectiveAttack(budget, (), (), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    key, p_changed, p_new, models = option
+    return CollectiveAttack(budget, key, tuple(models.tolist()), p_changed, p_new)
+
+
+def _min_over_larger_budgets(upper, budgets):
+    """In place: a bound for a larger budget bounds a smaller one too."""
+    order = np.argsort(budgets, kind="stable")
+    for pos in range(budgets.size - 2, -1, -1):
+        j, nxt = order[pos], order[pos + 1]
+        upper[j] = min(upper[j], upper[nxt])
