@@ -77,3 +77,14 @@ def test_evaluate_and_report_add_collective(tmp_path, capsys):
     columns = json.loads(capsys.readouterr().out)["columns"]
     for col in columns.values():
         assert col["collective"]["2"] >= col["certified"]["2"] - 1e-9  # percent, never below pointwise
+
+
+def test_a_scipy_without_highs_milp_is_refused(monkeypatch, logits):
+    import scipy.optimize
+
+    from runoff import MissingDependencyError, certify_collective
+
+    monkeypatch.delattr(scipy.optimize, "milp")
+    with pytest.raises(MissingDependencyError, match=r"needs scipy.optimize.milp \(HiGHS\), which SciPy .* lacks; "
+                                                     r"install SciPy >= 1.9"):
+        certify_collective(logits[1], "dpa", [1])

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..checks import check_int, check_n_jobs, check_number, invalid
-from ..errors import require
+from ..errors import MissingDependencyError, require
 from ..spread import models_of_buckets
 from . import _validate
 from .api import certify
@@ -685,8 +685,19 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         time_limit = check_number(time_limit, "time_limit", low=0, strict=True, unit="seconds")
     jobs = check_n_jobs(n_jobs)
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
-    require("scipy", "runoff.certify_collective")
+    _require_highs()
     return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk)
+
+
+def _require_highs() -> None:
+    """SciPy with ``scipy.optimize.milp`` (HiGHS, SciPy >= 1.9), or a clear error: an old SciPy
+    would otherwise make every solve fail and fall back to the pointwise count in silence."""
+    scipy = require("scipy", "runoff.certify_collective")
+    optimize = require("scipy.optimize", "runoff.certify_collective")
+    if not hasattr(optimize, "milp"):
+        raise MissingDependencyError(
+            f"runoff.certify_collective needs scipy.optimize.milp (HiGHS), which SciPy "
+            f"{getattr(scipy, '__version__', '?')} lacks; install SciPy >= 1.9: pip install 'runoff[collective]'")
 
 
 def _units(method, m, d, shifts):
