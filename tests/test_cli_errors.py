@@ -273,7 +273,7 @@ def test_text_input_arrays_are_not_valid(tmp_path, name, content, expected):
 
 # ---------------------------------------------------------------------------- 5., 6. option names
 @pytest.mark.parametrize("extra, expected", [
-    (["--checkpoint-interval", "-1"], "--checkpoint-interval must be a number of seconds >= 0"),
+    (["--checkpoint-interval", "-1"], "--checkpoint-interval must be a number of seconds >= 0; got -1"),
     (["--version", "0"], "--version must be an integer >= 1"),
     (["--chunk-size", "0"], "--chunk-size must be an integer >= 1"),
     (["--epochs", "0"], "--epochs must be an integer >= 1"),

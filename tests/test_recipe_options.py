@@ -45,7 +45,7 @@ def test_without_recipe_options_the_default_recipe_is_unchanged(tmp_path):
 @pytest.mark.parametrize("extra, expected", [
     (["--model", "resnett"], "unknown --model 'resnett'; choose one of: nin, small"),
     (["--model", "smal"], "unknown --model 'smal'; did you mean small?"),
-    (["--lr", "0"], "--lr must be a number > 0; got 0.0"),
+    (["--lr", "0"], "--lr must be a number > 0; got 0"),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1; got 0"),
     (["--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
     (["--augment", "flip"], "argument --augment: unknown augmentation 'flip'"),

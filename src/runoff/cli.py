@@ -119,14 +119,24 @@ def _number(text: str) -> float:
 # ---------------------------------------------------------------------------- option checks
 def _at_least(value, option: str, low, unit: str | None = None, *, integer: bool = True) -> None:
     """Refuse ``value < low`` (None: the option was not given), in the words of runoff.checks."""
-    from .checks import check_int, check_number
+    from .checks import check_int
 
     if value is None:
         return
     if integer:
         check_int(value, option, low=low)
     else:
-        check_number(value, option, low=low, unit=unit)
+        _number_option(value, option, low=low, unit=unit)
+
+
+def _number_option(value: float, option: str, *, low: float, strict: bool = False, unit: str | None = None) -> None:
+    """runoff.checks.check_number for an option, the value shown as typed (``-1``, not ``-1.0``)."""
+    from .checks import check_number
+
+    try:
+        check_number(value, option, low=low, strict=strict, unit=unit)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(str(exc).rsplit("; got ", 1)[0] + f"; got {value:g}") from None
 
 
 def _check_device(device: str, *, ray: bool = False) -> None:
@@ -236,9 +246,7 @@ def _check_collective_options(args) -> None:
     if args.time_limit is not None:
         if args.collective is None:
             raise InvalidParameterError("--time-limit applies to --collective; add --collective B,B,...")
-        from .checks import check_number
-
-        check_number(args.time_limit, "--time-limit", low=0, strict=True, unit="seconds")
+        _number_option(args.time_limit, "--time-limit", low=0, strict=True, unit="seconds")
     if args.collective is not None:
         require("scipy", "--collective")
 
@@ -406,13 +414,9 @@ def _check_train_options(args) -> None:
     _at_least(args.batch_size, "--batch-size", 1)
     _at_least(args.weight_decay, "--weight-decay", 0, integer=False)
     if args.lr is not None:
-        from .checks import check_number
-
-        check_number(args.lr, "--lr", low=0, strict=True)
+        _number_option(args.lr, "--lr", low=0, strict=True)
     if args.cpus_per_task is not None:
-        from .checks import check_number
-
-        check_number(args.cpus_per_task, "--cpus-per-task", low=0, strict=True)
+        _number_option(args.cpus_per_task, "--cpus-per-task", low=0, strict=True)
     ray_only = {"--address": args.address, "--workers": args.workers, "--gpus-per-task": args.gpus_per_task,
                 "--cpus-per-task": args.cpus_per_task, "--max-retries": args.max_retries}
     if args.backend == "local":
