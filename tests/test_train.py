@@ -364,28 +364,3 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
     for x, y in zip(a["generators"], b["generators"]):
         assert torch.equal(x, y)
     assert np.array_equal(resumed.scores, fresh.scores)
-
-
-def test_a_step_computes_only_the_rows_of_the_longest_subset(monkeypatch):
-    """No step is padded past the chunk's longest subset: with batch 16 and subsets of at most
-    L samples, an epoch's steps compute 16, ..., 16 and L - 16 * (steps - 1) rows."""
-    train, _ = load_dataset("digits")
-    plan = make_plan(train, k=40)
-    ids = [0, 1, 2]
-    longest = max(len(plan.subsets[j]) for j in ids)
-    recipe = Recipe(model="small", epochs=2, batch_size=16, lr=0.1, init="rotnet")
-    rows = []
-    original = BatchedNet.forward
-
-    def recording(self, x, mask=None):
-        if self.training:
-            rows.append(x.shape[0])
-        return original(self, x, mask)
-
-    monkeypatch.setattr(BatchedNet, "forward", recording)
-    from runoff.training.trainer import train_chunk
-
-    train_chunk(plan, train, ids, recipe=recipe)
-    steps = -(-longest // 16)
-    per_epoch = [16] * (steps - 1) + [longest - 16 * (steps - 1)]
-    assert rows == per_epoch * 2 and longest % 16 != 0  # the last step is short: not padded to 16

@@ -491,29 +491,24 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
     net.train()
     loss_sum = torch.zeros(e_count, dtype=torch.float64, device=dev)
     correct = torch.zeros(e_count, dtype=torch.int64, device=dev)
-    longest = max(sizes, default=0)
     for t in range(n_steps):
-        # A step computes only the rows some model of the chunk has: the last step of an epoch
-        # (the only step of a subset shorter than a batch) stops at the longest subset's end
-        # instead of padding to the full batch. Each model still sees the same samples per step.
-        rows_t = min(bsz, longest - t * bsz)
-        sl = slice(t * bsz, t * bsz + rows_t)
+        sl = slice(t * bsz, (t + 1) * bsz)
         rows, m = idx[sl], valid[sl]
         xb = X[rows].to(dtype) / 255.0  # (B, E, C, H, W)
         if recipe.augment != "none":
-            xb = augment_batch(xb.reshape(rows_t * e_count, c, h, w), offs[sl].reshape(-1, 2),
-                               flips[sl].reshape(-1), recipe.crop_padding).reshape(rows_t, e_count, c, h, w)
+            xb = augment_batch(xb.reshape(bsz * e_count, c, h, w), offs[sl].reshape(-1, 2),
+                               flips[sl].reshape(-1), recipe.crop_padding).reshape(bsz, e_count, c, h, w)
         mf = m.to(dtype)
         xb = ((xb - mean4) / std4) * mf[:, :, None, None, None]
-        logits = net(xb.reshape(rows_t, e_count * c, h, w), mf)
-        ce = F.cross_entropy(logits.reshape(rows_t * e_count, -1), Y[rows].reshape(-1), reduction="none")
+        logits = net(xb.reshape(bsz, e_count * c, h, w), mf)
+        ce = F.cross_entropy(logits.reshape(bsz * e_count, -1), Y[rows].reshape(-1), reduction="none")
         count = mf.sum(dim=0)
-        loss = (sum_rows(ce.reshape(rows_t, e_count) * mf) / count.clamp_min(1)).sum()
+        loss = (sum_rows(ce.reshape(bsz, e_count) * mf) / count.clamp_min(1)).sum()
         grads = torch.autograd.grad(loss, chunk.params)
         _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
         with torch.no_grad():  # health figures only; nothing here feeds back into training
-            loss_sum += (ce.detach().reshape(rows_t, e_count) * mf).sum(dim=0, dtype=torch.float64)
-            hits = logits.detach().reshape(rows_t, e_count, -1).argmax(dim=2) == Y[rows]
+            loss_sum += (ce.detach().reshape(bsz, e_count) * mf).sum(dim=0, dtype=torch.float64)
+            hits = logits.detach().reshape(bsz, e_count, -1).argmax(dim=2) == Y[rows]
             correct += (hits & m).sum(dim=0)
         if on_step is not None:
             on_step()
