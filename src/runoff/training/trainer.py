@@ -492,6 +492,9 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
     loss_sum = torch.zeros(e_count, dtype=torch.float64, device=dev)
     correct = torch.zeros(e_count, dtype=torch.int64, device=dev)
     for t in range(n_steps):
+        # Every step computes the full batch, empty rows included: a row count that followed the
+        # subset sizes would let one poisoned sample change the kernel shapes (and so, on some
+        # CPUs, the rounding) of every model of its chunk, and poison isolation must hold bit for bit.
         sl = slice(t * bsz, (t + 1) * bsz)
         rows, m = idx[sl], valid[sl]
         xb = X[rows].to(dtype) / 255.0  # (B, E, C, H, W)
