@@ -364,3 +364,21 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
     for x, y in zip(a["generators"], b["generators"]):
         assert torch.equal(x, y)
     assert np.array_equal(resumed.scores, fresh.scores)
+
+
+def test_removing_a_sample_of_the_longest_subset_changes_only_its_model(digits):
+    """The longest subset of a chunk sets its steps; removing one of its samples must still
+    leave every other model of the chunk identical (no kernel shape may follow the data)."""
+    train, test = digits
+    plan = make_plan(train, k=8)
+    sizes = [len(s) for s in plan.subsets]
+    longest = int(np.argmax(sizes))
+    assert sizes[longest] % TINY.batch_size != 1  # removing one sample keeps the step count
+    victim = next(i for i in range(len(train))
+                  if longest in plan.models_of_bucket(_bucket(plan, train.images[i], int(train.labels[i]))))
+    base = _train(plan, train, test)
+    keep = np.array([i for i in range(len(train)) if i != victim])
+    ds = train.subset(keep)
+    p2 = make_plan(ds, k=8)
+    assert [len(s) for s in p2.subsets][longest] == sizes[longest] - 1
+    assert _differing(base, _train(p2, ds, test)) == {longest}
