@@ -24,10 +24,10 @@ def test_nin_matches_reference_description():
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name,shape", [("small", (1, 8, 8)), ("nin", (3, 16, 16))])
+@pytest.mark.parametrize("name,shape", [("small", (1, 8, 8)), ("nin", (3, 16, 16)), ("mlp", (3, 5, 4))])
 def test_batched_forward_backward_equals_separate_models(name, shape):
     c, h, w = shape
-    spec = architecture(name, in_channels=c, n_classes=4)
+    spec = architecture(name, in_channels=c, n_classes=4, image_size=(h, w))
     e_count, b = 3, 4
     net = BatchedNet(spec, e_count).init_([torch.Generator().manual_seed(i) for i in range(e_count)]).double()
     singles = [net.extract(e).double().train() for e in range(e_count)]
@@ -43,7 +43,8 @@ def test_batched_forward_backward_equals_separate_models(name, shape):
         if n == 0:
             assert all(float(p.grad[e].abs().max()) == 0 for p in net.weights)
             # BatchNorm running statistics of a model without samples are untouched
-            assert torch.equal(net.model_state(e)["1.running_mean"], torch.zeros(spec[1][1], dtype=torch.float64))
+            if spec[1][0] == "bn":
+                assert torch.equal(net.model_state(e)["1.running_mean"], torch.zeros(spec[1][1], dtype=torch.float64))
             continue
         ref = model(x[:n, e])
         torch.testing.assert_close(out[:n, e], ref, rtol=1e-9, atol=1e-9)
@@ -80,13 +81,13 @@ def test_init_is_per_model(rule):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,channels,classes", [("nin", 1, 10), ("nin", 3, 43), ("small", 1, 10)])
+@pytest.mark.parametrize("name,channels,classes", [("nin", 1, 10), ("nin", 3, 43), ("small", 1, 10), ("mlp", 3, 10)])
 def test_pytorch_rule_is_torch_default_init_bit_for_bit(name, channels, classes, dtype):
     # The published scripts seed torch and then build their network: every layer draws its
     # default initialisation from the global generator, in construction order. A model drawn
     # by the "pytorch" rule from its own generator with the same seed is that network, bit for
     # bit, and leaves its generator where the construction leaves torch's.
-    spec = architecture(name, in_channels=channels, n_classes=classes)
+    spec = architecture(name, in_channels=channels, n_classes=classes, image_size=(6, 5))
     seeds = (4, 9)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -133,14 +134,22 @@ def test_init_rules_draw_their_distributions():
 
 
 def test_unknown_architecture():
-    with pytest.raises(InvalidParameterError, match="^unknown architecture 'resnet'; choose one of: nin, small$") as info:
+    with pytest.raises(InvalidParameterError, match="^unknown architecture 'resnet'; choose one of: nin, small, mlp$") as info:
         architecture("resnet", in_channels=3, n_classes=10)
     message = str(info.value)
     assert "'resnet'" in message
     # Every name the message offers is a working architecture, and names are case-sensitive.
     known = message.split("choose one of: ")[1].split(", ")
     for name in known:
-        spec = architecture(name, in_channels=1, n_classes=7)
+        spec = architecture(name, in_channels=1, n_classes=7, image_size=(8, 8))
         assert spec[-1][0] == "linear" and spec[-1][2] == 7
     with pytest.raises(InvalidParameterError):
         architecture("NIN", in_channels=3, n_classes=10)
+
+
+def test_the_mlp_needs_the_image_size_and_takes_every_pixel():
+    spec = architecture("mlp", in_channels=3, n_classes=7, image_size=(6, 5))
+    assert spec[0] == ("flatten",) and spec[1] == ("linear", 90, 256) and spec[-1] == ("linear", 128, 7)
+    assert build_model(spec)(torch.zeros(2, 3, 6, 5)).shape == (2, 7)
+    with pytest.raises(InvalidParameterError, match="the mlp architecture needs image_size"):
+        architecture("mlp", in_channels=3, n_classes=7)

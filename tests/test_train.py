@@ -382,3 +382,14 @@ def test_removing_a_sample_of_the_longest_subset_changes_only_its_model(digits):
     p2 = make_plan(ds, k=8)
     assert [len(s) for s in p2.subsets][longest] == sizes[longest] - 1
     assert _differing(base, _train(p2, ds, test)) == {longest}
+
+
+def test_poison_isolation_holds_for_the_mlp(digits):
+    train, test = digits
+    recipe = Recipe(model="mlp", epochs=2, batch_size=8, lr=0.05, augment="crop", init="pytorch")
+    plan = make_plan(train, k=4)
+    base = _train(plan, train, test, recipe=recipe)
+    i = 31
+    owners = set(plan.models_of_bucket(_bucket(plan, train.images[i], int(train.labels[i]))))
+    ds = train.subset(np.array([j for j in range(len(train)) if j != i]))
+    assert _differing(base, _train(make_plan(ds, k=4), ds, test, recipe=recipe)) == owners

@@ -330,7 +330,7 @@ def _add_training_options(p) -> None:
 
 def _add_recipe_options(p) -> None:
     r = p.add_argument_group("recipe (default: the data set's; `runoff configs --json` shows the paper's)")
-    r.add_argument("--model", default=None, help="architecture: nin or small (`runoff models` lists them)")
+    r.add_argument("--model", default=None, help="architecture: nin, small or mlp (`runoff models` lists them)")
     r.add_argument("--batch-size", type=int, default=None, help="samples per step and model")
     r.add_argument("--lr", type=_number, default=None, help="initial learning rate (> 0)")
     r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
@@ -716,6 +716,7 @@ def _add_models(sub) -> None:
 _MODEL_NOTES = {
     "nin": "Network in Network (RotNet's), the paper's base model: 9 conv layers with BatchNorm",
     "small": "a small CNN (3 conv layers with BatchNorm, 16-32 channels): fast on a CPU, runoff's digits model",
+    "mlp": "a multilayer perceptron on the flattened image (hidden layers of 256 and 128 units, ReLU)",
 }
 
 
@@ -728,7 +729,8 @@ def _cmd_models(args) -> int:
     except ValueError:
         raise InvalidParameterError(f"--image-shape must be HxWxC, e.g. 32x32x3; got {args.image_shape!r}") from None
     _at_least(args.classes, "--classes", 1)
-    rows = {name: {"parameters": _n_parameters(architecture(name, in_channels=c, n_classes=args.classes)),
+    rows = {name: {"parameters": _n_parameters(architecture(name, in_channels=c, n_classes=args.classes,
+                                                            image_size=(h, w))),
                    "about": _MODEL_NOTES.get(name, "")} for name in ARCHITECTURES}
     if args.json:
         print(json.dumps({"image_shape": [h, w, c], "classes": args.classes, "models": rows}, indent=2))

@@ -60,22 +60,25 @@ from ..errors import InvalidParameterError
 
 __all__ = ["ARCHITECTURES", "INIT_RULES", "architecture", "build_model", "BatchedNet", "kaiming_uniform_bound"]
 
-ARCHITECTURES = ("nin", "small")
+ARCHITECTURES = ("nin", "small", "mlp")
 
 #: Initialisation rules of :meth:`BatchedNet.init_` (see the module docstring).
 INIT_RULES = ("pytorch", "rotnet")
 
 
-def architecture(name: str, *, in_channels: int, n_classes: int) -> list[tuple]:
+def architecture(name: str, *, in_channels: int, n_classes: int, image_size=None) -> list[tuple]:
     """Layer spec of a named architecture.
 
     Parameters
     ----------
-    name : {"nin", "small"}
+    name : {"nin", "small", "mlp"}
+        ``"mlp"``: the flattened image through two hidden layers (256 and 128 units, ReLU).
     in_channels : int
         Channels of the input images.
     n_classes : int
         Outputs of the classifier.
+    image_size : (int, int), optional
+        ``(H, W)`` of the images; the ``"mlp"`` needs it (its first layer takes every pixel).
 
     Returns
     -------
@@ -83,7 +86,7 @@ def architecture(name: str, *, in_channels: int, n_classes: int) -> list[tuple]:
         Layers in order: ``("conv", c_in, c_out, kernel, stride, padding)`` (bias-free),
         ``("bn", channels)``, ``("relu",)``, ``("maxpool", kernel, stride, padding)``,
         ``("avgpool", kernel, stride, padding)``, ``("gap",)`` (global average pooling to
-        ``(B, C)``), ``("linear", in, out)``.
+        ``(B, C)``), ``("flatten",)`` (``(B, C*H*W)``), ``("linear", in, out)``.
     """
 
     def block(cin, cout, k, stride=1):
@@ -91,6 +94,12 @@ def architecture(name: str, *, in_channels: int, n_classes: int) -> list[tuple]:
 
     name = check_choice(name, "architecture", ARCHITECTURES)
     c = int(in_channels)
+    if name == "mlp":
+        if image_size is None:
+            raise InvalidParameterError("the mlp architecture needs image_size=(H, W): its first layer takes every pixel")
+        h, w = (int(v) for v in image_size)
+        return [("flatten",), ("linear", c * h * w, 256), ("relu",), ("linear", 256, 128), ("relu",),
+                ("linear", 128, int(n_classes))]
     if name == "nin":
         return [
             *block(c, 192, 5), *block(192, 160, 1), *block(160, 96, 1), ("maxpool", 3, 2, 1),
@@ -133,6 +142,8 @@ def build_model(spec) -> nn.Sequential:
             layers.append(nn.AvgPool2d(*layer[1:]))
         elif kind == "gap":
             layers.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        elif kind == "flatten":
+            layers.append(nn.Flatten())
         elif kind == "linear":
             layers.append(nn.Linear(layer[1], layer[2]))
         else:  # pragma: no cover - specs come from architecture()
@@ -358,6 +369,8 @@ class BatchedNet(nn.Module):
             elif kind == "gap":
                 b, ec = x.shape[:2]
                 x = x.mean(dim=(2, 3)).reshape(b, e, ec // e)
+            elif kind == "flatten":  # model e's (C, H, W) block is contiguous in (B, E*C, H, W)
+                x = x.reshape(x.shape[0], e, -1)
             elif kind == "linear":
                 w, bias = self.weights[idx], self.weights[idx + 1]
                 # The bias rides in the matmul as a weight row against a constant-1 feature:

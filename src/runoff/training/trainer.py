@@ -377,7 +377,8 @@ class _Chunk:
     def __init__(self, plan: PartitionPlan, model_ids, recipe: Recipe, seed_version: int, device):
         self.model_ids = [int(j) for j in model_ids]
         self.recipe = recipe
-        spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
+        spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes,
+                            image_size=plan.image_shape[:2])
         self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
         self.net = BatchedNet(spec, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
         self.params = list(self.net.weights)
@@ -547,7 +548,7 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=No
     if dev_type == "cpu" and recipe.model == "nin":
         return 1
     h, w, c = plan.image_shape
-    spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes)
+    spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes, image_size=(h, w))
     per_sample = 0
     hh, ww = h, w
     for layer in spec:
