@@ -82,6 +82,7 @@ __all__ = [
     "CPU_CHUNK_CAP",
     "CUDA_CHUNK_CAP",
     "chunk_steps",
+    "chunks_progress",
     "chunk_logits",
     "collect_logits",
     "model_logits",
@@ -454,6 +455,18 @@ def _steps_per_epoch(sizes, batch_size: int) -> int:
     return max((math.ceil(n / batch_size) for n in sizes), default=0)
 
 
+def chunks_progress(plan: PartitionPlan, chunks, recipe: Recipe, *, enabled: bool, label: str | None,
+                    interval: float):
+    """The :class:`~runoff.training.progress.TrainingProgress` of training ``chunks``, whichever
+    backend runs them: their steps, models and training samples (subset sizes times epochs)."""
+    from .progress import TrainingProgress
+
+    steps = sum(chunk_steps(plan, ids, recipe) for ids in chunks)
+    samples = sum(len(plan.subsets[j]) for ids in chunks for j in ids) * recipe.epochs
+    return TrainingProgress(steps, n_models=sum(map(len, chunks)), samples=samples, enabled=enabled, label=label,
+                            interval=interval)
+
+
 def chunk_steps(plan: PartitionPlan, ids, recipe: Recipe) -> int:
     """Training steps of a chunk over all epochs (its largest subset sets the steps per epoch)."""
     return _steps_per_epoch([len(plan.subsets[j]) for j in ids], recipe.batch_size) * recipe.epochs
@@ -762,15 +775,13 @@ def trained_chunks(plan: PartitionPlan, data: TrainingSet, chunks, *, recipe: Re
     The shared loop of :func:`train_ensemble` and the local backend: one progress display
     over all chunks; the caller decides what to keep of each trained chunk.
     """
-    from .progress import DEFAULT_INTERVAL, TrainingProgress
+    from .progress import DEFAULT_INTERVAL
 
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
-    samples = sum(len(plan.subsets[j]) for ids in chunks for j in ids) * recipe.epochs
     interval = DEFAULT_INTERVAL if progress_interval is None else progress_interval
-    with TrainingProgress(sum(steps), n_models=sum(map(len, chunks)), samples=samples, enabled=progress,
-                          label=label, interval=interval) as bar:
+    with chunks_progress(plan, chunks, recipe, enabled=progress, label=label, interval=interval) as bar:
         for i, ids in enumerate(chunks):
             base = sum(steps[:i])
             bar.update(base, f"chunk {i + 1}/{len(chunks)}")

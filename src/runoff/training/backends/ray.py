@@ -310,12 +310,11 @@ class _RayRun:
                 for i, out in sorted(self.results.items())]
 
     def _progress(self):
-        from ..progress import TrainingProgress
+        from ..trainer import chunks_progress
 
         job = self.job
-        samples = sum(len(job.plan.subsets[j]) for ids in job.chunks for j in ids) * job.recipe.epochs
-        return TrainingProgress(sum(self.steps), n_models=sum(map(len, job.chunks)), samples=samples,
-                                enabled=job.progress, label=job.label, interval=job.progress_interval)
+        return chunks_progress(job.plan, job.chunks, job.recipe, enabled=job.progress, label=job.label,
+                               interval=job.progress_interval)
 
     def _submit(self, task, shared, i):
         job, ids = self.job, self.job.chunks[i]
