@@ -79,6 +79,10 @@ class RunHealth:
                 out[j] = AT_CHANCE
         return out
 
+    def flagged(self) -> dict[str, str]:
+        """:meth:`flags` keyed by the model id as text, as JSON and the summaries hold them."""
+        return {str(j): why for j, why in self.flags().items()}
+
     def known(self) -> np.ndarray:
         """Training accuracies that were recorded and are not of diverged models."""
         keep = ~np.isnan(self.accuracy)
@@ -91,7 +95,7 @@ class RunHealth:
         stats = {name: (None if acc.size == 0 else round(float(fn(acc)), 6))
                  for name, fn in (("min", np.min), ("median", np.median), ("max", np.max))}
         return {"n_models": self.n_models, "recorded": int(acc.size), "train_accuracy": stats,
-                "flagged": {str(j): why for j, why in self.flags().items()}}
+                "flagged": self.flagged()}
 
     # ------------------------------------------------------------------ models.json
     def to_json(self) -> str:
@@ -101,7 +105,7 @@ class RunHealth:
         body = {"format": MODELS_FORMAT, "version": 1, "n_models": self.n_models,
                 "loss": listed(self.loss), "train_accuracy": listed(self.accuracy),
                 "majority_share": listed(self.majority), "diverged": self.diverged,
-                "flagged": {str(j): why for j, why in self.flags().items()}}
+                "flagged": self.flagged()}
         return ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()).join(("{\n", "\n}\n"))
 
     @classmethod

@@ -216,7 +216,7 @@ def _summarize(trained: TrainedChunks, backend: Backend, plan, recipe, *, second
         resumed=models(lambda c: 0 < c.start_epoch < epochs),
         already_done=models(lambda c: c.start_epoch >= epochs),
         retries=sum(c.attempts - 1 for c in trained.chunks), seconds=seconds, samples=samples,
-        flagged={str(j): why for j, why in health.flags().items()},
+        flagged=health.flagged(),
     )
 
 
