@@ -50,7 +50,10 @@ attack reported is replayed through runoff's own aggregation, so ``lower`` is ac
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -686,7 +689,31 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     jobs = check_n_jobs(n_jobs)
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
     _require_highs()
-    return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk)
+    with _native_stdout_silenced():
+        return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk)
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """HiGHS's C++ code may print debug lines straight to file descriptor 1, past Python's
+    sys.stdout; they would corrupt a caller's output (``runoff certify --json``). Point fd 1
+    at /dev/null while it solves, around the threads (Python's own output is flushed first)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured or replaced stdout: nothing native to hide
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+            try:
+                yield
+            finally:
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
 
 
 def _require_highs() -> None:

@@ -7,10 +7,6 @@ evaluation and gives a JSON-ready dict; :func:`collective_table` and
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-
 __all__ = ["collective_summary", "collective_table", "collective_markdown", "COLLECTIVE_CAPTION"]
 
 COLLECTIVE_CAPTION = (
@@ -44,9 +40,8 @@ def collective_summary(scores, labels, methods, budgets, *, d: int = 1, spread=N
 
     out = {"budgets": [int(b) for b in budgets], "methods": {}}
     for method in methods:
-        with _native_stdout_silenced():
-            cc = certify_collective(scores, method, budgets, labels=labels, d=d, spread=spread,
-                                    time_limit=time_limit, n_jobs=n_jobs)
+        cc = certify_collective(scores, method, budgets, labels=labels, d=d, spread=spread, time_limit=time_limit,
+                                n_jobs=n_jobs)
         keyed = lambda values, cast: {int(b): cast(v) for b, v in zip(cc.budgets, values)}  # noqa: E731
         out["methods"][method] = {
             "pointwise": keyed(cc.pointwise_accuracy(), float), "collective": keyed(cc.certified_accuracy(), float),
@@ -54,29 +49,6 @@ def collective_summary(scores, labels, methods, budgets, *, d: int = 1, spread=N
             "exact": bool(cc.exact), "chunked": bool(cc.chunked.any()),
         }
     return out
-
-
-@contextlib.contextmanager
-def _native_stdout_silenced():
-    """HiGHS's C++ code may print debug lines straight to file descriptor 1, past Python's
-    sys.stdout; they would corrupt ``--json`` output and tables. Point fd 1 at /dev/null
-    while it solves (Python's own output is flushed first and is not lost)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured or replaced stdout: nothing native to hide
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), fd)
-            try:
-                yield
-            finally:
-                os.dup2(saved, fd)
-    finally:
-        os.close(saved)
 
 
 def _cell(row: dict, b: int) -> str:
