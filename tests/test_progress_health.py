@@ -239,3 +239,15 @@ def test_demo_and_summary_lines_name_flagged_models():
     assert s.to_dict()["samples_per_second"] == 500.0
     both = TrainingSummary.total([s, s])
     assert both.flagged == {"v1/2": DIVERGED, "v2/2": DIVERGED} and both.samples == 2000
+
+
+def test_a_dpa_star_folder_gathers_its_versions_health(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from runoff.reporting.evaluation import evaluate_run
+    from runoff.training.runs import train_dpa_star
+
+    _after_chunk_init(monkeypatch, _poison_model(1))
+    train_dpa_star(tmp_path / "star", versions=2, k=3, recipe=RECIPE, progress=False, on_nan="skip")
+    health = evaluate_run(tmp_path / "star", write=False).summary["base_models"]
+    assert health["n_models"] == 6 and health["flagged"] == {"v1/1": DIVERGED, "v2/1": DIVERGED}
+    assert health["recorded"] == 4  # the diverged models' accuracies are not among the figures

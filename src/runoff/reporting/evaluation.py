@@ -135,12 +135,16 @@ def base_model_health(folder) -> dict | None:
     health = folder.read_health()
     if health is not None:
         return health.summary()
-    names = folder.read_plan_json().get("version_dirs") or []
-    parts = [(name, folder.version(int(name[1:])).read_health()) for name in names if name[1:].isdigit()]
+    from ..run_folder import RunFolder
+
+    names = (folder.read_plan_json().get("training") or {}).get("version_dirs") or []
+    parts = [(name, RunFolder(folder.path / name).read_health()) for name in names]
     if not parts or any(h is None for _, h in parts):
         return None
+    offsets = np.cumsum([0] + [h.n_models for _, h in parts])
     merged = RunHealth(np.concatenate([h.loss for _, h in parts]), np.concatenate([h.accuracy for _, h in parts]),
-                       np.concatenate([h.majority for _, h in parts]))
+                       np.concatenate([h.majority for _, h in parts]),
+                       diverged=[off + j for off, (_, h) in zip(offsets, parts) for j in h.diverged])
     summary = merged.summary()
     summary["flagged"] = {f"{name}/{j}": why for name, h in parts for j, why in h.flags().items()}
     return summary
