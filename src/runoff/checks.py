@@ -106,10 +106,11 @@ def check_int(value, name: str, *, low: int | None = None, high: int | None = No
 
 
 def check_number(value, name: str, *, low: float | None = None, strict: bool = False,
-                 unit: str | None = None) -> float:
+                 unit: str | None = None, got: str | None = None) -> float:
     """A finite real number ``>= low`` (``> low`` when ``strict``); returned as ``float``.
 
-    ``unit`` names what it counts, for the message: ``"a number of seconds >= 0"``.
+    ``unit`` names what it counts, for the message: ``"a number of seconds >= 0"``; ``got``
+    replaces the shown value (the command line shows it as typed).
     """
     number = math.nan
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
@@ -119,7 +120,7 @@ def check_number(value, name: str, *, low: float | None = None, strict: bool = F
             pass
     if not math.isfinite(number) or (low is not None and (number <= low if strict else number < low)):
         what = "a number" + (f" of {unit}" if unit else "") + _bounds(low, None, strict)
-        raise invalid(name, what, value)
+        raise invalid(name, what, value, got=got)
     return number
 
 

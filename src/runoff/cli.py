@@ -133,10 +133,7 @@ def _number_option(value: float, option: str, *, low: float, strict: bool = Fals
     """runoff.checks.check_number for an option, the value shown as typed (``-1``, not ``-1.0``)."""
     from .checks import check_number
 
-    try:
-        check_number(value, option, low=low, strict=strict, unit=unit)
-    except InvalidParameterError as exc:
-        raise InvalidParameterError(str(exc).rsplit("; got ", 1)[0] + f"; got {value:g}") from None
+    check_number(value, option, low=low, strict=strict, unit=unit, got=f"{value:g}")
 
 
 def _check_device(device: str, *, ray: bool = False) -> None:

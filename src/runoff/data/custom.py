@@ -58,8 +58,6 @@ def parse_image_size(text) -> tuple[int, int] | None:
 
 def load_custom(name: str, *, image_size=None):
     """``(train, test)`` of ``folder:PATH`` or ``npz:FILE`` (see the module docstring)."""
-    from .datasets import Dataset  # noqa: F401  (the loaders below build Datasets)
-
     if name.startswith(NPZ_PREFIX):
         if image_size is not None:
             raise InvalidParameterError("image_size applies to folder: data sets, not to npz: files")
