@@ -218,3 +218,31 @@ def test_train_predict_and_errors_from_the_command_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
         assert not (tmp_path / "other").exists()
+
+
+def test_folder_images_are_read_as_predict_reads_them_nothing_lossy_in_silence(tmp_path):
+    write_folder(tmp_path, mode="L")
+    cat = tmp_path / "train" / "cat"
+    grey = np.arange(120, dtype=np.uint8).reshape(12, 10)
+    Image.fromarray(grey).convert("P").save(cat / "100.png")  # a grey palette: read as grey
+    opaque = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    Image.fromarray(opaque, "RGBA").save(cat / "101.png")  # opaque alpha: dropped
+    train, _ = load_dataset(f"folder:{tmp_path}")
+    assert train.images.shape[3] == 3  # the RGBA file is colour, so the set is RGB
+    np.testing.assert_array_equal(train.images[6], np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(train.images[7], opaque[..., :3])
+    from runoff.errors import InvalidParameterError as PredictError
+    from runoff.training.ensemble import read_inputs
+
+    np.testing.assert_array_equal(read_inputs([cat / "101.png"], (12, 10, 3))[0][0], train.images[7])
+    see_through = opaque.copy()
+    see_through[0, 0, 3] = 0
+    Image.fromarray(see_through, "RGBA").save(cat / "101.png")
+    with pytest.raises(DataFileError, match=r"101\.png: has transparent pixels \(RGBA\); flatten it"):
+        load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(PredictError, match=r"101\.png: has transparent pixels"):
+        read_inputs([cat / "101.png"], (12, 10, 3))
+    (cat / "101.png").unlink()
+    Image.fromarray((np.arange(120, dtype=np.uint16).reshape(12, 10) * 500)).save(cat / "102.png")  # 16-bit
+    with pytest.raises(DataFileError, match=r"102\.png: image mode 'I;16' is not 8-bit grey or colour"):
+        load_dataset(f"folder:{tmp_path}", image_size=(8, 8))

@@ -28,7 +28,7 @@ from ..errors import DataFileError, InvalidParameterError, require
 from .cache import cached_arrays
 
 __all__ = ["FOLDER_PREFIX", "NPZ_PREFIX", "is_custom", "load_custom", "load_npz", "load_image_folder",
-           "parse_image_size"]
+           "parse_image_size", "read_image"]
 
 FOLDER_PREFIX = "folder:"
 NPZ_PREFIX = "npz:"
@@ -207,13 +207,37 @@ def _decode_all(paths, size) -> dict[str, np.ndarray]:
 
 def _decode(path, Image) -> np.ndarray:
     """(H, W) for single-channel images, (H, W, 3) RGB otherwise; uint8."""
+    arr = read_image(path, Image)
+    return arr[..., 0] if arr.shape[2] == 1 else arr
+
+
+def read_image(path, Image, *, error=DataFileError) -> np.ndarray:
+    """One image file as uint8 (H, W, C), C 1 (grey) or 3 (RGB), converted only where the
+    conversion loses nothing: training (``folder:``) and ``runoff predict`` read files alike.
+
+    A palette image becomes grey when its palette is grey, else RGB; a 1-bit image grey; an
+    alpha channel is dropped only when every pixel is opaque. Other modes (16-bit, float, CMYK,
+    ...) and transparent pixels raise ``error`` naming the file, rather than being clipped or
+    flattened in silence.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            single = im.mode in ("1", "L", "I", "I;16", "F") or (im.mode == "P" and _grey_palette(im))
-            return np.asarray(im.convert("L" if single else "RGB"), dtype=np.uint8)
+            if im.mode == "P":
+                im = im.convert("L" if _grey_palette(im) else ("RGBA" if "transparency" in im.info else "RGB"))
+            elif im.mode == "1":
+                im = im.convert("L")
+            mode, arr = im.mode, np.asarray(im)
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise DataFileError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise error(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        raise error(f"{path}: image mode {mode!r} is not 8-bit grey or colour; convert it to 8-bit grey (L) or RGB")
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    if mode in ("LA", "RGBA"):
+        if not (arr[..., -1] == 255).all():
+            raise error(f"{path}: has transparent pixels ({mode}); flatten it onto a background first")
+        arr = arr[..., :-1]
+    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def _grey_palette(im) -> bool:

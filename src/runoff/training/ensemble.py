@@ -439,30 +439,10 @@ def _folder_images(folder: Path) -> list[Path]:
 
 def _read_image(path: Path, image_shape) -> np.ndarray:
     """One image file as uint8 (H, W, C), converted only where the conversion is unambiguous."""
-    Image = _pillow()
+    from ..data.custom import read_image
+
     h, w, c = image_shape
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif mode == "1":
-                im = im.convert("L")
-            mode = im.mode
-            arr = np.asarray(im)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure
-        raise InvalidParameterError(f"{path}: not a readable image ({exc})") from None
-    if mode not in ("L", "LA", "RGB", "RGBA"):
-        raise InvalidParameterError(
-            f"{path}: image mode {mode!r} is not 8-bit grey or colour; convert it to 8-bit grey (L) or RGB"
-        )
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if mode in ("LA", "RGBA"):  # drop an alpha channel only if the image is fully opaque
-        if not (arr[..., -1] == 255).all():
-            raise InvalidParameterError(f"{path}: has transparent pixels ({mode}); flatten it onto a background first")
-        arr = arr[..., :-1]
+    arr = read_image(path, _pillow(), error=InvalidParameterError)  # as folder: training reads it
     if arr.shape[:2] != (h, w):
         raise InvalidParameterError(
             f"{path}: image is {arr.shape[1]}x{arr.shape[0]} (width x height); the run expects {w}x{h}. "
