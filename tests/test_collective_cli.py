@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("scipy")
 
+from test_cli_errors import one_error_line  # noqa: E402
+
 from runoff import certified_accuracy, certify  # noqa: E402
 from runoff.cli import main  # noqa: E402
 
@@ -54,11 +56,11 @@ def test_certify_table_and_option_errors(logits, capsys, monkeypatch):
         (["--collective", "2,-1"], "argument --collective: budgets must be >= 0"),
     ]:
         assert main(["certify", path, *argv]) == 1
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and expected in err[0], err
+        line = one_error_line(capsys)
+        assert expected in line, line
     monkeypatch.setitem(sys.modules, "scipy", None)
     assert main(["certify", path, "--collective", "2"]) == 1
-    assert "pip install 'runoff[collective]'" in capsys.readouterr().err
+    assert "pip install 'runoff[collective]'" in one_error_line(capsys)
 
 
 def test_evaluate_and_report_add_collective(tmp_path, capsys):

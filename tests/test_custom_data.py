@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from test_cli_errors import one_error_line  # noqa: E402
 
 from runoff.data import custom, load_dataset
 from runoff.data.cache import CACHE_DIR
@@ -215,8 +216,8 @@ def test_train_predict_and_errors_from_the_command_line(tmp_path, capsys):
                                 "gtsrb, folder:PATH, npz:FILE"),
     ]:
         assert main(["train", "--k", "2", "--out", str(tmp_path / "other"), *argv]) == 1
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and expected in err[0], err
+        line = one_error_line(capsys)
+        assert expected in line, line
         assert not (tmp_path / "other").exists()
 
 

@@ -11,6 +11,7 @@ import types
 
 import numpy as np
 import pytest
+from test_cli_errors import one_error_line
 from test_loaders import write_cifar, write_mnist
 
 from runoff.data import load_dataset
@@ -62,8 +63,7 @@ def test_train_download_from_the_command_line(tmp_path, monkeypatch, capsys):
     assert [c[0] for c in calls] == ["MNIST", "MNIST"] and (out / "logits.npz").is_file()
     capsys.readouterr()
     assert main(["train", "--download", "--k", "2", "--out", str(tmp_path / "d")]) == 1  # digits: nothing to fetch
-    err = capsys.readouterr().err.strip()
-    assert err == "runoff: error: --download fetches mnist, fashion-mnist, cifar10, gtsrb; not digits"
+    assert one_error_line(capsys) == "runoff: error: --download fetches mnist, fashion-mnist, cifar10, gtsrb; not digits"
 
 
 def test_without_torchvision_or_network_the_error_says_why(tmp_path, monkeypatch):

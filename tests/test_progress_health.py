@@ -15,6 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_cli_errors import one_error_line  # noqa: E402
+
 from runoff import TrainingDivergedError  # noqa: E402
 from runoff.cli import main  # noqa: E402
 from runoff.run_folder import RunFolder  # noqa: E402
@@ -194,8 +196,7 @@ def test_cli_on_nan_json_and_evaluate(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
     argv = ["train", "--k", "5", "--epochs", "2", "--no-progress", "--out", out]
     assert main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("runoff: error: base model 1 diverged in epoch 1")
+    assert one_error_line(capsys).startswith("runoff: error: base model 1 diverged in epoch 1")
     assert main(argv + ["--on-nan", "skip", "--json"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)  # standard output is the JSON alone
@@ -208,9 +209,9 @@ def test_cli_on_nan_json_and_evaluate(tmp_path, monkeypatch, capsys):
     assert report["base_models"]["flagged"] == {"1": "diverged"}
     assert "Base models: 5 base models" in (tmp_path / "run" / "report.md").read_text()
     assert main(["train", "--k", "5", "--out", out, "--on-nan", "ignore"]) == 1
-    assert "argument --on-nan: unknown action 'ignore'; choose one of: stop, skip" in capsys.readouterr().err
+    assert "argument --on-nan: unknown action 'ignore'; choose one of: stop, skip" in one_error_line(capsys)
     assert main(["train", "--k", "5", "--out", out, "--progress-interval", "-1"]) == 1
-    assert "--progress-interval must be a number of seconds >= 0" in capsys.readouterr().err
+    assert "--progress-interval must be a number of seconds >= 0" in one_error_line(capsys)
 
 
 def test_run_health_flags_and_models_json():

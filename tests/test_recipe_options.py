@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_cli_errors import one_error_line  # noqa: E402
+
 from runoff.cli import main  # noqa: E402
 from runoff.errors import InvalidParameterError  # noqa: E402
 from runoff.training.trainer import Recipe, load_recipe_file, recipe_for, with_epochs  # noqa: E402
@@ -34,7 +36,7 @@ def test_options_and_file_set_the_recorded_recipe(tmp_path, capsys):
                  "--weight-decay", "0", "--no-progress", "--out", str(run)]) == 0
     assert "0 of 3 models trained" in capsys.readouterr().out
     assert main(["train", "--k", "3", "--epochs", "2", "--no-progress", "--out", str(run)]) == 1
-    assert "training.recipe.lr: 0.02 -> 0.1" in capsys.readouterr().err
+    assert "training.recipe.lr: 0.02 -> 0.1" in one_error_line(capsys)
 
 
 def test_without_recipe_options_the_default_recipe_is_unchanged(tmp_path):
@@ -61,8 +63,8 @@ def test_bad_recipe_options_are_one_line_and_write_nothing(tmp_path, capsys, ext
     out = tmp_path / "run"
     argv = ["train", "--k", "3", "--no-progress", "--out", str(out), *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
     assert main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
+    line = one_error_line(capsys)
+    assert expected in line, line
     assert not out.exists()
 
 
@@ -85,4 +87,4 @@ def test_models_lists_the_architectures_with_their_sizes(capsys):
         assert row["parameters"] == sum(p.numel() for p in module.parameters())  # counted without torch
     assert set(listed["models"]) == {"nin", "small", "mlp"}
     assert main(["models", "--image-shape", "32x32"]) == 1
-    assert "--image-shape must be HxWxC" in capsys.readouterr().err
+    assert "--image-shape must be HxWxC" in one_error_line(capsys)
