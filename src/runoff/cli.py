@@ -350,10 +350,9 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--config", default=None,
                    help="a named configuration of the paper (runoff configs lists them); sets dataset, k, d, versions")
-    p.add_argument("--dataset", default=None, type=_dataset_name,
-                   help="digits (embedded, default), mnist, fashion-mnist, cifar10 or gtsrb (files under --data-root); "
-                        "or your own: folder:PATH (PATH/train/<class>/*.png, PATH/test/<class>/*.png) or npz:FILE "
-                        "(x_train, y_train, x_test, y_test)")
+    _add_data_options(p, "digits (embedded, default), mnist, fashion-mnist, cifar10 or gtsrb (files under "
+                         "--data-root); or your own: folder:PATH (PATH/train/<class>/*.png, PATH/test/<class>/*.png) "
+                         "or npz:FILE (x_train, y_train, x_test, y_test)")
     p.add_argument("--k", type=int, default=None, help="number of partitions (required without --config)")
     p.add_argument("--d", type=int, default=None, help="FA spread degree (models per bucket); default 1 (DPA)")
     p.add_argument("--versions", type=int, default=None,
@@ -361,13 +360,6 @@ def _add_train(sub) -> None:
     p.add_argument("--version", type=int, default=1, help="ensemble version v: model j is seeded (j+1)*v*v")
     p.add_argument("--hash", default="pixelsum", type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}",
                    help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
-    p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
-    p.add_argument("--download", action="store_true",
-                   help="fetch mnist, fashion-mnist, cifar10 or gtsrb into --data-root with torchvision first "
-                        "(needs torchvision); files already there are kept")
-    p.add_argument("--image-size", default=None, type=_image_size, metavar="HxW",
-                   help="folder: data sets: resize every image to HxW (needed when their sizes differ; the partition "
-                        "hash still sees each image as stored)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
     p.add_argument("--json", action="store_true",
                    help="print the end-of-run summary as JSON (models trained, resumed, kept, flagged, time, "
@@ -380,6 +372,22 @@ def _add_train(sub) -> None:
                         "for both backends and any --workers")
     _add_training_options(p)
     _add_recipe_options(p)
+    _add_backend_options(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_data_options(p, dataset_help: str) -> None:
+    p.add_argument("--dataset", default=None, type=_dataset_name, help=dataset_help)
+    p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch mnist, fashion-mnist, cifar10 or gtsrb into --data-root with torchvision first "
+                        "(needs torchvision); files already there are kept")
+    p.add_argument("--image-size", default=None, type=_image_size, metavar="HxW",
+                   help="folder: data sets: resize every image to HxW (needed when their sizes differ; the partition "
+                        "hash still sees each image as stored)")
+
+
+def _add_backend_options(p) -> None:
     g = p.add_argument_group("backend (where the chunks of models are trained)")
     g.add_argument("--backend", default="local", type=_one_of("backend", BACKENDS), metavar="{local,ray}",
                    help="local: this process (default); ray: each chunk is a Ray task (pip install 'runoff[ray]')")
@@ -392,7 +400,6 @@ def _add_train(sub) -> None:
                    help="Ray: GPUs per task, fractions share a GPU; default 1 with --device cuda, else 0")
     g.add_argument("--max-retries", type=int, default=None,
                    help="Ray: retries of a chunk whose worker or node dies; default 3")
-    p.set_defaults(func=_cmd_train)
 
 
 def _check_train_options(args) -> None:
@@ -402,8 +409,13 @@ def _check_train_options(args) -> None:
     _at_least(args.versions, "--versions", 1)
     _at_least(args.version, "--version", 1)
     _at_least(args.epochs, "--epochs", 1)
-    _at_least(args.progress_interval, "--progress-interval", 0, "seconds", integer=False)
     _at_least(args.chunk_size, "--chunk-size", 1)
+    _check_run_options(args)
+
+
+def _check_run_options(args) -> None:
+    """The options ``runoff train`` and ``runoff update`` share: progress, checkpoints, recipe, backend."""
+    _at_least(args.progress_interval, "--progress-interval", 0, "seconds", integer=False)
     _at_least(args.checkpoint_interval, "--checkpoint-interval", 0, "seconds", integer=False)
     _at_least(args.workers, "--workers", 1)
     _at_least(args.max_retries, "--max-retries", 0)
@@ -455,18 +467,23 @@ def _train_settings(args) -> dict:
             raise InvalidParameterError("give --k (number of partitions) or --config NAME")
         chosen = {"dataset": args.dataset or "digits", "k": args.k, "d": 1 if args.d is None else args.d,
                   "versions": args.versions}
-    if args.download:
-        from .data.download import DOWNLOADABLE
-
-        if chosen["dataset"] not in DOWNLOADABLE:
-            raise InvalidParameterError(f"--download fetches {', '.join(DOWNLOADABLE)}; not {chosen['dataset']}")
-    if args.image_size is not None and not chosen["dataset"].startswith("folder:"):
-        raise InvalidParameterError(f"--image-size applies to folder: data sets, not to {chosen['dataset']}")
+    _check_data_options(args, chosen["dataset"])
     if chosen["versions"] is not None and chosen["d"] != 1:
         raise InvalidParameterError("--versions (DPA*) and --d (FA) cannot be combined")
     if chosen["versions"] is not None and args.version != 1:
         raise InvalidParameterError("--version picks one seed version; DPA* (--versions) trains 1..V")
     return chosen
+
+
+def _check_data_options(args, dataset: str) -> None:
+    """--download and --image-size fit the data set."""
+    if args.download:
+        from .data.download import DOWNLOADABLE
+
+        if dataset not in DOWNLOADABLE:
+            raise InvalidParameterError(f"--download fetches {', '.join(DOWNLOADABLE)}; not {dataset}")
+    if args.image_size is not None and not dataset.startswith("folder:"):
+        raise InvalidParameterError(f"--image-size applies to folder: data sets, not to {dataset}")
 
 
 def _require_training(command: str, dataset: str | None) -> None:
@@ -544,6 +561,100 @@ def _train(args, cfg, common):
     if cfg["versions"] is not None:
         return train_dpa_star(args.out, versions=cfg["versions"], **common)
     return train_run(args.out, d=cfg["d"], seed_version=args.version, **common)
+
+
+def _add_update(sub) -> None:
+    p = sub.add_parser(
+        "update",
+        help="bring a trained run up to date with changed data, retraining only the changed subsets",
+        description=(
+            "Rebuild the run's partition on the new data (the same k, d, hash, spread and recipe), retrain only the "
+            "chunks holding a model whose training subset changed (samples deleted, added or edited), keep every "
+            "other checkpoint file untouched, and rewrite the test logits (and the report, if the run has one). "
+            "The models equal those a new run on the new data trains, bit for bit. Run it again to finish an "
+            "interrupted update."
+        ),
+    )
+    p.add_argument("run", help="run folder written by runoff train")
+    _add_data_options(p, "the new data (default: the run's own data set, e.g. the same folder:PATH after its "
+                         "files changed)")
+    p.add_argument("--json", action="store_true", help="print what changed and was retrained as JSON")
+    p.add_argument("--checkpoint-interval", type=_number, default=10.0,
+                   help="least seconds between two checkpoints of a chunk (0: after every epoch); default 10")
+    unchanged = p.add_argument_group("the run's own settings (an update keeps them: a different value is refused)")
+    unchanged.add_argument("--k", type=int, default=None, help="number of partitions")
+    unchanged.add_argument("--d", type=int, default=None, help="FA spread degree")
+    unchanged.add_argument("--hash", default=None, type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}")
+    _add_training_options(p)
+    _add_recipe_options(p)
+    _add_backend_options(p)
+    p.set_defaults(func=_cmd_update)
+
+
+def _cmd_update(args) -> int:
+    import time
+
+    from .run_folder import RunFolder
+
+    _at_least(args.k, "--k", 1)
+    _at_least(args.d, "--d", 1)
+    _at_least(args.epochs, "--epochs", 1)
+    _check_run_options(args)
+    RunFolder(args.run).require_plan()
+    dataset = args.dataset or RunFolder(args.run).read_plan().dataset
+    _check_data_options(args, dataset)
+    _require_training("runoff update", dataset)
+    recipe = _update_recipe(args)
+    backend = _backend(args)
+    t0 = time.perf_counter()
+    from .training.update import update_run
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            res = update_run(args.run, dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
+                             download=args.download, device=args.device, backend=backend,
+                             progress=not args.no_progress, progress_interval=args.progress_interval,
+                             on_nan=args.on_nan, checkpoint_min_interval=args.checkpoint_interval, k=args.k, d=args.d,
+                             hash=args.hash, recipe=recipe, epochs=args.epochs)
+    except KeyboardInterrupt:
+        print(f"runoff: interrupted; rerun `runoff update {args.run}` to finish the update", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps({"run": str(args.run), **res.to_dict()}, indent=2))
+        return 0
+    print(res.describe())
+    print(res.summary.describe())
+    print(f"logits of {res.scores.shape[0]} test points: {res.logits_path} ({time.perf_counter() - t0:.1f} s)")
+    if res.reevaluated:
+        print(f"certificates and report rewritten ({', '.join(res.reevaluated)}): runoff evaluate {args.run} "
+              "for other methods or budgets")
+    else:
+        print(f"next: runoff evaluate {args.run}")
+    return 0
+
+
+def _update_recipe(args):
+    """The recipe the recipe options make of the run's own (None when none is given): an
+    update refuses any that differs."""
+    given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+             "augment": args.augment}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given and args.recipe is None:
+        return None
+    from dataclasses import replace
+
+    from .training.trainer import load_recipe_file
+    from .training.update import run_recipe
+
+    if args.model is not None:
+        from .checks import check_choice
+        from .training.models import ARCHITECTURES
+
+        check_choice(args.model, "--model", ARCHITECTURES)
+    recipe = run_recipe(args.run)
+    if args.recipe is not None:
+        recipe = load_recipe_file(args.recipe, recipe)
+    return replace(recipe, **given)
 
 
 def _add_evaluate(sub) -> None:
@@ -835,6 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_demo(sub)
     _add_train(sub)
+    _add_update(sub)
     _add_evaluate(sub)
     _add_report(sub)
     _add_configs(sub)

@@ -5,6 +5,8 @@ A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff r
 
     RUN/
       plan.json            the partition plan, with the training recipe and seeds
+      subsets.json         a fingerprint of each base model's training subset (what
+                           `runoff update` compares, and what checkpoints are keyed by)
       checkpoints/         models-FIRST-LAST.pt, one per chunk of base models
       logits.npz           scores (N, M, C) float32 and labels (N,) int64 of the test set
       models.json          each base model's training loss and accuracy, and flagged models
@@ -39,6 +41,7 @@ __all__ = [
     "ACCURACY_PLOT",
     "MODELS_FILE",
     "HISTOGRAM_PLOT",
+    "SUBSETS_FILE",
 ]
 
 PLAN_FILE = "plan.json"
@@ -50,6 +53,8 @@ REPORT_MD = "report.md"
 ACCURACY_PLOT = "certified_accuracy.png"
 HISTOGRAM_PLOT = "certificates_hist.png"
 MODELS_FILE = "models.json"
+SUBSETS_FILE = "subsets.json"
+_SUBSETS_FORMAT = "runoff-subsets"
 
 
 def version_dir_name(v: int) -> str:
@@ -137,6 +142,42 @@ class RunFolder:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RunDirectoryError(f"{self.plan_path}: cannot read ({exc})") from None
 
+    # ------------------------------------------------------------------ subset fingerprints
+    @property
+    def subsets_path(self) -> Path:
+        return self.path / SUBSETS_FILE
+
+    def read_subsets(self, n_models: int | None = None) -> list[str] | None:
+        """Each base model's subset fingerprint (:func:`runoff.data.partition.subset_fingerprints`),
+        or None when the run has no ``subsets.json`` (trained before runoff recorded them).
+
+        Raises
+        ------
+        RunDirectoryError
+            An unreadable file, or one that does not hold ``n_models`` fingerprints.
+        """
+        if not self.subsets_path.is_file():
+            return None
+        try:
+            obj = json.loads(self.subsets_path.read_text())
+            fps = obj["fingerprints"]
+            ok = obj.get("format") == _SUBSETS_FORMAT and isinstance(fps, list)
+            ok = ok and all(isinstance(f, str) and len(f) == 64 for f in fps)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise RunDirectoryError(f"{self.subsets_path}: cannot read ({exc})") from None
+        if not ok or (n_models is not None and len(fps) != n_models):
+            raise RunDirectoryError(f"{self.subsets_path}: not a list of {n_models or 'the'} models' subset "
+                                    "fingerprints (corrupt?)")
+        return list(fps)
+
+    def write_subsets(self, fingerprints) -> Path:
+        """Write ``subsets.json`` (one fingerprint per base model), atomically."""
+        obj = {"format": _SUBSETS_FORMAT, "version": 1,
+               "rule": "sha256 over the image shape and each sample's sha256 (label, pixels), canonical order",
+               "fingerprints": list(fingerprints)}
+        atomic_write_text(self.subsets_path, json.dumps(obj, indent=1) + "\n")
+        return self.subsets_path
+
     # ------------------------------------------------------------------ logits
     def read_logits(self) -> tuple[np.ndarray, np.ndarray]:
         """The run's test logits.
@@ -190,6 +231,20 @@ class RunFolder:
         return self.models_path
 
     # ------------------------------------------------------------------ reports
+    def output_paths(self) -> list[Path]:
+        """Files computed from the trained models (logits, certificates, reports)."""
+        kinds = ("json", "md", "accuracy_plot", "histogram_plot")
+        return [self.logits_path, self.certificates_path, *(self.report_path(kind) for kind in kinds)]
+
+    def remove_outputs(self) -> list[str]:
+        """Delete :meth:`output_paths` that exist (when the models change); their names."""
+        removed = []
+        for path in self.output_paths():
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+        return removed
+
     def write_text(self, kind: str, text: str) -> Path:
         path = self.report_path(kind)
         atomic_write_text(path, text)

@@ -63,6 +63,7 @@ __all__ = [
     "content_order",
     "dataset_fingerprint",
     "hash_samples",
+    "subset_fingerprints",
     "make_plan",
 ]
 
@@ -170,6 +171,39 @@ def dataset_fingerprint(images, labels) -> str:
     h.update(labels[order].astype("<i8").tobytes())
     h.update(np.ascontiguousarray(images[order]).tobytes())
     return h.hexdigest()
+
+
+def subset_fingerprints(images_canon, labels_canon, subsets) -> list[str]:
+    """SHA-256 (hex) of each base model's subset content: what its training depends on.
+
+    A model's training is a function of its seed, the recipe and its subset's samples (their
+    labels and pixels, visited in content order, and the normalisation computed from them),
+    never of the samples other models see or of where its samples sit in the whole set. Two
+    plans whose model ``j`` has the same fingerprint train the same model ``j``; this is how
+    ``runoff update`` finds the models a change of the data touches.
+
+    Parameters
+    ----------
+    images_canon : numpy.ndarray of uint8, shape (n, H, W, C)
+        The training images in canonical (content) order.
+    labels_canon : numpy.ndarray of int, shape (n,)
+    subsets : list of numpy.ndarray of int64
+        Each model's canonical sample indices, ascending (:attr:`PartitionPlan.subsets`).
+
+    Returns
+    -------
+    list of str
+        One 64-character hex digest per model, over the image shape and the digests of its
+        samples (each over the sample's label and pixel bytes) in canonical order.
+    """
+    images = np.ascontiguousarray(images_canon)
+    labels = np.asarray(labels_canon).astype("<i8")
+    flat = images.reshape(images.shape[0], -1)
+    digests = np.empty((images.shape[0], 32), dtype=np.uint8)
+    for i in range(images.shape[0]):  # one short hash per sample: ~1 s per million samples
+        digests[i] = np.frombuffer(hashlib.sha256(labels[i].tobytes() + flat[i].tobytes()).digest(), np.uint8)
+    head = b"runoff-subset-v1" + np.asarray(images.shape[1:], dtype="<i8").tobytes()
+    return [hashlib.sha256(head + digests[np.asarray(sub)].tobytes()).hexdigest() for sub in subsets]
 
 
 def _subset_stats(images_canon, buckets, spread, n_models, std_rule="sample"):
@@ -315,6 +349,11 @@ class PartitionPlan:
         if check:
             self.check_dataset(train)
         return train.subset(content_order(train.images, train.labels))
+
+    def subset_fingerprints(self, train: Dataset, *, check: bool = True) -> list[str]:
+        """Each model's :func:`subset_fingerprints` on ``train`` (this plan's training set)."""
+        canon = self.canonical(train, check=check)
+        return subset_fingerprints(canon.images, canon.labels, self.subsets)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:

@@ -9,6 +9,13 @@ The files already in a run folder decide how its models are chunked: :func:`chun
 keeps every existing range as it is (so a chunk that was half trained resumes from its own
 checkpoint and a finished one is never trained again, whichever backend or chunk size the
 new call asks for) and splits only the models that no file holds into new chunks.
+
+A checkpoint is tied to what its models' training depends on by a key. Files written now
+(version 2) hold a :func:`chunk_key`: the recipe, the seed version, the image shape, the
+classes, the chunk's model ids and each model's subset fingerprint. It does not change when
+another chunk's data changes, which is what lets ``runoff update`` keep every checkpoint whose
+models' subsets did not change. Files of version 1 hold the :func:`plan_key` of the whole
+plan; they still resume and load while the plan is the same.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ __all__ = [
     "existing_ranges",
     "chunk_layout",
     "plan_key",
+    "chunk_key",
+    "checkpoint_matches",
 ]
 
 _MAGIC = b"RUNOFFCK1\n"
@@ -91,6 +100,33 @@ def load_checkpoint(path) -> dict:
 def plan_key(plan) -> str:
     """SHA-256 of the plan's canonical JSON (ties checkpoints to their plan and recipe)."""
     return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def chunk_key(plan, ids, fingerprints) -> str:
+    """SHA-256 of what the models ``ids`` of a chunk are trained from (version-2 checkpoints).
+
+    Parameters
+    ----------
+    plan : PartitionPlan
+        Gives the recipe and seed version (``plan.training``), image shape, classes and std rule.
+    ids : sequence of int
+        The chunk's model ids.
+    fingerprints : sequence of str
+        Every model's subset fingerprint (:func:`runoff.data.partition.subset_fingerprints`).
+    """
+    training = plan.training or {}
+    obj = {"recipe": training.get("recipe"), "seed_version": training.get("seed_version"),
+           "image_shape": [int(s) for s in plan.image_shape], "n_classes": int(plan.n_classes),
+           "std_rule": plan.std_rule, "ids": [int(j) for j in ids], "subsets": [fingerprints[j] for j in ids]}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_matches(obj: dict, *, plan_key: str | None, chunk_key: str | None) -> bool:
+    """Whether a loaded checkpoint belongs to the run: its version-2 ``chunk_key``, or (files
+    written before chunk keys) its version-1 ``plan_key``, equals the one expected."""
+    if obj.get("version") == 2:
+        return chunk_key is not None and obj.get("chunk_key") == chunk_key
+    return plan_key is not None and obj.get("plan_key") == plan_key
 
 
 def checkpoint_path(checkpoint_dir, ids) -> Path:

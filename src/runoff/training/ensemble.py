@@ -278,8 +278,8 @@ class Ensemble:
 # ---------------------------------------------------------------------------- loading runs
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
-    from ..run_folder import CHECKPOINT_DIR
-    from .checkpoints import existing_ranges, load_checkpoint, plan_key
+    from ..run_folder import CHECKPOINT_DIR, RunFolder
+    from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
     from .trainer import Recipe, _Chunk
 
     training = plan.training or {}
@@ -298,6 +298,8 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
             "or its checkpoints were deleted: run `runoff train` into it"
         )
     key = plan_key(plan)
+    # version-2 checkpoints are keyed by their models' subsets, which subsets.json records
+    fingerprints = RunFolder(run_dir).read_subsets(plan.n_models)
     models = []
     covered = np.zeros(plan.n_models, dtype=np.int64)
     unfinished = []
@@ -309,8 +311,12 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
             raise CheckpointError(f"checkpoint {path}: bad model ids {ids!r} for a run of {plan.n_models} models")
         if ids != list(range(first, last + 1)):
             raise CheckpointError(f"checkpoint {path}: holds models {ids[0]}..{ids[-1]}, which its name does not say")
+        if obj.get("version") == 2 and fingerprints is None:
+            raise RunDirectoryError(f"{run_dir}: {RunFolder(run_dir).subsets_path.name} is missing, and the "
+                                    f"checkpoints are keyed by it; rerun `runoff train` into {run_dir} to write it")
         chunk = _Chunk(plan, ids, recipe, seed_version, dev)
-        chunk.restore(obj, path, key)
+        chunk.restore(obj, path, plan_key=key,
+                      chunk_key=None if fingerprints is None else chunk_key(plan, ids, fingerprints))
         if chunk.epoch < recipe.epochs:
             unfinished.append(f"{path.name} at epoch {chunk.epoch}/{recipe.epochs}")
         chunk.net.eval()

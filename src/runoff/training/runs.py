@@ -173,21 +173,32 @@ def train_run(
                                                   data_root=data_root, image_size=image_size,
                                                   download=download)
         fresh = _check_run_folder(folder, plan, train)
+        fingerprints = _check_subsets(folder, plan, train, fresh=fresh)
         chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
                          checkpoint_dir=None if fresh else folder.checkpoint_dir)
         if fresh:
             folder.write_plan(plan)
+        if fingerprints is not None:
+            folder.write_subsets(fingerprints)
         job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
                           seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
                           progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval))
         trained = backend.train(job)
+    return finish_run(folder, backend, job, trained, started=t0)
+
+
+def finish_run(folder: RunFolder, backend: Backend, job: TrainingJob, trained: TrainedChunks, *,
+               started: float) -> RunResult:
+    """Write what a backend trained into the run folder (test logits, ``models.json``) and
+    sum it up; ``started`` is the call's ``time.perf_counter()`` at its start."""
+    plan, test = job.plan, job.test
     health = RunHealth.from_chunks(trained.chunks, plan.n_models)
     scores = _assemble(trained, plan, n_test=len(test.labels), silenced=health.diverged)
     labels = test.labels.copy()
     folder.write_logits(scores, labels)
     folder.write_health(health)
-    summary = _summarize(trained, backend, plan, recipe, seconds=time.perf_counter() - t0, health=health)
+    summary = _summarize(trained, backend, plan, job.recipe, seconds=time.perf_counter() - started, health=health)
     return RunResult(run_dir=folder.path, plan=plan, scores=scores, labels=labels, summary=summary, health=health)
 
 
@@ -274,6 +285,22 @@ def _check_run_folder(folder: RunFolder, plan, train) -> bool:
     if not folder.is_new():
         raise RunDirectoryError(f"{folder.path} is not empty and holds no plan.json; refusing to write into it")
     return True
+
+
+def _check_subsets(folder: RunFolder, plan, train, *, fresh: bool):
+    """The subset fingerprints to write into ``subsets.json`` (None: it is there and right).
+
+    A run folder trained before runoff recorded them gets the file now; one that disagrees
+    with the data (an interrupted ``runoff update``) is refused.
+    """
+    fingerprints = plan.subset_fingerprints(train, check=False)
+    old = None if fresh else folder.read_subsets(plan.n_models)
+    if old is None:
+        return fingerprints
+    if old != fingerprints:
+        raise RunDirectoryError(f"{folder.subsets_path} does not match this training set (was a `runoff update` "
+                                f"of {folder.path} interrupted? rerun it)")
+    return None
 
 
 def _plan_diff(old, new) -> str:

@@ -51,10 +51,12 @@ import torch.nn.functional as F
 from ..checks import check_choice, check_int, check_number
 from ..data.configs import PAPER_RECIPES
 from ..data.datasets import Dataset
-from ..data.partition import PartitionPlan
+from ..data.partition import PartitionPlan, subset_fingerprints
 from ..errors import CheckpointError, InvalidParameterError, TrainingDivergedError
 from .checkpoints import (  # noqa: F401
+    checkpoint_matches,
     checkpoint_path,
+    chunk_key,
     chunk_layout,
     load_checkpoint,
     plan_key,
@@ -392,10 +394,11 @@ class _Chunk:
         self.diverged: list[int] = []
 
     def state(self, key: str) -> dict:
+        """The checkpoint payload, tied to the chunk by ``key`` (:func:`chunk_key`)."""
         return {
             "format": "runoff-checkpoint",
-            "version": 1,
-            "plan_key": key,
+            "version": 2,
+            "chunk_key": key,
             "model_ids": list(self.model_ids),
             "epoch": int(self.epoch),
             "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
@@ -404,14 +407,15 @@ class _Chunk:
             "health": {"loss": self.loss.clone(), "accuracy": self.accuracy.clone(), "diverged": list(self.diverged)},
         }
 
-    def restore(self, obj: dict, path, key: str) -> None:
+    def restore(self, obj: dict, path, *, plan_key: str | None, chunk_key: str | None) -> None:
+        """Load a checkpoint after checking it is this chunk's (see :func:`checkpoint_matches`)."""
         def bad(msg):
             return CheckpointError(f"checkpoint {path}: {msg}")
 
-        if obj.get("version") != 1:
+        if obj.get("version") not in (1, 2):
             raise bad(f"unsupported version {obj.get('version')!r}")
-        if obj.get("plan_key") != key:
-            raise bad("it belongs to another plan or recipe")
+        if not checkpoint_matches(obj, plan_key=plan_key, chunk_key=chunk_key):
+            raise bad("it belongs to another plan or recipe, or its models' training data changed")
         if obj.get("model_ids") != self.model_ids:
             raise bad(f"it holds models {obj.get('model_ids')!r}, expected {self.model_ids}")
         epoch = obj.get("epoch")
@@ -640,6 +644,8 @@ class TrainingSet:
 
     def __init__(self, plan: PartitionPlan, train: Dataset, device: torch.device):
         canon = plan.canonical(train)
+        # each model's subset fingerprint: the keys of its chunk's checkpoints
+        self.fingerprints = subset_fingerprints(canon.images, canon.labels, plan.subsets)
         self.X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(device)
         self.Y = torch.from_numpy(canon.labels).to(device)
         # writable copies: a plan from Ray's object store holds read-only arrays
@@ -662,6 +668,7 @@ def train_chunk(
     checkpoint_min_interval: float = 10.0,
     on_progress=None,
     on_nan: str = "stop",
+    restart_stale: bool = False,
 ) -> ChunkResult:
     """Train one chunk of base models together, resuming from its checkpoint if there is one.
 
@@ -682,6 +689,11 @@ def train_chunk(
         What a non-finite training loss does: ``"stop"`` raises
         :class:`~runoff.errors.TrainingDivergedError` naming the models, before the epoch is
         checkpointed; ``"skip"`` trains on and records them as diverged (``health``).
+    restart_stale : bool, default False
+        A checkpoint of another plan or of other training data for these models raises
+        :class:`~runoff.errors.CheckpointError` (False), or is ignored and replaced by a
+        chunk trained from scratch (True: ``runoff update``, whose changed subsets make
+        their chunks' checkpoints stale). A corrupt file raises either way.
 
     Returns
     -------
@@ -695,11 +707,14 @@ def train_chunk(
     if not ids or ids != list(range(ids[0], ids[0] + len(ids))):
         raise InvalidParameterError(f"a chunk is a non-empty contiguous ascending range of model ids; got {ids[:10]}")
     data = train if isinstance(train, TrainingSet) else TrainingSet(plan, train, dev)
-    key = plan_key(plan)
+    key = chunk_key(plan, ids, data.fingerprints)
     chunk = _Chunk(plan, ids, recipe, seed_version, dev)
     path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, ids)
     if path is not None and path.exists():
-        chunk.restore(load_checkpoint(path), path, key)
+        obj = load_checkpoint(path)
+        # an update's stale chunk (its models' data changed) is trained anew, its file replaced
+        if not (restart_stale and not checkpoint_matches(obj, plan_key=plan_key(plan), chunk_key=key)):
+            chunk.restore(obj, path, plan_key=plan_key(plan), chunk_key=key)
     start = chunk.epoch
     total = chunk_steps(plan, ids, recipe)
     done = total // recipe.epochs * start
@@ -769,7 +784,7 @@ def model_health(chunk: _Chunk, data: TrainingSet) -> dict:
 def trained_chunks(plan: PartitionPlan, data: TrainingSet, chunks, *, recipe: Recipe, seed_version: int,
                    device, checkpoint_dir, checkpoint_every: int, checkpoint_min_interval: float,
                    progress: bool, label: str | None, progress_interval: float | None = None,
-                   on_nan: str = "stop"):
+                   on_nan: str = "stop", restart_stale: bool = False):
     """Train ``chunks`` one after another in this process, yielding each :class:`ChunkResult`.
 
     The shared loop of :func:`train_ensemble` and the local backend: one progress display
@@ -788,7 +803,7 @@ def trained_chunks(plan: PartitionPlan, data: TrainingSet, chunks, *, recipe: Re
             res = train_chunk(
                 plan, data, ids, recipe=recipe, seed_version=seed_version, device=device,
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
+                checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan, restart_stale=restart_stale,
                 on_progress=_ChunkProgress(bar, base),
             )
             bar.chunk_finished(res.ids, i, len(chunks))

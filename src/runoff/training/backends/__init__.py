@@ -58,6 +58,9 @@ class TrainingJob:
         Seconds between plain progress lines.
     on_nan : {"stop", "skip"}
         What a non-finite training loss does (see :func:`runoff.training.trainer.train_chunk`).
+    restart_stale : bool
+        Train a chunk whose checkpoint holds other training data from scratch instead of
+        refusing it (``runoff update``; see :func:`runoff.training.trainer.train_chunk`).
     """
 
     plan: Any
@@ -74,6 +77,7 @@ class TrainingJob:
     label: str | None = None
     progress_interval: float = 30.0
     on_nan: str = "stop"
+    restart_stale: bool = False
 
 
 @dataclass

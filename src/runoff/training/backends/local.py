@@ -35,7 +35,8 @@ class LocalBackend:
                                   checkpoint_every=job.checkpoint_every,
                                   checkpoint_min_interval=job.checkpoint_min_interval,
                                   progress=job.progress, label=job.label,
-                                  progress_interval=job.progress_interval, on_nan=job.on_nan):
+                                  progress_interval=job.progress_interval, on_nan=job.on_nan,
+                                  restart_stale=job.restart_stale):
             logits = chunk_logits(res.net, res.ids, job.plan, job.test.images, device=dev)
             out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch,
                                           health=res.health))

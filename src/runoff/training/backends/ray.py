@@ -232,6 +232,7 @@ class _TaskSpec:
     checkpoint_min_interval: float
     threads: int
     on_nan: str = "stop"
+    restart_stale: bool = False
 
 
 def _run_chunk(plan, train, test_images, spec: _TaskSpec, tracker):
@@ -253,7 +254,8 @@ def _run_chunk(plan, train, test_images, spec: _TaskSpec, tracker):
 
     res = train_chunk(plan, train, spec.ids, recipe=spec.recipe, seed_version=spec.seed_version,
                       device=spec.device, checkpoint_dir=spec.checkpoint_dir, checkpoint_every=spec.checkpoint_every,
-                      checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report, on_nan=spec.on_nan)
+                      checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report, on_nan=spec.on_nan,
+                      restart_stale=spec.restart_stale)
     logits = chunk_logits(res.net, spec.ids, plan, test_images, device=spec.device)
     final = checkpoint_path(spec.checkpoint_dir, spec.ids).read_bytes() if res.trained else None
     return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final,
@@ -321,7 +323,8 @@ class _RayRun:
         spec = _TaskSpec(ids=list(ids), index=i, recipe=job.recipe, seed_version=job.seed_version,
                          device=str(job.device), checkpoint_dir=str(job.checkpoint_dir),
                          checkpoint_every=job.checkpoint_every, checkpoint_min_interval=job.checkpoint_min_interval,
-                         threads=max(1, int(self.options.cpus)), on_nan=job.on_nan)
+                         threads=max(1, int(self.options.cpus)), on_nan=job.on_nan,
+                         restart_stale=job.restart_stale)
         return task.options(
             name=f"runoff-chunk-{ids[0]:05d}-{ids[-1]:05d}", num_cpus=self.options.cpus,
             num_gpus=self.options.gpus, max_retries=self.options.max_retries, retry_exceptions=False,
