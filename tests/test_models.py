@@ -5,7 +5,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runoff.errors import InvalidParameterError  # noqa: E402
-from runoff.training.models import BatchedNet, architecture, build_model  # noqa: E402
+from runoff.training.models import (  # noqa: E402
+    BatchedNet,
+    activation_floats,
+    architecture,
+    build_model,
+    parameter_count,
+)
 
 torch.set_num_threads(1)
 
@@ -62,7 +68,7 @@ def test_eval_mode_and_roundtrip():
     net = BatchedNet(spec, 2).init_([torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])
     other = BatchedNet(spec, 2)
     for e in range(2):
-        other.load_model_state(e, net.extract(e).state_dict())
+        other.load_model_state(e, net.model_state(e))  # (extract() gives a float32 module)
     net.eval()
     other.eval()
     x = torch.randn(3, 2, 8, 8)
@@ -81,7 +87,8 @@ def test_init_is_per_model(rule):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,channels,classes", [("nin", 1, 10), ("nin", 3, 43), ("small", 1, 10), ("mlp", 3, 10)])
+@pytest.mark.parametrize("name,channels,classes", [("nin", 1, 10), ("nin", 3, 43), ("small", 1, 10), ("mlp", 3, 10),
+                                                   ("resnet18", 1, 10), ("resnet18", 3, 43)])
 def test_pytorch_rule_is_torch_default_init_bit_for_bit(name, channels, classes, dtype):
     # The published scripts seed torch and then build their network: every layer draws its
     # default initialisation from the global generator, in construction order. A model drawn
@@ -134,10 +141,13 @@ def test_init_rules_draw_their_distributions():
 
 
 def test_unknown_architecture():
-    with pytest.raises(InvalidParameterError, match="^unknown architecture 'resnet'; choose one of: nin, small, mlp$") as info:
-        architecture("resnet", in_channels=3, n_classes=10)
+    listing = "choose one of: nin, small, mlp, resnet18"
+    with pytest.raises(InvalidParameterError, match=f"^unknown architecture 'vgg'; {listing}$") as info:
+        architecture("vgg", in_channels=3, n_classes=10)
     message = str(info.value)
-    assert "'resnet'" in message
+    assert "'vgg'" in message
+    with pytest.raises(InvalidParameterError, match="^unknown architecture 'resnet'; did you mean resnet18\\? "):
+        architecture("resnet", in_channels=3, n_classes=10)
     # Every name the message offers is a working architecture, and names are case-sensitive.
     known = message.split("choose one of: ")[1].split(", ")
     for name in known:
@@ -153,3 +163,143 @@ def test_the_mlp_needs_the_image_size_and_takes_every_pixel():
     assert build_model(spec)(torch.zeros(2, 3, 6, 5)).shape == (2, 7)
     with pytest.raises(InvalidParameterError, match="the mlp architecture needs image_size"):
         architecture("mlp", in_channels=3, n_classes=7)
+
+
+# ----------------------------------------------------------------- ResNet-18
+
+def _gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("channels,size", [(1, 8), (3, 32)])
+def test_resnet18_is_the_small_image_resnet18(channels, size):
+    spec = architecture("resnet18", in_channels=channels, n_classes=10)
+    assert spec[:3] == [("conv", channels, 64, 3, 1, 1), ("bn", 64), ("relu",)]  # no max-pool follows
+    assert spec[-2:] == [("gap",), ("linear", 512, 10)] and "maxpool" not in [layer[0] for layer in spec]
+    blocks = [i for i, layer in enumerate(spec) if layer[0] == "residual"]
+    assert len(blocks) == 8 and all(spec[i + 1] == ("relu",) for i in blocks)
+    assert [spec[i][1][0][2:5] for i in blocks] == [(64, 3, 1), (64, 3, 1), (128, 3, 2), (128, 3, 1),
+                                                    (256, 3, 2), (256, 3, 1), (512, 3, 2), (512, 3, 1)]
+    projections = [spec[i][2] for i in blocks if spec[i][2]]
+    assert projections == [(("conv", c // 2, c, 1, 2, 0), ("bn", c)) for c in (128, 256, 512)]
+    model = build_model(spec)
+    n = sum(p.numel() for p in model.parameters())
+    assert parameter_count(spec) == n and (channels != 3 or n == 11_173_962)  # the CIFAR ResNet-18's size
+    keys = model.state_dict().keys()
+    assert {"3.main.0.weight", "3.main.4.running_var", "7.shortcut.0.weight", "7.shortcut.1.bias"} <= set(keys)
+    assert not any(k.startswith("3.shortcut.") for k in keys)  # identity shortcut
+    assert model(torch.zeros(2, channels, size, size)).shape == (2, 10)
+    # The branches may come as lists; the batched module keeps tuples (hashable, comparable).
+    as_lists = [[layer[0], list(layer[1]), list(layer[2])] if layer[0] == "residual" else layer for layer in spec]
+    assert BatchedNet(as_lists, 1).spec == spec and parameter_count(as_lists) == n
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 12, 12)])
+def test_resnet18_batched_equals_separate_models(shape):
+    c, h, w = shape
+    spec = architecture("resnet18", in_channels=c, n_classes=5)
+    e_count, b = 3, 3
+    net = BatchedNet(spec, e_count).init_(_gens(range(e_count))).double()
+    singles = [net.extract(e).double().train() for e in range(e_count)]
+    x = torch.randn(b, e_count, c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = net(x.reshape(b, e_count * c, h, w), torch.ones(b, e_count))
+    out.square().sum().backward()
+    for e, model in enumerate(singles):
+        ref = model(x[:, e])
+        torch.testing.assert_close(out[:, e], ref, rtol=1e-9, atol=1e-10)
+        ref.square().sum().backward()
+        for p, q in zip(model.parameters(), net.weights, strict=True):
+            torch.testing.assert_close(q.grad[e], p.grad, rtol=1e-8, atol=1e-10)
+        state = net.model_state(e)
+        for key, val in model.state_dict().items():
+            if "running" in key:
+                torch.testing.assert_close(state[key], val, rtol=1e-9, atol=1e-12)
+    # Eval mode (running statistics), and a state dict's round trip through load_model_state.
+    net.eval()
+    other = BatchedNet(spec, e_count).double().eval()
+    x2 = torch.randn(2, e_count, c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for e in range(e_count):
+        other.load_model_state(e, net.model_state(e))  # (extract() gives a float32 module)
+    out = net(x2.reshape(2, e_count * c, h, w))
+    assert torch.equal(out, other(x2.reshape(2, e_count * c, h, w)))
+    for e, model in enumerate(singles):
+        torch.testing.assert_close(out[:, e], model.eval()(x2[:, e]), rtol=1e-9, atol=1e-10)
+
+
+def test_resnet18_padded_rows_stay_zero_and_change_nothing():
+    spec = architecture("resnet18", in_channels=1, n_classes=5)
+    mask = torch.ones(4, 2, dtype=torch.float64)
+    mask[1, 0] = 0  # a padded row in the middle of model 0's batch
+    x = torch.randn(4, 2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = (x * mask[:, :, None, None, None]).reshape(4, 2, 8, 8).requires_grad_()
+    net = BatchedNet(spec, 2).init_(_gens((5, 6))).double()
+    refs = [net.extract(e).double().train() for e in range(2)]
+    out = net(x, mask)
+    out.square().sum().backward()
+    assert torch.equal(out[1, 0], torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(x.grad[1, 0], torch.zeros(8, 8, dtype=torch.float64))
+    # Model 0 computes what it computes on its three real samples alone: outputs, running stats.
+    for e, rows in ((0, [0, 2, 3]), (1, [0, 1, 2, 3])):
+        torch.testing.assert_close(out[rows, e], refs[e](x[rows, e:e + 1].detach()), rtol=1e-9, atol=1e-10)
+        state = net.model_state(e)
+        for key, val in refs[e].state_dict().items():
+            if "running" in key:
+                torch.testing.assert_close(state[key], val, rtol=1e-9, atol=1e-12)
+    # The padded row is exactly zero after every residual block (the sum and its ReLU), too.
+    blocks = [i for i, layer in enumerate(spec) if layer[0] == "residual"]
+    for i in blocks[:3] + blocks[-1:]:
+        trunk = BatchedNet(spec[:i + 2], 2).init_(_gens((5, 6))).double()
+        y = trunk(x.detach(), mask).detach()
+        assert float(y[1].reshape(2, -1)[0].abs().max()) == 0.0 and float(y[0].abs().max()) > 0
+
+
+def test_resnet18_rotnet_rule_reaches_every_convolution():
+    spec = architecture("resnet18", in_channels=3, n_classes=10)
+    net = BatchedNet(spec, 1).init_(_gens((7,)), rule="rotnet")
+    state = net.model_state(0)
+    for key, (k, cout) in {"0.weight": (3, 64), "7.main.3.weight": (3, 128), "7.shortcut.0.weight": (1, 128),
+                           "17.main.0.weight": (3, 512)}.items():
+        assert float(state[key].std()) == pytest.approx((2 / (k * k * cout)) ** 0.5, rel=0.05), key
+    assert torch.equal(state["7.shortcut.1.weight"], torch.ones(128)) and torch.equal(state["20.bias"], torch.zeros(10))
+
+
+def _old_activation_floats(spec, h, w):
+    # runoff.training.trainer.default_chunk_size's estimate before residual layers existed
+    per_sample = 0
+    for layer in spec:
+        if layer[0] == "conv":
+            _, _cin, cout, k, s, p = layer
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            per_sample += 4 * cout * h * w
+        elif layer[0] in ("maxpool", "avgpool"):
+            _, k, s, p = layer
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    return per_sample
+
+
+def test_activation_floats_is_the_old_estimate_without_residual_layers():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=25, deadline=None)
+    @hypothesis.given(st.sampled_from(["nin", "small", "mlp"]), st.integers(1, 3), st.integers(4, 40),
+                      st.integers(4, 40))
+    def check(name, c, h, w):
+        spec = architecture(name, in_channels=c, n_classes=10, image_size=(h, w))
+        assert activation_floats(spec, (h, w)) == _old_activation_floats(spec, h, w)
+
+    check()
+    nin = architecture("nin", in_channels=3, n_classes=10)
+    assert activation_floats(nin, (32, 32)) == 4 * (32 * 32 * 448 + 16 * 16 * 576 + 8 * 8 * 576)
+
+
+@pytest.mark.parametrize("size", [8, 12, 32])
+def test_activation_floats_walks_the_residual_blocks(size):
+    spec = architecture("resnet18", in_channels=3, n_classes=10)
+    s, expected = size, 4 * 64 * size * size  # the stem
+    for stage, c in enumerate((64, 128, 256, 512)):
+        if stage:
+            s = (s - 1) // 2 + 1  # stride 2, padding 1: ceil(s / 2)
+        # two blocks of two convolutions (4 maps each) and a sum; a projection (4 maps) in stages 2-4
+        expected += 2 * (2 * 4 + 1) * c * s * s + (4 * c * s * s if stage else 0)
+    assert activation_floats(spec, (size, size)) == expected

@@ -825,6 +825,7 @@ _MODEL_NOTES = {
     "nin": "Network in Network (RotNet's), the paper's base model: 9 conv layers with BatchNorm",
     "small": "a small CNN (3 conv layers with BatchNorm, 16-32 channels): fast on a CPU, runoff's digits model",
     "mlp": "a multilayer perceptron on the flattened image (hidden layers of 256 and 128 units, ReLU)",
+    "resnet18": "ResNet-18 for small images (conv3x3 stem, no max-pool, 8 residual blocks of 64-512 channels)",
 }
 
 
