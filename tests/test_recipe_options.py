@@ -45,7 +45,8 @@ def test_without_recipe_options_the_default_recipe_is_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--model", "resnett"], "unknown --model 'resnett'; choose one of: nin, small, mlp"),
+    (["--model", "resnett"], "unknown --model 'resnett'; did you mean resnet18? choose one of: nin, small, mlp, resnet18"),
+    (["--model", "vgg"], "unknown --model 'vgg'; choose one of: nin, small, mlp, resnet18"),
     (["--model", "smal"], "unknown --model 'smal'; did you mean small?"),
     (["--lr", "0"], "--lr must be a number > 0; got 0"),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1; got 0"),
@@ -85,6 +86,6 @@ def test_models_lists_the_architectures_with_their_sizes(capsys):
     for name, row in listed["models"].items():
         module = build_model(architecture(name, in_channels=3, n_classes=10, image_size=(32, 32)))
         assert row["parameters"] == sum(p.numel() for p in module.parameters())  # counted without torch
-    assert set(listed["models"]) == {"nin", "small", "mlp"}
+    assert set(listed["models"]) == {"nin", "small", "mlp", "resnet18"}
     assert main(["models", "--image-shape", "32x32"]) == 1
     assert "--image-shape must be HxWxC" in one_error_line(capsys)

@@ -327,7 +327,7 @@ def _add_training_options(p) -> None:
 
 def _add_recipe_options(p) -> None:
     r = p.add_argument_group("recipe (default: the data set's; `runoff configs --json` shows the paper's)")
-    r.add_argument("--model", default=None, help="architecture: nin, small or mlp (`runoff models` lists them)")
+    r.add_argument("--model", default=None, help="architecture: nin, small, mlp or resnet18 (`runoff models` lists them)")
     r.add_argument("--batch-size", type=int, default=None, help="samples per step and model")
     r.add_argument("--lr", type=_number, default=None, help="initial learning rate (> 0)")
     r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
@@ -831,14 +831,14 @@ _MODEL_NOTES = {
 
 def _cmd_models(args) -> int:
     require("torch", "runoff models")
-    from .training.models import ARCHITECTURES, architecture
+    from .training.models import ARCHITECTURES, architecture, parameter_count
 
     try:
         h, w, c = (int(v) for v in args.image_shape.lower().split("x"))
     except ValueError:
         raise InvalidParameterError(f"--image-shape must be HxWxC, e.g. 32x32x3; got {args.image_shape!r}") from None
     _at_least(args.classes, "--classes", 1)
-    rows = {name: {"parameters": _n_parameters(architecture(name, in_channels=c, n_classes=args.classes,
+    rows = {name: {"parameters": parameter_count(architecture(name, in_channels=c, n_classes=args.classes,
                                                             image_size=(h, w))),
                    "about": _MODEL_NOTES.get(name, "")} for name in ARCHITECTURES}
     if args.json:
@@ -847,13 +847,6 @@ def _cmd_models(args) -> int:
     for name, row in rows.items():
         print(f"{name:8s} {row['parameters']:>10,} parameters   {row['about']}")
     return 0
-
-
-def _n_parameters(spec) -> int:
-    """Trainable parameters of an architecture spec: conv weights (no bias), BatchNorm, linear."""
-    sizes = {"conv": lambda cin, cout, k, *_: cin * cout * k * k, "bn": lambda c: 2 * c,
-             "linear": lambda i, o: i * o + o}
-    return sum(sizes[layer[0]](*layer[1:]) for layer in spec if layer[0] in sizes)
 
 
 def _add_configs(sub) -> None:

@@ -62,7 +62,7 @@ from .checkpoints import (  # noqa: F401
     plan_key,
     save_checkpoint,
 )
-from .models import ARCHITECTURES, INIT_RULES, BatchedNet, architecture, sum_rows
+from .models import ARCHITECTURES, INIT_RULES, BatchedNet, activation_floats, architecture, sum_rows
 
 __all__ = [
     "Recipe",
@@ -541,6 +541,8 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
 
 CUDA_CHUNK_CAP = 8  # most models per default chunk on a GPU; see default_chunk_size
 CPU_CHUNK_CAP = 25  # most small models per default chunk on a CPU; see default_chunk_size
+#: Architectures trained one per chunk on a CPU (wide convolutions: see default_chunk_size)
+CPU_SOLO_MODELS = ("nin", "resnet18")
 
 
 def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=None) -> int:
@@ -558,25 +560,16 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=No
       batch well, small enough that the Ray backend has several chunks to spread over its
       workers. NiN-sized models are trained one per chunk, since their convolutions already
       keep the cores busy and oneDNN's grouped convolutions are slower than its dense ones
-      for 96-192 channel groups (see benchmarks/bench_train.py).
+      for 96-192 channel groups (see benchmarks/bench_train.py); so is ResNet-18 (64-512
+      channels).
     * On CUDA at most :data:`CUDA_CHUNK_CAP` models per chunk, within the memory budget.
     """
     dev_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
-    if dev_type == "cpu" and recipe.model == "nin":
+    if dev_type == "cpu" and recipe.model in CPU_SOLO_MODELS:
         return 1
     h, w, c = plan.image_shape
     spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes, image_size=(h, w))
-    per_sample = 0
-    hh, ww = h, w
-    for layer in spec:
-        if layer[0] == "conv":
-            _, cin, cout, k, s, p = layer
-            hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
-            per_sample += 4 * cout * hh * ww  # conv out, bn out, relu out, bn saved
-        elif layer[0] in ("maxpool", "avgpool"):
-            _, k, s, p = layer
-            hh, ww = (hh + 2 * p - k) // s + 1, (ww + 2 * p - k) // s + 1
-    per_model = per_sample * 4 * recipe.batch_size * 2
+    per_model = activation_floats(spec, (h, w)) * 4 * recipe.batch_size * 2
     cuda = dev_type == "cuda"
     if memory is None:
         memory = 10e9 if cuda else 6e9
