@@ -327,7 +327,8 @@ def _add_training_options(p) -> None:
 
 def _add_recipe_options(p) -> None:
     r = p.add_argument_group("recipe (default: the data set's; `runoff configs --json` shows the paper's)")
-    r.add_argument("--model", default=None, help="architecture: nin, small, mlp or resnet18 (`runoff models` lists them)")
+    r.add_argument("--model", default=None, help="architecture: nin, small, mlp or resnet18 (`runoff models` lists them), or your own: "
+                        "package.module:function, a factory(in_shape, n_classes) returning a torch.nn.Module")
     r.add_argument("--batch-size", type=int, default=None, help="samples per step and model")
     r.add_argument("--lr", type=_number, default=None, help="initial learning rate (> 0)")
     r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
@@ -537,17 +538,32 @@ def _train_recipe(args, dataset: str):
         return None
     from dataclasses import replace
 
-    from .checks import check_choice
-    from .training.models import ARCHITECTURES
     from .training.trainer import load_recipe_file, recipe_for, with_epochs
 
-    if args.model is not None:
-        check_choice(args.model, "--model", ARCHITECTURES)
+    _check_model_option(args.model)
     recipe = recipe_for(dataset)
     if args.recipe is not None:
         recipe = load_recipe_file(args.recipe, recipe)
     recipe = replace(recipe, **given)
     return recipe if args.epochs is None else with_epochs(recipe, args.epochs)
+
+
+def _check_model_option(model) -> None:
+    """--model: a registry architecture, or a factory's module:function that imports."""
+    if model is None:
+        return
+    from .training.factories import is_factory_name, resolve_factory
+
+    if is_factory_name(model):
+        try:
+            resolve_factory(model)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"--model {exc.args[0].removeprefix('model ')}") from None
+        return
+    from .checks import check_choice
+    from .training.models import ARCHITECTURES
+
+    check_choice(model, "--model", ARCHITECTURES)
 
 
 def _interrupted(out) -> None:
@@ -646,11 +662,7 @@ def _update_recipe(args):
     from .training.trainer import load_recipe_file
     from .training.update import run_recipe
 
-    if args.model is not None:
-        from .checks import check_choice
-        from .training.models import ARCHITECTURES
-
-        check_choice(args.model, "--model", ARCHITECTURES)
+    _check_model_option(args.model)
     recipe = run_recipe(args.run)
     if args.recipe is not None:
         recipe = load_recipe_file(args.recipe, recipe)

@@ -78,6 +78,7 @@ def train_run(
     progress_interval: float = 30.0,
     image_size=None,
     download: bool = False,
+    model=None,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -137,6 +138,14 @@ def train_run(
     download : bool, default False
         Fetch the data set with torchvision into ``data_root`` first (MNIST, Fashion-MNIST,
         CIFAR-10, GTSRB; :mod:`runoff.data.download`).
+    model : str or callable, optional
+        The architecture, replacing the recipe's: a registry name (``"nin"``, ``"small"``,
+        ``"mlp"``, ``"resnet18"``), or your own ``factory(in_shape, n_classes) ->
+        torch.nn.Module`` (``in_shape = (C, H, W)``), or its ``"module:function"`` name.
+        A factory's modules train as :class:`~runoff.training.stacked.StackedModule` (all
+        models at once through ``torch.func.vmap`` when the module has no buffers, else one
+        at a time on real rows only); the recipe records its name
+        (:mod:`runoff.training.factories`).
 
     Returns
     -------
@@ -171,7 +180,7 @@ def train_run(
         plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
                                                   seed_version=seed_version, hash=hash, spread=spread,
                                                   data_root=data_root, image_size=image_size,
-                                                  download=download)
+                                                  download=download, model=model)
         fresh = _check_run_folder(folder, plan, train)
         fingerprints = _check_subsets(folder, plan, train, fresh=fresh)
         chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
@@ -245,11 +254,13 @@ def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint
 
 
 def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root, image_size=None,
-                  download=False):
+                  download=False, model=None):
     """Load the data set (fetched first with ``download``) and build the run's plan (no run file is written)."""
     from ..data.datasets import default_data_root, load_dataset
     from ..data.partition import make_plan
     from .trainer import recipe_for
+
+    name = None if model is None else _model_name(model)
 
     if download:
         from ..data.download import download as fetch
@@ -260,6 +271,9 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
         recipe = recipe_for(dataset, epochs=epochs)
     elif epochs is not None:
         raise InvalidParameterError("give either recipe or epochs, not both")
+    if name is not None:
+        recipe = replace(recipe, model=name)
+    _check_model(recipe, train)
     training = {
         "recipe": recipe.to_dict(),
         "seed_version": int(seed_version),
@@ -269,6 +283,27 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
         training["class_names"] = list(train.class_names)
     plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
     return plan, train, test, recipe
+
+
+def _model_name(model) -> str:
+    """The recipe's ``model`` for ``train_run(model=...)``: a registry name or a factory's name."""
+    from .factories import factory_name, is_factory_name
+    from .models import ARCHITECTURES
+
+    if isinstance(model, str) and not is_factory_name(model):
+        return check_choice(model, "model", ARCHITECTURES)
+    return factory_name(model)
+
+
+def _check_model(recipe, train) -> None:
+    """Build one model of a factory now, so a broken factory fails before anything is written."""
+    from .factories import is_factory_name, resolve_factory
+
+    if is_factory_name(recipe.model):
+        from .stacked import StackedModule
+
+        h, w, c = train.image_shape
+        StackedModule(resolve_factory(recipe.model), 1, in_shape=(c, h, w), n_classes=train.n_classes)
 
 
 def _check_run_folder(folder: RunFolder, plan, train) -> bool:
@@ -391,7 +426,7 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
         dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"), seed_version=1,
         hash=train_kwargs.get("hash", "pixelsum"), spread=train_kwargs.get("spread"),
         data_root=train_kwargs.get("data_root"), image_size=train_kwargs.get("image_size"),
-        download=train_kwargs.pop("download", False))
+        download=train_kwargs.pop("download", False), model=train_kwargs.get("model"))
     training = dict(plan.training or {}, seed_version=None, versions=versions,
                     merge="sum of the versions' logits", version_dirs=RunFolder(".").version_names(versions))
     return replace(plan, training=training)

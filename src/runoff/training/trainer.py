@@ -62,6 +62,7 @@ from .checkpoints import (  # noqa: F401
     plan_key,
     save_checkpoint,
 )
+from .factories import is_factory_name, resolve_factory
 from .models import ARCHITECTURES, INIT_RULES, BatchedNet, activation_floats, architecture, sum_rows
 
 __all__ = [
@@ -104,7 +105,8 @@ class Recipe:
     Parameters
     ----------
     model : str
-        Architecture name (:func:`runoff.training.models.architecture`).
+        Architecture name (:func:`runoff.training.models.architecture`), or a factory's
+        ``"module:function"`` (:mod:`runoff.training.factories`).
     epochs : int
         Passes over each model's own subset.
     batch_size : int
@@ -146,7 +148,8 @@ class Recipe:
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        check_choice(self.model, "model", ARCHITECTURES)
+        if not is_factory_name(self.model):  # else a factory's "module:function" (runoff.training.factories)
+            check_choice(self.model, "model", ARCHITECTURES)
         check_int(self.epochs, "epochs", low=1)
         check_int(self.batch_size, "batch_size", low=1)
         check_number(self.lr, "lr", low=0, strict=True)
@@ -374,16 +377,27 @@ def _sgd_step(params, grads, bufs, lr, active, recipe: Recipe) -> None:
         p.sub_(torch.where(a, lr.view(view) * g, 0.0))
 
 
+def chunk_module(plan: PartitionPlan, recipe: Recipe, n_models: int):
+    """The uninitialised module of ``n_models`` models of the recipe's architecture:
+    :class:`~runoff.training.models.BatchedNet` for a registry name,
+    :class:`~runoff.training.stacked.StackedModule` for a factory (``"module:function"``)."""
+    h, w, c = plan.image_shape
+    if is_factory_name(recipe.model):
+        from .stacked import StackedModule
+
+        return StackedModule(resolve_factory(recipe.model), n_models, in_shape=(c, h, w), n_classes=plan.n_classes)
+    spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes, image_size=(h, w))
+    return BatchedNet(spec, n_models)
+
+
 class _Chunk:
     """Training state of one chunk of models (parameters, momentum, generators, epoch)."""
 
     def __init__(self, plan: PartitionPlan, model_ids, recipe: Recipe, seed_version: int, device):
         self.model_ids = [int(j) for j in model_ids]
         self.recipe = recipe
-        spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes,
-                            image_size=plan.image_shape[:2])
         self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
-        self.net = BatchedNet(spec, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
+        self.net = chunk_module(plan, recipe, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
         self.params = list(self.net.weights)
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.epoch = 0
@@ -563,8 +577,12 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=No
       for 96-192 channel groups (see benchmarks/bench_train.py); so is ResNet-18 (64-512
       channels).
     * On CUDA at most :data:`CUDA_CHUNK_CAP` models per chunk, within the memory budget.
+    * A factory's module (:mod:`runoff.training.factories`): one per chunk on a CPU,
+      :data:`CUDA_CHUNK_CAP` on CUDA (its size is unknown; pass ``chunk_size`` for more).
     """
     dev_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if is_factory_name(recipe.model):  # a module of unknown size: one per chunk unless told
+        return min(plan.n_models, CUDA_CHUNK_CAP) if dev_type == "cuda" else 1
     if dev_type == "cpu" and recipe.model in CPU_SOLO_MODELS:
         return 1
     h, w, c = plan.image_shape
