@@ -10,12 +10,13 @@ keeps every existing range as it is (so a chunk that was half trained resumes fr
 checkpoint and a finished one is never trained again, whichever backend or chunk size the
 new call asks for) and splits only the models that no file holds into new chunks.
 
-A checkpoint is tied to what its models' training depends on by a key. Files written now
+A checkpoint is tied to what its models' training depends on by keys. Files written now
 (version 2) hold a :func:`chunk_key`: the recipe, the seed version, the image shape, the
 classes, the chunk's model ids and each model's subset fingerprint. It does not change when
 another chunk's data changes, which is what lets ``runoff update`` keep every checkpoint whose
-models' subsets did not change. Files of version 1 hold the :func:`plan_key` of the whole
-plan; they still resume and load while the plan is the same.
+models' subsets did not change. They also hold the :func:`plan_key` of the whole plan they
+were written under, which is all that files of version 1 hold: those still resume and load
+while the plan is the same.
 """
 
 from __future__ import annotations
@@ -122,11 +123,16 @@ def chunk_key(plan, ids, fingerprints) -> str:
 
 
 def checkpoint_matches(obj: dict, *, plan_key: str | None, chunk_key: str | None) -> bool:
-    """Whether a loaded checkpoint belongs to the run: its version-2 ``chunk_key``, or (files
-    written before chunk keys) its version-1 ``plan_key``, equals the one expected."""
-    if obj.get("version") == 2:
-        return chunk_key is not None and obj.get("chunk_key") == chunk_key
-    return plan_key is not None and obj.get("plan_key") == plan_key
+    """Whether a loaded checkpoint belongs to the run.
+
+    Version-2 files hold the :func:`plan_key` of the plan they were written under and their
+    :func:`chunk_key`: either may match (the chunk key also after an update changed the plan
+    around an unchanged chunk; it needs the subset fingerprints, which a caller without the
+    data reads from ``subsets.json``). Version-1 files hold the plan key only.
+    """
+    if plan_key is not None and obj.get("plan_key") == plan_key:
+        return True
+    return obj.get("version") == 2 and chunk_key is not None and obj.get("chunk_key") == chunk_key
 
 
 def checkpoint_path(checkpoint_dir, ids) -> Path:

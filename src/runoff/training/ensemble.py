@@ -311,9 +311,10 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
             raise CheckpointError(f"checkpoint {path}: bad model ids {ids!r} for a run of {plan.n_models} models")
         if ids != list(range(first, last + 1)):
             raise CheckpointError(f"checkpoint {path}: holds models {ids[0]}..{ids[-1]}, which its name does not say")
-        if obj.get("version") == 2 and fingerprints is None:
-            raise RunDirectoryError(f"{run_dir}: {RunFolder(run_dir).subsets_path.name} is missing, and the "
-                                    f"checkpoints are keyed by it; rerun `runoff train` into {run_dir} to write it")
+        if obj.get("version") == 2 and fingerprints is None and obj.get("plan_key") != key:
+            raise RunDirectoryError(f"{run_dir}: {RunFolder(run_dir).subsets_path.name} is missing, and checkpoint "
+                                    f"{path.name} can only be checked against it; rerun `runoff train` into "
+                                    f"{run_dir} with its data to write it")
         chunk = _Chunk(plan, ids, recipe, seed_version, dev)
         chunk.restore(obj, path, plan_key=key,
                       chunk_key=None if fingerprints is None else chunk_key(plan, ids, fingerprints))

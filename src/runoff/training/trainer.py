@@ -407,12 +407,14 @@ class _Chunk:
         self.accuracy = torch.full((len(self.model_ids),), math.nan, dtype=torch.float64)
         self.diverged: list[int] = []
 
-    def state(self, key: str) -> dict:
-        """The checkpoint payload, tied to the chunk by ``key`` (:func:`chunk_key`)."""
+    def state(self, key: str, plan_key: str) -> dict:
+        """The checkpoint payload, tied to the chunk by ``key`` (:func:`chunk_key`) and to
+        the plan it was written under by ``plan_key``."""
         return {
             "format": "runoff-checkpoint",
             "version": 2,
             "chunk_key": key,
+            "plan_key": plan_key,
             "model_ids": list(self.model_ids),
             "epoch": int(self.epoch),
             "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
@@ -749,7 +751,7 @@ def train_chunk(
                 continue
             due = chunk.epoch % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_min_interval
             if due or chunk.epoch == recipe.epochs:
-                save_checkpoint(path, chunk.state(key))
+                save_checkpoint(path, chunk.state(key, plan_key(plan)))
                 last_save = time.monotonic()
     chunk.net.eval()
     return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs,

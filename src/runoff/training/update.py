@@ -316,7 +316,6 @@ def _upgrade_checkpoints(folder: RunFolder, old, old_fps) -> int:
         obj = load_checkpoint(path)
         if obj.get("version") == 1 and obj.get("plan_key") == key:
             ids = list(range(first, last + 1))
-            rest = {name: value for name, value in obj.items() if name != "plan_key"}
-            save_checkpoint(path, {**rest, "version": 2, "chunk_key": chunk_key(old, ids, old_fps)})
+            save_checkpoint(path, {**obj, "version": 2, "chunk_key": chunk_key(old, ids, old_fps)})
             upgraded += 1
     return upgraded
