@@ -314,3 +314,26 @@ def test_stopped_run_restarts_with_only_missing_models(tmp_path, reference_60):
         assert "3 of them resumed from checkpoints" in summary, summary
     assert first.read_bytes() == done_bytes and first.stat().st_ino == done_inode  # not rewritten
     np.testing.assert_array_equal(np.load(out / "logits.npz")["scores"], reference_60)
+
+
+def test_update_on_ray_equals_training_the_new_data_locally(tmp_path, local_cluster):
+    from runoff.data.datasets import load_dataset
+    from runoff.training.update import update_run
+
+    train, test = load_dataset("digits")
+    x, y = train.images[:200, ..., 0], train.labels[:200]
+
+    def data(name, xs, ys):
+        np.savez(tmp_path / name, x_train=xs, y_train=ys, x_test=test.images[:30, ..., 0], y_test=test.labels[:30])
+        return f"npz:{tmp_path / name}"
+
+    kw = dict(k=6, epochs=2, progress=False, chunk_size=2)
+    train_run(tmp_path / "run", dataset=data("d.npz", x, y), **kw)
+    before = _file_ids(tmp_path / "run")
+    new = data("d.npz", np.delete(x, [7], axis=0), np.delete(y, [7]))
+    res = update_run(tmp_path / "run", backend="ray", progress=False)
+    fresh = train_run(tmp_path / "fresh", dataset=new, **kw)
+    np.testing.assert_array_equal(res.scores, fresh.scores)
+    assert res.summary.backend == "ray" and len(res.changed) == 1 and len(res.retrained) == 2
+    after = _file_ids(tmp_path / "run")
+    assert sum(before[n] == after[n] for n in before) == res.kept_files == 2

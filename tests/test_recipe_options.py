@@ -89,3 +89,20 @@ def test_models_lists_the_architectures_with_their_sizes(capsys):
     assert set(listed["models"]) == {"nin", "small", "mlp", "resnet18"}
     assert main(["models", "--image-shape", "32x32"]) == 1
     assert "--image-shape must be HxWxC" in one_error_line(capsys)
+
+
+def test_resnet18_trains_end_to_end_and_predicts(tmp_path, capsys):
+    import numpy as np
+
+    from runoff.data.datasets import load_dataset
+    from runoff.training.ensemble import Ensemble
+
+    train, test = load_dataset("digits")
+    np.savez(tmp_path / "d.npz", x_train=train.images[:40, ..., 0], y_train=train.labels[:40],
+             x_test=test.images[:8, ..., 0], y_test=test.labels[:8])
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--k", "2", "--epochs", "1", "--model", "resnet18",
+                 "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert _recorded(tmp_path / "run")["model"] == "resnet18"
+    scores = np.load(tmp_path / "run" / "logits.npz")["scores"]
+    assert scores.shape == (8, 2, 10) and np.isfinite(scores).all()
+    np.testing.assert_array_equal(Ensemble.load(tmp_path / "run").scores(test.images[:8]), scores)

@@ -61,7 +61,9 @@ def states(run: Path) -> dict:
 
 
 def stamps(run: Path) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((run / "checkpoints").iterdir())}
+    """Each checkpoint's inode, mtime and bytes: every write is atomic (a new file renamed over
+    the old), so a rewritten file has a new inode even when its bytes are the same."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((run / "checkpoints").iterdir())}
 
 
 def subset_contents(x, y, plan) -> list:

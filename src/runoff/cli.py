@@ -858,6 +858,7 @@ def _cmd_models(args) -> int:
         return 0
     for name, row in rows.items():
         print(f"{name:8s} {row['parameters']:>10,} parameters   {row['about']}")
+    print("your own: --model package.module:function, a factory(in_shape, n_classes) returning a torch.nn.Module")
     return 0
 
 
