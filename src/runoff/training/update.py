@@ -142,23 +142,18 @@ def update_run(
     folder = RunFolder(run_dir)
     folder.check_is_folder()
     folder.require_plan()
-    top = folder.read_plan()
     methods = _report_methods(folder)
-    if (top.training or {}).get("versions"):
+    if (folder.read_plan().training or {}).get("versions"):
         options = dict(dataset=dataset, data_root=data_root, image_size=image_size, device=device, progress=progress,
                        progress_interval=progress_interval, on_nan=on_nan, checkpoint_every=checkpoint_every,
                        checkpoint_min_interval=checkpoint_min_interval, k=k, d=d, hash=hash, recipe=recipe,
                        epochs=epochs)
         with backend.session():
-            res = _update_dpa_star(folder, top, backend=backend, download=download, label=label, **options)
-        return _reevaluate(res, methods)
+            return _reevaluate(_update_dpa_star(folder, backend=backend, download=download, label=label, **options),
+                               methods)
     old, run_recipe, seed_version = _read_run(folder)
     _refuse_other_run(old, run_recipe, k=k, d=d, hash=hash, recipe=recipe, epochs=epochs)
-    old_fps = folder.read_subsets(old.n_models)
-    if old_fps is None:
-        raise RunDirectoryError(
-            f"{folder.path} has no {folder.subsets_path.name} (trained before runoff recorded each model's subset): "
-            f"rerun `runoff train` into it once with its original data to record them, then update")
+    old_fps = _recorded_subsets(folder, old)
     with backend.session():
         backend.check(device)
         new, train, test = _new_plan(old, dataset=dataset, data_root=data_root, image_size=image_size,
@@ -222,12 +217,13 @@ def _reevaluate(res: UpdateResult, methods: list[str]) -> UpdateResult:
     return res
 
 
-def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, **options) -> UpdateResult:
+def _update_dpa_star(folder: RunFolder, *, backend, download: bool, label, **options) -> UpdateResult:
     """DPA*: update every version folder (the same partitions, other seeds), then the top
     folder's plan and merged logits (see :func:`runoff.training.runs.train_dpa_star`)."""
     from .runs import merge_versions
     from .summary import TrainingSummary
 
+    top = folder.read_plan()
     versions = int(top.training["versions"])
     for v in range(1, versions + 1):
         if not folder.version(v).has_plan():
@@ -247,6 +243,16 @@ def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, 
                         changed=results[0].changed, retrained=retrained,
                         kept_files=sum(r.kept_files for r in results), n_train_before=results[0].n_train_before,
                         n_train_after=results[0].n_train_after, upgraded=sum(r.upgraded for r in results))
+
+
+def _recorded_subsets(folder: RunFolder, plan) -> list[str]:
+    """The subset fingerprints ``subsets.json`` recorded when the run was trained."""
+    fingerprints = folder.read_subsets(plan.n_models)
+    if fingerprints is None:
+        raise RunDirectoryError(
+            f"{folder.path} has no {folder.subsets_path.name} (trained before runoff recorded each model's subset): "
+            f"rerun `runoff train` into it once with its original data to record them, then update")
+    return fingerprints
 
 
 def _read_run(folder: RunFolder):
