@@ -172,11 +172,12 @@ def update_run(
         trained = backend.train(job)
     res = finish_run(folder, backend, job, trained, started=t0)
     folder.write_subsets(new_fps)
-    retrained = sorted(j for c in trained.chunks if c.start_epoch < run_recipe.epochs for j in c.ids)
-    kept = sum(1 for c in trained.chunks if c.start_epoch >= run_recipe.epochs)
+    done = {True: [], False: []}  # chunks trained in this call, chunks kept
+    for c in trained.chunks:
+        done[c.start_epoch < run_recipe.epochs].append(c)
     res = UpdateResult(**vars(res), changed=[j for j in range(new.n_models) if old_fps[j] != new_fps[j]],
-                       retrained=retrained, kept_files=kept, n_train_before=old.n_train, n_train_after=new.n_train,
-                       upgraded=upgraded)
+                       retrained=sorted(j for c in done[True] for j in c.ids), kept_files=len(done[False]),
+                       n_train_before=old.n_train, n_train_after=new.n_train, upgraded=upgraded)
     return _reevaluate(res, methods)
 
 
