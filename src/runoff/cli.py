@@ -531,6 +531,15 @@ def _cmd_train(args) -> int:
 
 def _train_recipe(args, dataset: str):
     """The recipe the recipe options make of the data set's, or None when none is given."""
+    from .training.trainer import recipe_for, with_epochs
+
+    recipe = _recipe_from_options(args, lambda: recipe_for(dataset))
+    return recipe if recipe is None or args.epochs is None else with_epochs(recipe, args.epochs)
+
+
+def _recipe_from_options(args, base):
+    """``base()`` (a Recipe) with the recipe options and ``--recipe FILE.toml`` applied, or None
+    when none is given (``base`` is then not called)."""
     given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
              "augment": args.augment}
     given = {k: v for k, v in given.items() if v is not None}
@@ -538,14 +547,13 @@ def _train_recipe(args, dataset: str):
         return None
     from dataclasses import replace
 
-    from .training.trainer import load_recipe_file, recipe_for, with_epochs
+    from .training.trainer import load_recipe_file
 
     _check_model_option(args.model)
-    recipe = recipe_for(dataset)
+    recipe = base()
     if args.recipe is not None:
         recipe = load_recipe_file(args.recipe, recipe)
-    recipe = replace(recipe, **given)
-    return recipe if args.epochs is None else with_epochs(recipe, args.epochs)
+    return replace(recipe, **given)
 
 
 def _check_model_option(model) -> None:
@@ -652,21 +660,9 @@ def _cmd_update(args) -> int:
 def _update_recipe(args):
     """The recipe the recipe options make of the run's own (None when none is given): an
     update refuses any that differs."""
-    given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "augment": args.augment}
-    given = {k: v for k, v in given.items() if v is not None}
-    if not given and args.recipe is None:
-        return None
-    from dataclasses import replace
-
-    from .training.trainer import load_recipe_file
     from .training.update import run_recipe
 
-    _check_model_option(args.model)
-    recipe = run_recipe(args.run)
-    if args.recipe is not None:
-        recipe = load_recipe_file(args.recipe, recipe)
-    return replace(recipe, **given)
+    return _recipe_from_options(args, lambda: run_recipe(args.run))
 
 
 def _add_evaluate(sub) -> None:
