@@ -334,9 +334,13 @@ def _add_recipe_options(p) -> None:
     r.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (>= 0)")
     r.add_argument("--augment", default=None, type=_one_of("augmentation", ("none", "crop", "crop-flip")),
                    metavar="{none,crop,crop-flip}", help="random crop (4 pixels of zero padding), and a flip")
+    r.add_argument("--precision", default=None, type=_one_of("precision", ("fp32", "bf16")), metavar="{fp32,bf16}",
+                   help="fp32 (default) or bf16: forward passes under bfloat16 autocast (weights, BatchNorm statistics "
+                        "and the optimizer in float32); recorded in the run, a resume with another is refused")
     r.add_argument("--recipe", default=None, metavar="FILE.toml",
                    help="recipe fields from a TOML file (model, epochs, batch_size, lr, momentum, nesterov, "
-                        "weight_decay, milestones, gamma, augment, crop_padding, init); the options above override it")
+                        "weight_decay, milestones, gamma, augment, crop_padding, init, precision); the options above "
+                        "override it")
 
 
 def _add_train(sub) -> None:
@@ -541,7 +545,7 @@ def _recipe_from_options(args, base):
     """``base()`` (a Recipe) with the recipe options and ``--recipe FILE.toml`` applied, or None
     when none is given (``base`` is then not called)."""
     given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "augment": args.augment}
+             "augment": args.augment, "precision": args.precision}
     given = {k: v for k, v in given.items() if v is not None}
     if not given and args.recipe is None:
         return None

@@ -532,6 +532,7 @@ class BatchedNet(nn.Module):
         """BatchNorm of every model's channels: masked batch statistics in training mode."""
         e = self.n_models
         gamma, beta = self.weights[idx[0]], self.weights[idx[0] + 1]
+        x = x.to(gamma.dtype)  # under bf16 autocast: statistics in the weights' float32
         rm = getattr(self, f"running_mean_{idx[1]}")
         rv = getattr(self, f"running_var_{idx[1]}")
         if masks is None:

@@ -96,6 +96,8 @@ __all__ = [
 ]
 
 AUGMENTATIONS = ("none", "crop", "crop-flip")
+#: Training precisions (:attr:`Recipe.precision`, ``--precision``).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ class Recipe:
     init : {"pytorch", "rotnet"}, default "pytorch"
         Initialisation rule (:meth:`runoff.training.models.BatchedNet.init_`): PyTorch's defaults,
         which the published scripts train from, or RotNet's rule (the ``digits`` recipe's).
+    precision : {"fp32", "bf16"}, default "fp32"
+        ``"bf16"``: forward passes under ``torch.autocast`` to bfloat16 (convolutions and
+        matrix products); weights, momentum, BatchNorm statistics and the loss stay float32.
+        Test logits are computed in the same precision.
     """
 
     model: str
@@ -145,6 +151,7 @@ class Recipe:
     augment: str = "none"
     crop_padding: int = 4
     init: str = "pytorch"
+    precision: str = "fp32"
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -158,14 +165,19 @@ class Recipe:
         check_choice(self.augment, "augment", AUGMENTATIONS)
         check_int(self.crop_padding, "crop_padding", low=0)
         check_choice(self.init, "init", INIT_RULES)
+        check_choice(self.precision, "precision", PRECISIONS)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate during (0-based) ``epoch``: ``lr * gamma ** (milestones <= epoch)``."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
 
     def to_dict(self) -> dict:
+        """JSON-ready fields; ``precision`` only when not ``"fp32"``, so that the recipes (and
+        plans, and checkpoint keys) of runs made before runoff had the field stay the same."""
         d = asdict(self)
         d["milestones"] = list(self.milestones)
+        if d["precision"] == "fp32":
+            del d["precision"]
         return d
 
     @classmethod
@@ -219,7 +231,7 @@ def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
 
 #: Recipe fields a user may set (``--recipe FILE.toml``, command-line options); ``init`` too.
 RECIPE_FIELDS = ("model", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones",
-                 "gamma", "augment", "crop_padding", "init")
+                 "gamma", "augment", "crop_padding", "init", "precision")
 
 
 def load_recipe_file(path, base: Recipe) -> Recipe:
@@ -498,61 +510,98 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
     Also sets ``chunk.loss`` and ``chunk.accuracy``: each model's mean loss and accuracy over
     this epoch's batches (augmented rows, training mode), from values the step computes anyway.
     """
-    recipe = chunk.recipe
-    net = chunk.net
-    dev = X.device
-    e_count = len(chunk.model_ids)
-    bsz = recipe.batch_size
+    recipe, dev = chunk.recipe, X.device
+    e_count, bsz = len(chunk.model_ids), recipe.batch_size
     sizes = [int(s.numel()) for s in subsets]
     n_steps = _steps_per_epoch(sizes, bsz)
-    total = n_steps * bsz
-    idx = torch.zeros(total, e_count, dtype=torch.int64)
-    valid = torch.zeros(total, e_count, dtype=torch.bool)
-    offs = torch.zeros(total, e_count, 2, dtype=torch.int64)
-    flips = torch.zeros(total, e_count, dtype=torch.bool)
-    for e, (g, sub) in enumerate(zip(chunk.generators, subsets)):
-        perm, off, flip = draw_epoch(g, sizes[e], recipe)
-        idx[: sizes[e], e] = sub[perm]
-        valid[: sizes[e], e] = True
-        offs[: sizes[e], e] = off
-        flips[: sizes[e], e] = flip
+    idx, valid, offs, flips = _epoch_batches(chunk, subsets, sizes, n_steps * bsz, dev)
     dtype = chunk.params[0].dtype
     lr = torch.full((e_count,), recipe.lr_at(chunk.epoch), dtype=dtype, device=dev)
-    idx, valid = idx.to(dev), valid.to(dev)
-    c, h, w = X.shape[1:]
-    mean4 = mean[None, :, :, None, None]
-    std4 = std[None, :, :, None, None]
-    net.train()
+    norm = (mean[None, :, :, None, None], std[None, :, :, None, None])
+    chunk.net.train()
     loss_sum = torch.zeros(e_count, dtype=torch.float64, device=dev)
     correct = torch.zeros(e_count, dtype=torch.int64, device=dev)
     for t in range(n_steps):
-        # Every step computes the full batch, empty rows included: a row count that followed the
-        # subset sizes would let one poisoned sample change the kernel shapes (and so, on some
-        # CPUs, the rounding) of every model of its chunk, and poison isolation must hold bit for bit.
-        sl = slice(t * bsz, (t + 1) * bsz)
+        sl = slice(t * bsz, t * bsz + _step_rows(sizes, bsz, t))
         rows, m = idx[sl], valid[sl]
-        xb = X[rows].to(dtype) / 255.0  # (B, E, C, H, W)
-        if recipe.augment != "none":
-            xb = augment_batch(xb.reshape(bsz * e_count, c, h, w), offs[sl].reshape(-1, 2),
-                               flips[sl].reshape(-1), recipe.crop_padding).reshape(bsz, e_count, c, h, w)
+        ce, logits = _step_loss(chunk, X, Y, rows, m, offs[sl], flips[sl], norm)
         mf = m.to(dtype)
-        xb = ((xb - mean4) / std4) * mf[:, :, None, None, None]
-        logits = net(xb.reshape(bsz, e_count * c, h, w), mf)
-        ce = F.cross_entropy(logits.reshape(bsz * e_count, -1), Y[rows].reshape(-1), reduction="none")
         count = mf.sum(dim=0)
-        loss = (sum_rows(ce.reshape(bsz, e_count) * mf) / count.clamp_min(1)).sum()
+        loss = (sum_rows(ce * mf) / count.clamp_min(1)).sum()
         grads = torch.autograd.grad(loss, chunk.params)
         _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
         with torch.no_grad():  # health figures only; nothing here feeds back into training
-            loss_sum += (ce.detach().reshape(bsz, e_count) * mf).sum(dim=0, dtype=torch.float64)
-            hits = logits.detach().reshape(bsz, e_count, -1).argmax(dim=2) == Y[rows]
-            correct += (hits & m).sum(dim=0)
+            loss_sum += (ce.detach() * mf).sum(dim=0, dtype=torch.float64)
+            correct += ((logits.detach().argmax(dim=2) == Y[rows]) & m).sum(dim=0)
         if on_step is not None:
             on_step()
     size = torch.tensor(sizes, dtype=torch.float64).clamp_min(1)
     chunk.loss = loss_sum.cpu() / size
     chunk.accuracy = correct.cpu().to(torch.float64) / size
     chunk.epoch += 1
+
+
+def _step_rows(sizes, batch_size: int, t: int) -> int:
+    """Rows computed at step ``t`` of an epoch.
+
+    A chunk of several models computes the full batch at every step, empty rows included: a
+    row count that followed the subset sizes would let one poisoned sample change the kernel
+    shapes (and so, on some CPUs, the rounding) of every model of its chunk, and poison
+    isolation must hold bit for bit. A one-model chunk computes its real rows only (a short
+    last batch stays short): its shapes then depend on its own subset alone, which is all
+    isolation asks, and no time goes to empty rows (NiN trains one model per chunk on a CPU;
+    with MNIST k=1200 a subset holds ~50 images and a padded step would be 61% empty).
+    """
+    if len(sizes) == 1:
+        return max(0, min(batch_size, sizes[0] - t * batch_size))
+    return batch_size
+
+
+def _epoch_batches(chunk: _Chunk, subsets, sizes, total: int, dev):
+    """Every model's visiting order and augmentation draws for one epoch, on the device.
+
+    Returns ``idx`` (total, E) sample indices, ``valid`` (total, E) real rows, ``offs``
+    (total, E, 2) crop offsets and ``flips`` (total, E); row ``t*B + b`` is the ``b``-th
+    sample of step ``t`` (rows past a model's subset are padding).
+    """
+    e_count = len(chunk.model_ids)
+    idx = torch.zeros(total, e_count, dtype=torch.int64)
+    valid = torch.zeros(total, e_count, dtype=torch.bool)
+    offs = torch.zeros(total, e_count, 2, dtype=torch.int64)
+    flips = torch.zeros(total, e_count, dtype=torch.bool)
+    for e, (g, sub) in enumerate(zip(chunk.generators, subsets)):
+        perm, off, flip = draw_epoch(g, sizes[e], chunk.recipe)
+        idx[: sizes[e], e] = sub.cpu()[perm]
+        valid[: sizes[e], e] = True
+        offs[: sizes[e], e] = off
+        flips[: sizes[e], e] = flip
+    return idx.to(dev), valid.to(dev), offs.to(dev), flips.to(dev)
+
+
+def _step_loss(chunk: _Chunk, X, Y, rows, m, offs, flips, norm):
+    """Each row's cross-entropy (B, E) and the logits (B, E, C) of one step, in the recipe's
+    precision (bf16: autocast; BatchNorm statistics, the loss and the weights stay float32)."""
+    recipe, net = chunk.recipe, chunk.net
+    b, e_count = rows.shape
+    c, h, w = X.shape[1:]
+    dtype = chunk.params[0].dtype
+    xb = X[rows].to(dtype) / 255.0  # (B, E, C, H, W)
+    if recipe.augment != "none":
+        xb = augment_batch(xb.reshape(b * e_count, c, h, w), offs.reshape(-1, 2), flips.reshape(-1),
+                           recipe.crop_padding).reshape(b, e_count, c, h, w)
+    mf = m.to(dtype)
+    xb = ((xb - norm[0]) / norm[1]) * mf[:, :, None, None, None]
+    with autocast(X.device, recipe.precision):
+        logits = net(xb.reshape(b, e_count * c, h, w), mf).to(dtype)  # bf16 -> the weights' dtype
+    ce = F.cross_entropy(logits.reshape(b * e_count, -1), Y[rows].reshape(-1), reduction="none")
+    return ce.reshape(b, e_count), logits.reshape(b, e_count, -1)
+
+
+def autocast(device, precision: str):
+    """``torch.autocast`` to bfloat16 on ``device``'s type for ``precision="bf16"``; a no-op
+    context for ``"fp32"``."""
+    dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return torch.autocast(dev_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 CUDA_CHUNK_CAP = 8  # most models per default chunk on a GPU; see default_chunk_size
@@ -971,7 +1020,8 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
     """Raw logits of one chunk's models on uint8 images.
 
     Each model sees ``images / 255`` normalised with its own subset's per-channel mean and
-    std (``plan.mean``, ``plan.std``), exactly as in training.
+    std (``plan.mean``, ``plan.std``), exactly as in training, and runs in the precision of
+    the plan's recipe (bf16 under autocast).
 
     Parameters
     ----------
@@ -1004,8 +1054,14 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
         for s in range(0, n, batch_size):
             xb = X[s:s + batch_size].to(dev).to(dtype) / 255.0
             xb = (xb[:, None] - mean) / std
-            out[s:s + batch_size] = net(xb.reshape(xb.shape[0], len(ids) * c, h, w)).float().cpu().numpy()
+            with autocast(dev, _plan_precision(plan)):  # the training precision
+                out[s:s + batch_size] = net(xb.reshape(xb.shape[0], len(ids) * c, h, w)).float().cpu().numpy()
     return out
+
+
+def _plan_precision(plan: PartitionPlan) -> str:
+    """The precision the plan's recipe trains in ("fp32" unless it says otherwise)."""
+    return ((plan.training or {}).get("recipe") or {}).get("precision", "fp32")
 
 
 @torch.no_grad()
