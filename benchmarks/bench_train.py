@@ -17,11 +17,23 @@ samples (padding excluded). Usage::
     PYTHONPATH=src python benchmarks/bench_train.py [--device cuda] [--threads N]
         [--models 50] [--epochs 5] [--nin-models 4] [--nin-steps 3] [--nin-batch 32]
         [--profile]
+
+With ``--config NAME`` (repeatable; ``runoff configs`` lists them) it measures one of the
+paper's configurations instead: synthetic images of the data set's shape and size (so the
+paper's subset sizes and steps), the default chunk layout for the device, a sample of
+``--sample-chunks`` chunks trained ``--sample-epochs`` epochs after a warm-up; it prints real
+training samples per second, the share of empty (padded) rows, achieved TFLOP/s (torch's flop
+counter, forward and backward, on every row computed) and its share of the device's peak for
+the precision, the test-logit time per model, and the projected wall-clock of the whole
+configuration (all models, the recipe's epochs, test logits) on this one device::
+
+    python benchmarks/bench_train.py --device cuda --config cifar10-k250 --config mnist-k1200 [--precision bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 
@@ -151,6 +163,102 @@ def bench(name, plan, train, recipe, device, chunk_size=None, profile=False, dat
     return t_batched, t_loop
 
 
+# ---------------------------------------------------------------------------- one paper configuration
+#: Training and test set sizes of the paper's data sets (the images are synthetic here: same
+#: shapes and sizes, so the same subsets sizes, kernels and steps as the real data)
+SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000), "gtsrb": (39209, 12630)}
+#: Dense peak TFLOP/s by device name and precision (vendor figures, without sparsity)
+PEAKS = {"H100": {"fp32": 67.0, "bf16": 989.0}, "H200": {"fp32": 67.0, "bf16": 989.0},
+         "A100": {"fp32": 19.5, "bf16": 312.0}}
+
+
+def flops_per_row(recipe, plan) -> float:
+    """Forward plus backward FLOPs of one model on one row (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from runoff.training.models import build_model
+
+    h, w, c = plan.image_shape
+    model = build_model(architecture(recipe.model, in_channels=c, n_classes=plan.n_classes, image_size=(h, w)))
+    x = torch.randn(8, c, h, w)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 8
+
+
+def device_peak(device, precision: str, given):
+    if given is not None:
+        return given
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, peaks in PEAKS.items():
+            if key in name:
+                return peaks[precision]
+    return None  # a CPU's peak depends on its cores and vector units: pass --peak-tflops
+
+
+def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epochs=1, peak=None) -> dict:
+    """Train a sample of one paper configuration's chunks and project the whole run."""
+    from runoff.data.configs import get_config
+    from runoff.training.trainer import TrainingSet, chunk_logits, chunk_steps, run_chunks, trained_chunks
+
+    cfg = get_config(name)
+    n_train, n_test = SIZES[cfg.dataset]
+    h, w, c = cfg.image_shape
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 256, (n_train, h, w, c), dtype=np.uint8), rng.integers(0, cfg.n_classes, n_train),
+                   cfg.n_classes, f"synthetic-{cfg.dataset}/train")
+    plan = make_plan(data, k=cfg.k, d=cfg.d if cfg.kind == "fa" else 1, hash="sha256")
+    full = recipe_for(cfg.dataset)
+    if precision != "fp32":
+        full = replace(full, precision=precision)
+    recipe = replace(full, epochs=sample_epochs, milestones=())
+    chunks = run_chunks(plan, full, device=device)
+    sample = chunks[:sample_chunks]
+    prepared = TrainingSet(plan, data, torch.device(device))  # once per run: not part of the step rate
+
+    def train(rec, which):
+        return [(r.ids, r.net) for r in trained_chunks(
+            plan, prepared, which, recipe=rec, seed_version=1, device=device, checkpoint_dir=None, checkpoint_every=1,
+            checkpoint_min_interval=10.0, progress=False, label=None)]
+
+    train(replace(recipe, epochs=1), sample[:1])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    trained = train(recipe, sample)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    real = sum(len(plan.subsets[j]) for ids in sample for j in ids) * sample_epochs
+    computed = sum(len(ids) * chunk_steps(plan, ids, recipe) * recipe.batch_size if len(ids) > 1
+                   else len(plan.subsets[ids[0]]) * sample_epochs for ids in sample)
+    test = rng.integers(0, 256, (n_test, h, w, c), dtype=np.uint8)
+    ids, net = trained[0]
+    t0 = time.perf_counter()
+    chunk_logits(net, ids, plan, test, device=device, batch_size=1024 if torch.device(device).type == "cuda" else 256)
+    _sync(device)
+    logits_per_model = (time.perf_counter() - t0) / len(ids)
+    fpr = flops_per_row(full, plan)
+    versions = cfg.d if cfg.kind == "dpa*" else 1
+    total_real = plan.n_train * plan.d * full.epochs * versions
+    projected = total_real / (real / seconds) + logits_per_model * plan.n_models * versions
+    achieved = fpr * computed / seconds / 1e12
+    peak = device_peak(device, precision, peak)
+    return {"config": name, "device": str(device), "precision": precision, "models": plan.n_models * versions,
+            "chunk_models": len(sample[0]), "real_samples_per_s": real / seconds,
+            "empty_rows_share": 1 - real / computed, "gflops_per_row": fpr / 1e9, "achieved_tflops": achieved,
+            "peak_tflops": peak, "share_of_peak": None if peak is None else achieved / peak,
+            "test_logits_s_per_model": logits_per_model, "projected_hours": projected / 3600}
+
+
+def print_config(row: dict) -> None:
+    share = "peak unknown" if row["share_of_peak"] is None else f"{100 * row['share_of_peak']:.1f}% of peak"
+    print(f"{row['config']} ({row['models']} models, chunks of {row['chunk_models']}, {row['device']}, "
+          f"{row['precision']}): {row['real_samples_per_s']:,.0f} real samples/s, "
+          f"{100 * row['empty_rows_share']:.0f}% empty rows, {row['achieved_tflops']:.2f} TFLOP/s ({share}), "
+          f"test logits {row['test_logits_s_per_model']:.2f} s per model; projected "
+          f"{row['projected_hours']:.2f} h for the whole configuration")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -164,7 +272,25 @@ def main(argv=None):
     ap.add_argument("--skip-nin", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print a torch profile of each run")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per trainer (best is kept)")
+    ap.add_argument("--config", action="append", default=None,
+                    help="a paper configuration (runoff configs): train a sample of its chunks on synthetic data of "
+                         "its shapes and sizes, and project the whole run; repeatable")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--sample-chunks", type=int, default=1, help="--config: chunks trained for the figure")
+    ap.add_argument("--sample-epochs", type=int, default=1, help="--config: epochs trained for the figure")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="--config: the device's peak (CPUs: unknown)")
+    ap.add_argument("--json", action="store_true", help="--config: print JSON rows")
     args = ap.parse_args(argv)
+    if args.config:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        for name in args.config:
+            row = bench_config(name, args.device, precision=args.precision, sample_chunks=args.sample_chunks,
+                               sample_epochs=args.sample_epochs, peak=args.peak_tflops)
+            print(json.dumps(row) if args.json else "", end="\n" if args.json else "")
+            if not args.json:
+                print_config(row)
+        return
     global REPEAT
     REPEAT = max(1, args.repeat)
     if args.threads:

@@ -220,14 +220,15 @@ class Ensemble:
         return check_methods([self.method if method is None else method], self.d)[0]
 
     # ------------------------------------------------------------------ prediction
-    def scores(self, x, *, batch_size: int = 256) -> np.ndarray:
+    def scores(self, x, *, batch_size: int | None = None) -> np.ndarray:
         """Logits of every base model on new inputs.
 
         Parameters
         ----------
         x : array-like of uint8, shape (N, H, W, C) (or (N, H, W) for one channel)
-        batch_size : int, default 256
-            Points per forward pass (256 is what the run's test logits were computed with).
+        batch_size : int, optional
+            Points per forward pass; the default is what the run's test logits were computed
+            with (:data:`runoff.training.trainer.TEST_BATCH`: 256 on a CPU, 1024 on CUDA).
 
         Returns
         -------
@@ -237,7 +238,7 @@ class Ensemble:
         from .trainer import model_logits
 
         images = self.check_images(x)
-        per_version = [model_logits(models, plan, images, device=self.device, batch_size=int(batch_size))
+        per_version = [model_logits(models, plan, images, device=self.device, batch_size=batch_size)
                        for plan, models in self._members]
         if len(per_version) == 1:
             return per_version[0]

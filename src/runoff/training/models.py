@@ -505,8 +505,11 @@ class BatchedNet(nn.Module):
         for kind, layer, idx in plan:
             if kind == "conv":
                 _, cin, cout, k, s, p = layer
-                w = self.weights[idx]
-                x = F.conv2d(x, w.reshape(e * cout, cin, k, k), stride=s, padding=p, groups=e)
+                w = self.weights[idx].reshape(e * cout, cin, k, k)
+                if e == 1:  # one model: its convolution in channels-last layout (~30% faster NiN steps on
+                    # a CPU; measured slower for grouped convolutions, which keep the default layout)
+                    x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+                x = F.conv2d(x, w, stride=s, padding=p, groups=e)
             elif kind == "bn":
                 x = self._batch_norm(x, idx, masks)
             elif kind == "relu":

@@ -14,13 +14,16 @@ BatchNorm channels, batched classifier). Each model still has
   no sample).
 
 Subsets have different sizes, so at a step some models have a full batch, some a short last
-batch and some none. Every model's batch is padded to the recipe's batch size with rows that
-are masked: masked rows are zero at every layer, carry no loss, touch no BatchNorm statistic,
-and a model without any real row at a step gets no update at all (parameters, momentum and
-BatchNorm running statistics unchanged). Array shapes never depend on the data, only on the
-chunk's model count and the batch size. So a model's trajectory is a function of its own
-subset and seed alone: changing, inserting or removing a training sample changes exactly the
-models whose subsets hold it (tested bit for bit).
+batch and some none. In a chunk of several models every model's batch is padded to the
+recipe's batch size with rows that are masked: masked rows are zero at every layer, carry no
+loss, touch no BatchNorm statistic, and a model without any real row at a step gets no update
+at all (parameters, momentum and BatchNorm running statistics unchanged). Array shapes then
+never depend on the data, only on the chunk's model count and the batch size. A chunk of one
+model (NiN and ResNet-18 on a CPU) computes its real rows only: its shapes depend on its own
+subset alone (:func:`_step_rows`). So a model's trajectory is a function of its own subset and
+seed alone: changing, inserting or removing a training sample changes exactly the models whose
+subsets hold it (tested bit for bit). ``Recipe.precision="bf16"`` runs the forward passes under
+bfloat16 autocast with float32 weights, optimizer state and BatchNorm statistics.
 
 Checkpoints (one file per chunk, written atomically after every ``checkpoint_every`` epochs)
 hold parameters, BatchNorm statistics, momentum buffers and every model's generator state,
@@ -84,6 +87,8 @@ __all__ = [
     "run_chunks",
     "CPU_CHUNK_CAP",
     "CUDA_CHUNK_CAP",
+    "TEST_BATCH",
+    "PRECISIONS",
     "chunk_steps",
     "chunks_progress",
     "chunk_logits",
@@ -977,7 +982,7 @@ def train_ensemble(
 
 
 @torch.no_grad()
-def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", batch_size: int = 256):
+def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", batch_size: int | None = None):
     """Raw logits of every base model on a test set.
 
     Parameters
@@ -988,8 +993,8 @@ def collect_logits(models, plan: PartitionPlan, test: Dataset, *, device="cpu", 
         Gives each model's normalisation.
     test : Dataset
     device : str or torch.device
-    batch_size : int
-        Test points per forward pass.
+    batch_size : int, optional
+        Test points per forward pass (default :data:`TEST_BATCH`).
 
     Returns
     -------
@@ -1016,7 +1021,7 @@ def _check_images(images, plan: PartitionPlan) -> np.ndarray:
 
 @torch.no_grad()
 def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="cpu",
-                 batch_size: int = 256) -> np.ndarray:
+                 batch_size: int | None = None) -> np.ndarray:
     """Raw logits of one chunk's models on uint8 images.
 
     Each model sees ``images / 255`` normalised with its own subset's per-channel mean and
@@ -1032,14 +1037,15 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
     images : numpy.ndarray of uint8, shape (N, H, W, C)
         ``(H, W, C)`` must be ``plan.image_shape``.
     device : str or torch.device
-    batch_size : int
-        Points per forward pass.
+    batch_size : int, optional
+        Points per forward pass (default :data:`TEST_BATCH`: 256 on a CPU, 1024 on CUDA).
 
     Returns
     -------
     numpy.ndarray of float32, shape (N, len(ids), n_classes)
     """
     dev = resolve_device(device)
+    batch_size = TEST_BATCH[dev.type] if batch_size is None else int(batch_size)
     images = _check_images(images, plan)
     ids = list(ids)
     n = images.shape[0]
@@ -1059,13 +1065,19 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
     return out
 
 
+#: Test points per forward pass of :func:`chunk_logits` by device type: large batches keep a
+#: GPU busy; the same default wherever logits are computed (training, prediction), so both
+#: run the same kernels.
+TEST_BATCH = {"cpu": 256, "cuda": 1024}
+
+
 def _plan_precision(plan: PartitionPlan) -> str:
     """The precision the plan's recipe trains in ("fp32" unless it says otherwise)."""
     return ((plan.training or {}).get("recipe") or {}).get("precision", "fp32")
 
 
 @torch.no_grad()
-def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_size: int = 256) -> np.ndarray:
+def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_size: int | None = None) -> np.ndarray:
     """Raw logits of every base model on uint8 images (the code path of :func:`collect_logits`).
 
     Parameters
@@ -1076,8 +1088,8 @@ def model_logits(models, plan: PartitionPlan, images, *, device="cpu", batch_siz
     images : numpy.ndarray of uint8, shape (N, H, W, C)
         As the data set loader gives them; ``(H, W, C)`` must be ``plan.image_shape``.
     device : str or torch.device
-    batch_size : int
-        Points per forward pass.
+    batch_size : int, optional
+        Points per forward pass (default :data:`TEST_BATCH`).
 
     Returns
     -------
