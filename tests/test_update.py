@@ -293,3 +293,22 @@ def test_cli_update_errors_are_one_line_and_change_nothing(tmp_path, digits, cap
 def test_cli_update_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["update", str(tmp_path / "nothing")]) == 1
     assert "is not a run folder" in one_error_line(capsys)
+
+
+def test_a_resized_folder_run_is_updated_at_its_own_image_size(tmp_path):
+    pytest.importorskip("PIL")
+    from test_custom_data import write_folder
+
+    write_folder(tmp_path / "pics", per_class=(6, 2), size=(12, 10))
+    odd = tmp_path / "pics" / "train" / "cat" / "odd.png"  # another size: the run resizes to 8x8
+    from PIL import Image
+
+    Image.fromarray(np.full((9, 7, 3), 90, dtype=np.uint8)).save(odd)
+    data = f"folder:{tmp_path / 'pics'}"
+    run = train_run(tmp_path / "run", dataset=data, k=3, epochs=1, image_size="8x8", progress=False)
+    assert run.plan.training["image_size"] == [8, 8]
+    odd.unlink()
+    res = update_run(tmp_path / "run", progress=False)  # no image_size given: the run's own
+    assert res.n_train_after == res.n_train_before - 1 and len(res.changed) == 1
+    fresh = train_run(tmp_path / "fresh", dataset=data, k=3, epochs=1, image_size="8x8", progress=False)
+    assert np.array_equal(res.scores, fresh.scores)

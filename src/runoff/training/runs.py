@@ -281,6 +281,10 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
     }
     if train.class_names is not None:  # label i is class_names[i]
         training["class_names"] = list(train.class_names)
+    if image_size is not None:  # folder: images resized to (H, W); `runoff update` reads them alike
+        from ..data.custom import parse_image_size
+
+        training["image_size"] = list(parse_image_size(image_size))
     plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
     return plan, train, test, recipe
 

@@ -114,7 +114,8 @@ def update_run(
         The new data (default: the run's own data set name, e.g. the same ``folder:PATH``
         after files in it were deleted, added or edited).
     data_root, image_size, download
-        As :func:`~runoff.training.runs.train_run`.
+        As :func:`~runoff.training.runs.train_run`; ``image_size`` defaults to the run's own
+        (recorded in its plan when it was trained with one).
     device, backend, progress, progress_interval, on_nan, checkpoint_every, checkpoint_min_interval, label
         As :func:`~runoff.training.runs.train_run`.
     k, d, hash, recipe, epochs : optional
@@ -289,6 +290,8 @@ def _new_plan(old, *, dataset, data_root, image_size, download):
     from ..data.partition import make_plan
 
     dataset = old.dataset if dataset is None else dataset
+    if image_size is None and (old.training or {}).get("image_size"):
+        image_size = tuple(old.training["image_size"])  # the run's own resize
     if download:
         from ..data.download import download as fetch
 
