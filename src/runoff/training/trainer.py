@@ -529,7 +529,7 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
     for t in range(n_steps):
         sl = slice(t * bsz, t * bsz + _step_rows(sizes, bsz, t))
         rows, m = idx[sl], valid[sl]
-        ce, logits = _step_loss(chunk, X, Y, rows, m, offs[sl], flips[sl], norm)
+        ce, logits = _step_loss(chunk, X, Y, (rows, m, offs[sl], flips[sl]), norm)
         mf = m.to(dtype)
         count = mf.sum(dim=0)
         loss = (sum_rows(ce * mf) / count.clamp_min(1)).sum()
@@ -583,9 +583,13 @@ def _epoch_batches(chunk: _Chunk, subsets, sizes, total: int, dev):
     return idx.to(dev), valid.to(dev), offs.to(dev), flips.to(dev)
 
 
-def _step_loss(chunk: _Chunk, X, Y, rows, m, offs, flips, norm):
+def _step_loss(chunk: _Chunk, X, Y, batch, norm):
     """Each row's cross-entropy (B, E) and the logits (B, E, C) of one step, in the recipe's
-    precision (bf16: autocast; BatchNorm statistics, the loss and the weights stay float32)."""
+    precision (bf16: autocast; BatchNorm statistics, the loss and the weights stay float32).
+
+    ``batch``: the step's rows of :func:`_epoch_batches` (indices, real-row mask, crop offsets,
+    flips); ``norm``: the models' (mean, std), shaped (1, E, C, 1, 1)."""
+    rows, m, offs, flips = batch
     recipe, net = chunk.recipe, chunk.net
     b, e_count = rows.shape
     c, h, w = X.shape[1:]

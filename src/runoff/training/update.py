@@ -145,10 +145,7 @@ def update_run(
     folder.require_plan()
     methods = _report_methods(folder)
     if (folder.read_plan().training or {}).get("versions"):
-        options = dict(dataset=dataset, data_root=data_root, image_size=image_size, device=device, progress=progress,
-                       progress_interval=progress_interval, on_nan=on_nan, checkpoint_every=checkpoint_every,
-                       checkpoint_min_interval=checkpoint_min_interval, k=k, d=d, hash=hash, recipe=recipe,
-                       epochs=epochs)
+        options = {name: value for name, value in locals().items() if name in _PER_VERSION}
         with backend.session():
             return _reevaluate(_update_dpa_star(folder, backend=backend, download=download, label=label, **options),
                                methods)
@@ -217,6 +214,11 @@ def _reevaluate(res: UpdateResult, methods: list[str]) -> UpdateResult:
         evaluate_run(res.run_dir, methods=methods)
         res.reevaluated = list(methods)
     return res
+
+
+#: update_run's options that each DPA* version folder's update gets as they are
+_PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "progress_interval", "on_nan",
+                "checkpoint_every", "checkpoint_min_interval", "k", "d", "hash", "recipe", "epochs")
 
 
 def _update_dpa_star(folder: RunFolder, *, backend, download: bool, label, **options) -> UpdateResult:
