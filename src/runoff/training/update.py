@@ -108,8 +108,9 @@ def update_run(
     Parameters
     ----------
     run_dir : path-like
-        A run folder written by :func:`~runoff.training.runs.train_run` (not a DPA* top
-        folder: update its version folders ``v1``, ``v2``, ... one by one).
+        A run folder written by :func:`~runoff.training.runs.train_run`, or a DPA* folder of
+        :func:`~runoff.training.runs.train_dpa_star` (every version is updated, then the
+        merged logits).
     dataset : str, optional
         The new data (default: the run's own data set name, e.g. the same ``folder:PATH``
         after files in it were deleted, added or edited).
@@ -131,9 +132,9 @@ def update_run(
     InvalidParameterError
         k, d, hash, recipe or epochs differ from the run's.
     RunDirectoryError
-        Not a run folder, a DPA* top folder, a run without ``subsets.json`` (trained before
-        runoff recorded it: rerun ``runoff train`` with its own data once), or new data of
-        other classes or image shape.
+        Not a run folder, a run without ``subsets.json`` (trained before runoff recorded it:
+        rerun ``runoff train`` with its own data once), or new data of other classes or image
+        shape.
     """
     t0 = time.perf_counter()
     backend = resolve_backend(backend)
