@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from synthetic import synthetic_logits  # noqa: E402

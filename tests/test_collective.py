@@ -9,7 +9,6 @@ multiset of outputs (votes for plurality, full rankings for ROE) of the corrupte
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
