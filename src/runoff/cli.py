@@ -567,10 +567,7 @@ def _check_model_option(model) -> None:
     from .training.factories import is_factory_name, resolve_factory
 
     if is_factory_name(model):
-        try:
-            resolve_factory(model)
-        except InvalidParameterError as exc:
-            raise InvalidParameterError(f"--model {exc.args[0].removeprefix('model ')}") from None
+        resolve_factory(model, option="--model")
         return
     from .checks import check_choice
     from .training.models import ARCHITECTURES

@@ -57,8 +57,10 @@ def register_factory(factory, name: str | None = None) -> str:
     return name
 
 
-def resolve_factory(name: str):
+def resolve_factory(name: str, *, option: str = "model"):
     """The factory a recipe names: registered in this process, or imported by its path.
+
+    ``option``: how the error names the setting (``"--model"`` on the command line).
 
     Raises
     ------
@@ -68,7 +70,7 @@ def resolve_factory(name: str):
     factory = _REGISTERED.get(name) or _import(name)
     if factory is None:
         raise InvalidParameterError(
-            f"model {name!r}: cannot import this factory (module:function); put it in an importable module, "
+            f"{option} {name!r}: cannot import this factory (module:function); put it in an importable module, "
             "or call runoff.training.factories.register_factory(factory) in this process first")
     return factory
 

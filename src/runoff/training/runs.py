@@ -182,17 +182,18 @@ def train_run(
                                                   data_root=data_root, image_size=image_size,
                                                   download=download, model=model)
         fresh = _check_run_folder(folder, plan, train)
-        fingerprints = _check_subsets(folder, plan, train, fresh=fresh)
+        fingerprints, recorded = _check_subsets(folder, plan, train, fresh=fresh)
         chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
                          checkpoint_dir=None if fresh else folder.checkpoint_dir)
         if fresh:
             folder.write_plan(plan)
-        if fingerprints is not None:
+        if not recorded:
             folder.write_subsets(fingerprints)
         job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
                           seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
-                          progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval))
+                          progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
+                          fingerprints=fingerprints)
         trained = backend.train(job)
     return finish_run(folder, backend, job, trained, started=t0)
 
@@ -326,20 +327,18 @@ def _check_run_folder(folder: RunFolder, plan, train) -> bool:
     return True
 
 
-def _check_subsets(folder: RunFolder, plan, train, *, fresh: bool):
-    """The subset fingerprints to write into ``subsets.json`` (None: it is there and right).
+def _check_subsets(folder: RunFolder, plan, train, *, fresh: bool) -> tuple[list[str], bool]:
+    """The plan's subset fingerprints, and whether ``subsets.json`` already records them.
 
-    A run folder trained before runoff recorded them gets the file now; one that disagrees
-    with the data (an interrupted ``runoff update``) is refused.
+    A run folder trained before runoff recorded them is to get the file now; one that
+    disagrees with the data (an interrupted ``runoff update``) is refused.
     """
     fingerprints = plan.subset_fingerprints(train, check=False)
     old = None if fresh else folder.read_subsets(plan.n_models)
-    if old is None:
-        return fingerprints
-    if old != fingerprints:
+    if old is not None and old != fingerprints:
         raise RunDirectoryError(f"{folder.subsets_path} does not match this training set (was a `runoff update` "
                                 f"of {folder.path} interrupted? rerun it)")
-    return None
+    return fingerprints, old is not None
 
 
 def _plan_diff(old, new) -> str:

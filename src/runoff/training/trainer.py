@@ -424,13 +424,13 @@ class _Chunk:
         self.accuracy = torch.full((len(self.model_ids),), math.nan, dtype=torch.float64)
         self.diverged: list[int] = []
 
-    def state(self, key: str, plan_key: str) -> dict:
-        """The checkpoint payload, tied to the chunk by ``key`` (:func:`chunk_key`) and to
-        the plan it was written under by ``plan_key``."""
+    def state(self, *, plan_key: str, chunk_key: str) -> dict:
+        """The checkpoint payload, tied to the chunk by its :func:`chunk_key` and to the plan
+        it was written under by its :func:`plan_key`."""
         return {
             "format": "runoff-checkpoint",
             "version": 2,
-            "chunk_key": key,
+            "chunk_key": chunk_key,
             "plan_key": plan_key,
             "model_ids": list(self.model_ids),
             "epoch": int(self.epoch),
@@ -576,7 +576,7 @@ def _epoch_batches(chunk: _Chunk, subsets, sizes, total: int, dev):
     flips = torch.zeros(total, e_count, dtype=torch.bool)
     for e, (g, sub) in enumerate(zip(chunk.generators, subsets)):
         perm, off, flip = draw_epoch(g, sizes[e], chunk.recipe)
-        idx[: sizes[e], e] = sub.cpu()[perm]
+        idx[: sizes[e], e] = sub[perm]
         valid[: sizes[e], e] = True
         offs[: sizes[e], e] = off
         flips[: sizes[e], e] = flip
@@ -713,10 +713,12 @@ class ChunkResult:
 class TrainingSet:
     """The training set laid out once for every chunk: canonical order, tensors on a device."""
 
-    def __init__(self, plan: PartitionPlan, train: Dataset, device: torch.device):
+    def __init__(self, plan: PartitionPlan, train: Dataset, device: torch.device, *, fingerprints=None):
         canon = plan.canonical(train)
-        # each model's subset fingerprint: the keys of its chunk's checkpoints
-        self.fingerprints = subset_fingerprints(canon.images, canon.labels, plan.subsets)
+        # each model's subset fingerprint, the keys of its chunk's checkpoints: computed here
+        # unless the caller has them (train_run, runoff update: once per run, not per chunk)
+        self.fingerprints = (list(fingerprints) if fingerprints is not None
+                             else subset_fingerprints(canon.images, canon.labels, plan.subsets))
         self.X = torch.from_numpy(np.ascontiguousarray(canon.images.transpose(0, 3, 1, 2))).to(device)
         self.Y = torch.from_numpy(canon.labels).to(device)
         # writable copies: a plan from Ray's object store holds read-only arrays
@@ -740,6 +742,7 @@ def train_chunk(
     on_progress=None,
     on_nan: str = "stop",
     restart_stale: bool = False,
+    fingerprints=None,
 ) -> ChunkResult:
     """Train one chunk of base models together, resuming from its checkpoint if there is one.
 
@@ -765,6 +768,9 @@ def train_chunk(
         :class:`~runoff.errors.CheckpointError` (False), or is ignored and replaced by a
         chunk trained from scratch (True: ``runoff update``, whose changed subsets make
         their chunks' checkpoints stale). A corrupt file raises either way.
+    fingerprints : list of str, optional
+        The plan's subset fingerprints when ``train`` is a Dataset and the caller has them
+        (default: computed from ``train``).
 
     Returns
     -------
@@ -777,15 +783,15 @@ def train_chunk(
     ids = [int(j) for j in ids]
     if not ids or ids != list(range(ids[0], ids[0] + len(ids))):
         raise InvalidParameterError(f"a chunk is a non-empty contiguous ascending range of model ids; got {ids[:10]}")
-    data = train if isinstance(train, TrainingSet) else TrainingSet(plan, train, dev)
-    key = chunk_key(plan, ids, data.fingerprints)
+    data = train if isinstance(train, TrainingSet) else TrainingSet(plan, train, dev, fingerprints=fingerprints)
+    keys = {"plan_key": plan_key(plan), "chunk_key": chunk_key(plan, ids, data.fingerprints)}
     chunk = _Chunk(plan, ids, recipe, seed_version, dev)
     path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, ids)
     if path is not None and path.exists():
         obj = load_checkpoint(path)
         # an update's stale chunk (its models' data changed) is trained anew, its file replaced
-        if not (restart_stale and not checkpoint_matches(obj, plan_key=plan_key(plan), chunk_key=key)):
-            chunk.restore(obj, path, plan_key=plan_key(plan), chunk_key=key)
+        if not (restart_stale and not checkpoint_matches(obj, **keys)):
+            chunk.restore(obj, path, **keys)
     start = chunk.epoch
     total = chunk_steps(plan, ids, recipe)
     done = total // recipe.epochs * start
@@ -798,7 +804,7 @@ def train_chunk(
         if on_progress is not None:
             on_progress(done, total)
 
-    subsets = [data.subsets[j].to(dev) for j in ids]
+    subsets = [data.subsets[j] for j in ids]  # on the CPU: _epoch_batches sends the epoch's draws over
     mean, std = data.mean[ids].to(dev), data.std[ids].to(dev)
     last_save = time.monotonic()
     with _deterministic(dev):
@@ -809,7 +815,7 @@ def train_chunk(
                 continue
             due = chunk.epoch % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_min_interval
             if due or chunk.epoch == recipe.epochs:
-                save_checkpoint(path, chunk.state(key, plan_key(plan)))
+                save_checkpoint(path, chunk.state(**keys))
                 last_save = time.monotonic()
     chunk.net.eval()
     return ChunkResult(ids=ids, net=chunk.net, start_epoch=start, epochs=recipe.epochs,

@@ -145,12 +145,13 @@ def update_run(
     folder.check_is_folder()
     folder.require_plan()
     methods = _report_methods(folder)
-    if (folder.read_plan().training or {}).get("versions"):
+    old = folder.read_plan()
+    if (old.training or {}).get("versions"):
         options = {name: value for name, value in locals().items() if name in _PER_VERSION}
         with backend.session():
-            return _reevaluate(_update_dpa_star(folder, backend=backend, download=download, label=label, **options),
-                               methods)
-    old, run_recipe, seed_version = _read_run(folder)
+            return _reevaluate(_update_dpa_star(folder, old, backend=backend, download=download, label=label,
+                                                **options), methods)
+    run_recipe, seed_version = _run_training(folder, old)
     _refuse_other_run(old, run_recipe, k=k, d=d, hash=hash, recipe=recipe, epochs=epochs)
     old_fps = _recorded_subsets(folder, old)
     with backend.session():
@@ -167,7 +168,7 @@ def update_run(
                           seed_version=seed_version, device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
                           progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
-                          restart_stale=True)
+                          restart_stale=True, fingerprints=new_fps)
         trained = backend.train(job)
     res = finish_run(folder, backend, job, trained, started=t0)
     folder.write_subsets(new_fps)
@@ -186,7 +187,10 @@ def run_recipe(run_dir):
     folder = RunFolder(run_dir)
     folder.require_plan()
     plan = folder.read_plan()
-    return _read_run(folder if not (plan.training or {}).get("versions") else folder.version(1))[1]
+    if (plan.training or {}).get("versions"):  # DPA*: the versions' recipe
+        folder = folder.version(1)
+        plan = folder.read_plan()
+    return _run_training(folder, plan)[0]
 
 
 def _report_methods(folder: RunFolder) -> list[str]:
@@ -222,13 +226,12 @@ _PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "pro
                 "checkpoint_every", "checkpoint_min_interval", "k", "d", "hash", "recipe", "epochs")
 
 
-def _update_dpa_star(folder: RunFolder, *, backend, download: bool, label, **options) -> UpdateResult:
+def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, **options) -> UpdateResult:
     """DPA*: update every version folder (the same partitions, other seeds), then the top
     folder's plan and merged logits (see :func:`runoff.training.runs.train_dpa_star`)."""
     from .runs import merge_versions
     from .summary import TrainingSummary
 
-    top = folder.read_plan()
     versions = int(top.training["versions"])
     for v in range(1, versions + 1):
         if not folder.version(v).has_plan():
@@ -260,14 +263,13 @@ def _recorded_subsets(folder: RunFolder, plan) -> list[str]:
     return fingerprints
 
 
-def _read_run(folder: RunFolder):
-    """The run's plan, recipe and seed version."""
+def _run_training(folder: RunFolder, plan):
+    """The recipe and seed version the run's plan records."""
     from .trainer import Recipe
 
-    plan = folder.read_plan()
     training = plan.training or {}
     try:
-        return plan, Recipe.from_dict(training["recipe"]), int(training["seed_version"])
+        return Recipe.from_dict(training["recipe"]), int(training["seed_version"])
     except (KeyError, TypeError, ValueError, InvalidParameterError) as exc:
         raise RunDirectoryError(f"{folder.plan_path}: no usable training recipe ({exc})") from None
 

@@ -61,6 +61,9 @@ class TrainingJob:
     restart_stale : bool
         Train a chunk whose checkpoint holds other training data from scratch instead of
         refusing it (``runoff update``; see :func:`runoff.training.trainer.train_chunk`).
+    fingerprints : list of str or None
+        The plan's subset fingerprints, computed once by the caller so that no chunk computes
+        them again (None: each backend computes them from ``train``).
     """
 
     plan: Any
@@ -78,6 +81,7 @@ class TrainingJob:
     progress_interval: float = 30.0
     on_nan: str = "stop"
     restart_stale: bool = False
+    fingerprints: list | None = None
 
 
 @dataclass

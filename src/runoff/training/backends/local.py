@@ -30,7 +30,7 @@ class LocalBackend:
         dev = resolve_device(job.device)
         out = TrainedChunks(workers=1)
         # each chunk's logits are taken as soon as it is trained; its module is then let go
-        for res in trained_chunks(job.plan, TrainingSet(job.plan, job.train, dev), job.chunks, recipe=job.recipe,
+        for res in trained_chunks(job.plan, TrainingSet(job.plan, job.train, dev, fingerprints=job.fingerprints), job.chunks, recipe=job.recipe,
                                   seed_version=job.seed_version, device=dev, checkpoint_dir=job.checkpoint_dir,
                                   checkpoint_every=job.checkpoint_every,
                                   checkpoint_min_interval=job.checkpoint_min_interval,

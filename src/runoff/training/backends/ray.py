@@ -235,7 +235,7 @@ class _TaskSpec:
     restart_stale: bool = False
 
 
-def _run_chunk(plan, train, test_images, spec: _TaskSpec, tracker):
+def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker):
     """Ray task: train (or resume, or just load) one chunk and return its test logits."""
     import torch
 
@@ -255,7 +255,7 @@ def _run_chunk(plan, train, test_images, spec: _TaskSpec, tracker):
     res = train_chunk(plan, train, spec.ids, recipe=spec.recipe, seed_version=spec.seed_version,
                       device=spec.device, checkpoint_dir=spec.checkpoint_dir, checkpoint_every=spec.checkpoint_every,
                       checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report, on_nan=spec.on_nan,
-                      restart_stale=spec.restart_stale)
+                      restart_stale=spec.restart_stale, fingerprints=fingerprints)
     logits = chunk_logits(res.net, spec.ids, plan, test_images, device=spec.device)
     final = checkpoint_path(spec.checkpoint_dir, spec.ids).read_bytes() if res.trained else None
     return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final,
@@ -286,7 +286,8 @@ class _RayRun:
     def execute(self) -> list[ChunkLogits]:
         self.tracker = _start_tracker(self.ray)
         task = self.ray.remote(_run_chunk)
-        shared = [self.ray.put(self.job.plan), self.ray.put(self.job.train), self.ray.put(self.job.test.images)]
+        shared = [self.ray.put(self.job.plan), self.ray.put(self.job.train), self.ray.put(self.job.test.images),
+                  self.ray.put(self.job.fingerprints)]
         todo = list(range(len(self.job.chunks)))[::-1]  # submitted from the end of the list
         running: dict = {}
         try:
