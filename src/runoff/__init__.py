@@ -16,6 +16,7 @@ from .certificates import (
 from .errors import (
     BackendError,
     CheckpointError,
+    CompileFallbackWarning,
     DataFileError,
     InvalidLabelsError,
     InvalidParameterError,
@@ -37,6 +38,7 @@ __all__ = [
     "certify_collective",
     "CollectiveCertification",
     "RunoffError",
+    "CompileFallbackWarning",
     "InvalidScoresError",
     "InvalidLabelsError",
     "InvalidParameterError",

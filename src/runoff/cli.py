@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -337,9 +338,13 @@ def _add_recipe_options(p) -> None:
     r.add_argument("--precision", default=None, type=_one_of("precision", ("fp32", "bf16")), metavar="{fp32,bf16}",
                    help="fp32 (default) or bf16: forward passes under bfloat16 autocast (weights, BatchNorm statistics "
                         "and the optimizer in float32); recorded in the run, a resume with another is refused")
+    r.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
+                   help="run the training step through torch.compile (one static graph per batch shape: 15-30 s "
+                        "to compile each, then 1.35-1.6x faster NiN steps on a CPU); eager with a warning where torch "
+                        "cannot compile; recorded in the run, a resume with another is refused")
     r.add_argument("--recipe", default=None, metavar="FILE.toml",
                    help="recipe fields from a TOML file (model, epochs, batch_size, lr, momentum, nesterov, "
-                        "weight_decay, milestones, gamma, augment, crop_padding, init, precision); the options above "
+                        "weight_decay, milestones, gamma, augment, crop_padding, init, precision, compile); the options above "
                         "override it")
 
 
@@ -545,7 +550,7 @@ def _recipe_from_options(args, base):
     """``base()`` (a Recipe) with the recipe options and ``--recipe FILE.toml`` applied, or None
     when none is given (``base`` is then not called)."""
     given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "augment": args.augment, "precision": args.precision}
+             "augment": args.augment, "precision": args.precision, "compile": args.compile}
     given = {k: v for k, v in given.items() if v is not None}
     if not given and args.recipe is None:
         return None
@@ -1014,7 +1019,9 @@ def main(argv=None) -> int:
         return 1
     debug = args.debug or _debug_env()
     try:
-        status = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return status
     except BrokenPipeError:
@@ -1027,6 +1034,20 @@ def main(argv=None) -> int:
             raise
         _error(_describe(exc))
         return 1
+
+
+def _warning_printer(show):
+    """A ``warnings.showwarning`` that prints runoff's own warnings as one line
+    ``runoff: warning: ...`` and hands the others to ``show``."""
+    from .errors import CompileFallbackWarning
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CompileFallbackWarning):
+            print(f"runoff: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 def _error_interrupted() -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "BackendError",
     "TrainingDivergedError",
     "MissingDependencyError",
+    "CompileFallbackWarning",
     "require",
     "one_line",
 ]
@@ -84,6 +85,12 @@ class MissingDependencyError(RunoffError, ImportError):
 
     Also an :class:`ImportError`, so ``except ImportError`` around an optional import keeps
     working."""
+
+
+class CompileFallbackWarning(RuntimeWarning):
+    """A recipe asked for compiled training (``compile=True``, ``--compile``) and some or all
+    steps run eagerly instead: torch cannot compile here (no C++ compiler, no Triton) or failed
+    for a shape. Training goes on; its results agree with compiled training up to rounding."""
 
 
 def require(module: str, purpose: str, *, hint: str | None = None):

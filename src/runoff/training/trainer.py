@@ -66,6 +66,7 @@ from .checkpoints import (  # noqa: F401
     save_checkpoint,
 )
 from .factories import is_factory_name, resolve_factory
+from .compiling import training_forward
 from .models import ARCHITECTURES, INIT_RULES, BatchedNet, activation_floats, architecture, sum_rows
 
 __all__ = [
@@ -142,6 +143,12 @@ class Recipe:
         ``"bf16"``: forward passes under ``torch.autocast`` to bfloat16 (convolutions and
         matrix products); weights, momentum, BatchNorm statistics and the loss stay float32.
         Test logits are computed in the same precision.
+    compile : bool, default False
+        Run the training forward pass (and the backward derived from it) through
+        ``torch.compile`` (:mod:`runoff.training.compiling`): one static graph per batch
+        shape, eager where torch cannot compile. Faster steps once compiled (1.35-1.6x for
+        NiN on a CPU), after a compilation of 15-30 s per distinct shape and process; the
+        kernels round differently from eager ones, so the run records the choice.
     """
 
     model: str
@@ -157,6 +164,7 @@ class Recipe:
     crop_padding: int = 4
     init: str = "pytorch"
     precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -171,18 +179,23 @@ class Recipe:
         check_int(self.crop_padding, "crop_padding", low=0)
         check_choice(self.init, "init", INIT_RULES)
         check_choice(self.precision, "precision", PRECISIONS)
+        if not isinstance(self.compile, bool):
+            raise InvalidParameterError(f"compile must be true or false; got {self.compile!r}")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate during (0-based) ``epoch``: ``lr * gamma ** (milestones <= epoch)``."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
 
     def to_dict(self) -> dict:
-        """JSON-ready fields; ``precision`` only when not ``"fp32"``, so that the recipes (and
-        plans, and checkpoint keys) of runs made before runoff had the field stay the same."""
+        """JSON-ready fields; ``precision`` only when not ``"fp32"`` and ``compile`` only when
+        true, so that the recipes (and plans, and checkpoint keys) of runs made before runoff
+        had these fields stay the same."""
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         if d["precision"] == "fp32":
             del d["precision"]
+        if not d["compile"]:
+            del d["compile"]
         return d
 
     @classmethod
@@ -236,7 +249,7 @@ def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
 
 #: Recipe fields a user may set (``--recipe FILE.toml``, command-line options); ``init`` too.
 RECIPE_FIELDS = ("model", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones",
-                 "gamma", "augment", "crop_padding", "init", "precision")
+                 "gamma", "augment", "crop_padding", "init", "precision", "compile")
 
 
 def load_recipe_file(path, base: Recipe) -> Recipe:
@@ -415,6 +428,8 @@ class _Chunk:
         self.recipe = recipe
         self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
         self.net = chunk_module(plan, recipe, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
+        # the training forward: the module, or the module through torch.compile (recipe.compile)
+        self.forward = training_forward(self.net, enabled=recipe.compile, device=device)
         self.params = list(self.net.weights)
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.epoch = 0
@@ -590,7 +605,7 @@ def _step_loss(chunk: _Chunk, X, Y, batch, norm):
     ``batch``: the step's rows of :func:`_epoch_batches` (indices, real-row mask, crop offsets,
     flips); ``norm``: the models' (mean, std), shaped (1, E, C, 1, 1)."""
     rows, m, offs, flips = batch
-    recipe, net = chunk.recipe, chunk.net
+    recipe = chunk.recipe
     b, e_count = rows.shape
     c, h, w = X.shape[1:]
     dtype = chunk.params[0].dtype
@@ -601,7 +616,7 @@ def _step_loss(chunk: _Chunk, X, Y, batch, norm):
     mf = m.to(dtype)
     xb = ((xb - norm[0]) / norm[1]) * mf[:, :, None, None, None]
     with autocast(X.device, recipe.precision):
-        logits = net(xb.reshape(b, e_count * c, h, w), mf).to(dtype)  # bf16 -> the weights' dtype
+        logits = chunk.forward(xb.reshape(b, e_count * c, h, w), mf).to(dtype)  # bf16 -> the weights' dtype
     ce = F.cross_entropy(logits.reshape(b * e_count, -1), Y[rows].reshape(-1), reduction="none")
     return ce.reshape(b, e_count), logits.reshape(b, e_count, -1)
 
