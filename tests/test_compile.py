@@ -111,7 +111,7 @@ def test_without_a_compiler_training_runs_eagerly_with_one_warning(digits, monke
     eager = _train(plan, train, TINY, [[0, 1]])
     monkeypatch.setattr(compiling, "compile_unavailable", lambda device: "no C++ compiler found (test)")
     monkeypatch.setattr(compiling, "_WARNED", set())
-    with pytest.warns(CompileFallbackWarning, match="no C.. compiler found .test.: training eagerly") as seen:
+    with pytest.warns(CompileFallbackWarning, match="no C.. compiler found .test.: running eagerly") as seen:
         got = _states(train_ensemble(plan, train, recipe=COMPILED, chunks=[[0], [1]], progress=False))
     assert len([w for w in seen if w.category is CompileFallbackWarning]) == 1  # once per process
     solo = _train(plan, train, TINY, [[0], [1]])
@@ -167,5 +167,20 @@ def test_the_cli_says_a_fallback_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compiling, "_WARNED", set())
     assert main(["train", "--k", "2", "--epochs", "1", "--compile", "--no-progress", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["runoff: warning: no C++ compiler found (test): training eagerly "
-                   "(results agree with compiled training up to rounding)"]
+    assert err == ["runoff: warning: no C++ compiler found (test): running eagerly "
+                   "(results agree with compiled ones up to rounding)"]
+
+
+def test_compiled_test_logits_are_the_loaded_ensembles_and_close_to_eager(tmp_path, digits):
+    from runoff.training.ensemble import Ensemble
+    from runoff.training.trainer import model_logits
+
+    _, test = digits
+    run = train_run(tmp_path / "r", dataset="digits", k=3, recipe=replace(recipe_for("digits", epochs=1), compile=True),
+                    progress=False)
+    ens = Ensemble.load(tmp_path / "r")
+    np.testing.assert_array_equal(ens.scores(test.images), run.scores)  # the same compiled graphs
+    plan, models = ens._members[0]
+    eager_plan = replace(plan, training={**plan.training, "recipe": {**plan.training["recipe"], "compile": False}})
+    eager = model_logits(models, eager_plan, test.images)
+    np.testing.assert_allclose(run.scores, eager, rtol=1e-4, atol=1e-4)

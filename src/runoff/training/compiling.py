@@ -1,8 +1,9 @@
-"""``torch.compile`` for the training forward pass, with an eager fallback (``Recipe.compile``).
+"""``torch.compile`` for a chunk's forward pass, with an eager fallback (``Recipe.compile``).
 
 A compiled forward (and the backward AOTAutograd derives from it) fuses the masked BatchNorm,
 ReLU and pooling passes that run as separate kernels in eager mode: measured 1.35-1.6x faster
-NiN training steps on a CPU (benchmarks/bench_train.py ``--compile``, docs/scaling.md). Its
+NiN training steps, and 1.6x faster test logits, on a CPU (benchmarks/bench_train.py
+``--compile``, docs/scaling.md). A recipe with ``compile=True`` compiles both. Its
 kernels round differently from the eager ones, so compiled training is a recipe choice
 (recorded in the run, like the precision), not a switch that may change from one resume to
 the next.
@@ -27,7 +28,7 @@ import torch
 
 from ..errors import CompileFallbackWarning
 
-__all__ = ["compile_unavailable", "training_forward", "RECOMPILE_LIMIT"]
+__all__ = ["compile_unavailable", "forward_fn", "RECOMPILE_LIMIT"]
 
 #: Graphs one forward may compile (one per distinct batch shape, architecture and chunk size).
 RECOMPILE_LIMIT = 4096
@@ -59,15 +60,15 @@ def compile_unavailable(device) -> str | None:
     return None
 
 
-def training_forward(net, *, enabled: bool, device):
-    """The callable the trainer runs a chunk's forward pass with: ``net`` itself when not
-    ``enabled`` (or when compiling is unavailable on ``device``), else a :class:`_Compiled`
-    wrapper with the same signature ``(x, mask) -> logits``."""
+def forward_fn(net, *, enabled: bool, device):
+    """The callable a chunk's forward pass runs with (training steps, test logits): ``net``
+    itself when not ``enabled`` (or when compiling is unavailable on ``device``), else a
+    :class:`_Compiled` wrapper with the same signature ``(x, mask=None) -> logits``."""
     if not enabled:
         return net
     reason = compile_unavailable(device)
     if reason is not None:
-        _warn(f"{reason}: training eagerly (results agree with compiled training up to rounding)")
+        _warn(f"{reason}: running eagerly (results agree with compiled ones up to rounding)")
         return net
     return _Compiled(net)
 
@@ -85,19 +86,19 @@ class _Compiled:
         self.net = net
         self.fn = torch.compile(net, dynamic=False, fullgraph=True)
 
-    def __call__(self, x, mask):
+    def __call__(self, x, mask=None):
         key = (type(self.net).__name__, getattr(self.net, "n_models", None), tuple(x.shape), x.dtype,
                torch.is_autocast_enabled(x.device.type), bool(self.net.training))
         if key not in _FAILED:
             from torch._dynamo.exc import TorchDynamoException
 
             try:
-                return self.fn(x, mask)
+                return self.fn(x) if mask is None else self.fn(x, mask)
             except TorchDynamoException as exc:  # raised while compiling, before anything ran
                 _FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 _warn(f"torch.compile failed for inputs of shape {tuple(x.shape)} ({_FAILED[key]}): "
-                      "those steps run eagerly")
-        return self.net(x, mask)
+                      "they run eagerly")
+        return self.net(x) if mask is None else self.net(x, mask)
 
 
 def _warn(message: str) -> None:

@@ -66,7 +66,7 @@ from .checkpoints import (  # noqa: F401
     save_checkpoint,
 )
 from .factories import is_factory_name, resolve_factory
-from .compiling import training_forward
+from .compiling import forward_fn
 from .models import ARCHITECTURES, INIT_RULES, BatchedNet, activation_floats, architecture, sum_rows
 
 __all__ = [
@@ -429,7 +429,7 @@ class _Chunk:
         self.generators = [torch.Generator().manual_seed(model_seed(j, seed_version)) for j in self.model_ids]
         self.net = chunk_module(plan, recipe, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
         # the training forward: the module, or the module through torch.compile (recipe.compile)
-        self.forward = training_forward(self.net, enabled=recipe.compile, device=device)
+        self.forward = forward_fn(self.net, enabled=recipe.compile, device=device)
         self.params = list(self.net.weights)
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.epoch = 0
@@ -1051,7 +1051,7 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
 
     Each model sees ``images / 255`` normalised with its own subset's per-channel mean and
     std (``plan.mean``, ``plan.std``), exactly as in training, and runs in the precision of
-    the plan's recipe (bf16 under autocast).
+    the plan's recipe (bf16 under autocast), compiled when the recipe compiles.
 
     Parameters
     ----------
@@ -1081,12 +1081,13 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
     dtype = net.weights[0].dtype
     mean = torch.tensor(plan.mean[ids], dtype=dtype, device=dev)[None, :, :, None, None]
     std = torch.tensor(plan.std[ids], dtype=dtype, device=dev)[None, :, :, None, None]
+    forward = forward_fn(net, enabled=_plan_recipe_field(plan, "compile", False), device=dev)
     with _deterministic(dev):
         for s in range(0, n, batch_size):
             xb = X[s:s + batch_size].to(dev).to(dtype) / 255.0
             xb = (xb[:, None] - mean) / std
-            with autocast(dev, _plan_precision(plan)):  # the training precision
-                out[s:s + batch_size] = net(xb.reshape(xb.shape[0], len(ids) * c, h, w)).float().cpu().numpy()
+            with autocast(dev, _plan_recipe_field(plan, "precision", "fp32")):  # the training precision
+                out[s:s + batch_size] = forward(xb.reshape(xb.shape[0], len(ids) * c, h, w)).float().cpu().numpy()
     return out
 
 
@@ -1096,9 +1097,10 @@ def chunk_logits(net: BatchedNet, ids, plan: PartitionPlan, images, *, device="c
 TEST_BATCH = {"cpu": 256, "cuda": 1024}
 
 
-def _plan_precision(plan: PartitionPlan) -> str:
-    """The precision the plan's recipe trains in ("fp32" unless it says otherwise)."""
-    return ((plan.training or {}).get("recipe") or {}).get("precision", "fp32")
+def _plan_recipe_field(plan: PartitionPlan, name: str, default):
+    """A field of the plan's recorded recipe (``default`` where it has none: a field that
+    :meth:`Recipe.to_dict` omits at its default, a plan without a recipe)."""
+    return ((plan.training or {}).get("recipe") or {}).get(name, default)
 
 
 @torch.no_grad()
