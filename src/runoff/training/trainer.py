@@ -66,7 +66,7 @@ from .checkpoints import (  # noqa: F401
     save_checkpoint,
 )
 from .factories import is_factory_name, resolve_factory
-from .compiling import forward_fn
+from .compiling import forward_fn, step_fn
 from .models import ARCHITECTURES, INIT_RULES, BatchedNet, activation_floats, architecture, sum_rows
 
 __all__ = [
@@ -430,6 +430,7 @@ class _Chunk:
         self.net = chunk_module(plan, recipe, len(self.model_ids)).init_(self.generators, rule=recipe.init).to(device)
         # the training forward: the module, or the module through torch.compile (recipe.compile)
         self.forward = forward_fn(self.net, enabled=recipe.compile, device=device)
+        self.sgd_step = step_fn(_sgd_step, enabled=recipe.compile, device=device)
         self.params = list(self.net.weights)
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.epoch = 0
@@ -549,7 +550,7 @@ def _train_epoch(chunk: _Chunk, X, Y, subsets, mean, std, *, on_step=None) -> No
         count = mf.sum(dim=0)
         loss = (sum_rows(ce * mf) / count.clamp_min(1)).sum()
         grads = torch.autograd.grad(loss, chunk.params)
-        _sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
+        chunk.sgd_step(chunk.params, grads, chunk.bufs, lr, count > 0, recipe)
         with torch.no_grad():  # health figures only; nothing here feeds back into training
             loss_sum += (ce.detach() * mf).sum(dim=0, dtype=torch.float64)
             correct += ((logits.detach().argmax(dim=2) == Y[rows]) & m).sum(dim=0)
