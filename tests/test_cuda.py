@@ -1,5 +1,5 @@
-"""What must hold on a GPU: isolation and resume bit for bit in fp32 and bf16, and the same
-test logits from training and from a loaded run. Skipped without CUDA (most machines that run
+"""What must hold on a GPU: isolation and resume bit for bit in fp32 and bf16, eager and
+compiled, and the same test logits from training and from a loaded run. Skipped without CUDA (most machines that run
 the suite); a session with a GPU runs them with the rest."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from runoff.training.trainer import Recipe  # noqa: E402
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_isolation_resume_and_loaded_logits(tmp_path, precision):
+@pytest.mark.parametrize("precision,compiled", [("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)])
+def test_cuda_isolation_resume_and_loaded_logits(tmp_path, precision, compiled):
     train, test = load_dataset("digits")
     x, y = train.images[:300, ..., 0], train.labels[:300]
 
@@ -30,7 +30,7 @@ def test_cuda_isolation_resume_and_loaded_logits(tmp_path, precision):
         np.savez(tmp_path / name, x_train=xs, y_train=y, x_test=test.images[:64, ..., 0], y_test=test.labels[:64])
         return f"npz:{tmp_path / name}"
 
-    kw = dict(k=6, chunk_size=3, recipe=replace(TINY, precision=precision), device="cuda", progress=False)
+    kw = dict(k=6, chunk_size=3, recipe=replace(TINY, precision=precision, compile=compiled), device="cuda", progress=False)
     a = train_run(tmp_path / "a", dataset=npz("a.npz", x), **kw)
     edited = x.copy()
     edited[5, 3, 3] ^= 1

@@ -116,3 +116,33 @@ def test_precision_option_and_errors(tmp_path, capsys):
         Recipe(model="small", epochs=1, batch_size=1, lr=0.1, precision="half")
     # fp32 is not written into a recipe, so plans of runs made before the field stay the same
     assert "precision" not in recipe_for("digits").to_dict()
+
+
+@pytest.mark.parametrize("name,channels,size", [("nin", 3, 32), ("resnet18", 3, 32), ("small", 1, 8)])
+def test_the_chunk_size_estimate_bounds_the_saved_activations_in_either_precision(name, channels, size):
+    """default_chunk_size sizes chunks by models.activation_floats (4-byte values), whatever
+    the precision: bf16 saves no memory here (BatchNorm keeps float32 statistics and saves its
+    float32 input, and autocast keeps a bf16 copy for the next convolution), so the estimate
+    must bound what a training step keeps for the backward pass in both precisions."""
+    spec = models.architecture(name, in_channels=channels, n_classes=10, image_size=(size, size))
+    e, b = 2, 8
+    net = models.BatchedNet(spec, e).init_([torch.Generator().manual_seed(i) for i in range(e)], rule="pytorch")
+    net.train()
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    saved = {}
+    for precision in ("fp32", "bf16"):
+        storages = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:  # the weights are there anyway
+                storages[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                net(torch.randn(b, channels * e, size, size), torch.ones(b, e))
+        saved[precision] = sum(storages.values()) / (e * b)
+    estimate = models.activation_floats(spec, (size, size)) * 4
+    assert saved["fp32"] <= estimate and saved["bf16"] <= estimate, (saved, estimate)
+    assert saved["bf16"] > 0.5 * saved["fp32"]  # bf16 does not halve it: no smaller estimate for bf16

@@ -653,6 +653,11 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=No
       for 96-192 channel groups (see benchmarks/bench_train.py); so is ResNet-18 (64-512
       channels).
     * On CUDA at most :data:`CUDA_CHUNK_CAP` models per chunk, within the memory budget.
+      The estimate (:func:`~runoff.training.models.activation_floats`, 4 bytes each, doubled
+      for the transient maps) holds in either precision: bf16 keeps no less for the backward
+      pass here (BatchNorm saves its float32 input, autocast a bf16 copy of each convolution's
+      input; NiN saves 5.6 MB per model and sample in fp32, 6.5 MB in bf16, against the
+      estimate's 10.3 MB), so the precision does not change the chunk size.
     * A factory's module (:mod:`runoff.training.factories`): one per chunk on a CPU,
       :data:`CUDA_CHUNK_CAP` on CUDA (its size is unknown; pass ``chunk_size`` for more).
     """
