@@ -198,8 +198,8 @@ def device_peak(device, precision: str, given):
     return None  # a CPU's peak depends on its cores and vector units: pass --peak-tflops
 
 
-def bench_config(name, device, *, precision="fp32", compile=False, sample_chunks=1, sample_epochs=1,
-                 peak=None) -> dict:
+def bench_config(name, device, *, precision="fp32", compile=False, chunk_size=None, sample_chunks=1,
+                 sample_epochs=1, peak=None) -> dict:
     """Train a sample of one paper configuration's chunks and project the whole run.
 
     With ``compile`` the warm-up (one epoch of the first chunk, and test logits of one batch
@@ -220,7 +220,7 @@ def bench_config(name, device, *, precision="fp32", compile=False, sample_chunks
     plan = make_plan(data, k=cfg.k, d=cfg.d if cfg.kind == "fa" else 1, hash="sha256",
                      training={"recipe": full.to_dict()})
     recipe = replace(full, epochs=sample_epochs, milestones=())
-    chunks = run_chunks(plan, full, device=device)
+    chunks = run_chunks(plan, full, device=device, chunk_size=chunk_size)
     sample = chunks[:sample_chunks]
     prepared = TrainingSet(plan, data, torch.device(device))  # once per run: not part of the step rate
 
@@ -255,7 +255,10 @@ def bench_config(name, device, *, precision="fp32", compile=False, sample_chunks
     projected = total_real / (real / seconds) + logits_per_model * plan.n_models * versions
     achieved = fpr * computed / seconds / 1e12
     peak = device_peak(device, precision, peak)
+    from runoff.training import compiling
+
     return {"config": name, "device": str(device), "precision": precision, "compile": compile,
+            "compile_mode": compiling.COMPILE_MODE if compile else None,
             "warmup_s": warmup, "models": plan.n_models * versions,
             "chunk_models": len(sample[0]), "real_samples_per_s": real / seconds,
             "empty_rows_share": 1 - real / computed, "gflops_per_row": fpr / 1e9, "achieved_tflops": achieved,
@@ -291,17 +294,25 @@ def main(argv=None):
                          "its shapes and sizes, and project the whole run; repeatable")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--compile", action="store_true", help="--config: the recipe with compile = true")
+    ap.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead"),
+                    help="--compile: torch.compile's mode (reduce-overhead: CUDA graphs on a GPU; a candidate, "
+                         "not what runoff uses)")
+    ap.add_argument("--chunk-size", type=int, default=None, help="--config: models per chunk (default: the "
+                    "device's default layout)")
     ap.add_argument("--sample-chunks", type=int, default=1, help="--config: chunks trained for the figure")
     ap.add_argument("--sample-epochs", type=int, default=1, help="--config: epochs trained for the figure")
     ap.add_argument("--peak-tflops", type=float, default=None, help="--config: the device's peak (CPUs: unknown)")
     ap.add_argument("--json", action="store_true", help="--config: print JSON rows")
     args = ap.parse_args(argv)
     if args.config:
+        from runoff.training import compiling
+
+        compiling.COMPILE_MODE = args.compile_mode
         if args.threads:
             torch.set_num_threads(args.threads)
         for name in args.config:
             row = bench_config(name, args.device, precision=args.precision, compile=args.compile,
-                               sample_chunks=args.sample_chunks,
+                               chunk_size=args.chunk_size, sample_chunks=args.sample_chunks,
                                sample_epochs=args.sample_epochs, peak=args.peak_tflops)
             print(json.dumps(row) if args.json else "", end="\n" if args.json else "")
             if not args.json:
