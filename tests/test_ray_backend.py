@@ -337,3 +337,5 @@ def test_update_on_ray_equals_training_the_new_data_locally(tmp_path, local_clus
     assert res.summary.backend == "ray" and len(res.changed) == 1 and len(res.retrained) == 2
     after = _file_ids(tmp_path / "run")
     assert sum(before[n] == after[n] for n in before) == res.kept_files == 2
+    # the kept chunks' test logits were taken from before, in the tasks, and equal those computed anew
+    assert res.kept_logits == [j for j in range(6) if j not in res.retrained]

@@ -22,7 +22,9 @@ nothing else spells a file name of a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ __all__ = [
     "MODELS_FILE",
     "HISTOGRAM_PLOT",
     "SUBSETS_FILE",
+    "LOGIT_SOURCES_FILE",
 ]
 
 PLAN_FILE = "plan.json"
@@ -54,6 +57,9 @@ ACCURACY_PLOT = "certified_accuracy.png"
 HISTOGRAM_PLOT = "certificates_hist.png"
 MODELS_FILE = "models.json"
 SUBSETS_FILE = "subsets.json"
+LOGIT_SOURCES_FILE = "logit-sources.json"
+#: Where ``runoff update`` keeps the old logits while it runs (removed when it is done)
+UPDATE_CACHE_DIR = "update-cache"
 _SUBSETS_FORMAT = "runoff-subsets"
 
 
@@ -209,6 +215,46 @@ class RunFolder:
         """Write ``scores`` (as float32) and ``labels`` (as int64), atomically."""
         return save_logits(self.logits_path, scores, labels)
 
+    # ------------------------------------------------------------------ what the logits came from
+    @property
+    def logit_sources_path(self) -> Path:
+        return self.path / LOGIT_SOURCES_FILE
+
+    def write_logit_sources(self, sources: dict) -> Path:
+        """Write the record of what ``logits.npz`` was computed from
+        (:mod:`runoff.training.logit_sources`), after the logits."""
+        atomic_write_text(self.logit_sources_path, json.dumps(sources, indent=1) + "\n")
+        return self.logit_sources_path
+
+    def previous_logits(self):
+        """``(scores, sources)`` of the logits an update may keep columns of: the run's logits
+        and their record, else those an interrupted update set aside; None when neither is
+        there whole and readable (an update then computes every logit)."""
+        for folder in (self.path, self.path / UPDATE_CACHE_DIR):
+            found = _logits_with_sources(folder / LOGITS_FILE, folder / LOGIT_SOURCES_FILE)
+            if found is not None:
+                return found
+        return None
+
+    def set_logits_aside(self) -> None:
+        """Move the logits and their record into ``update-cache/`` (an update is about to
+        change models: the logits must not stay as the run's, but their still-valid columns
+        are kept). Nothing moves unless both are there."""
+        if self.logits_path.is_file() and self.logit_sources_path.is_file():
+            cache = self.path / UPDATE_CACHE_DIR
+            cache.mkdir(exist_ok=True)
+            os.replace(self.logits_path, cache / LOGITS_FILE)
+            os.replace(self.logit_sources_path, cache / LOGIT_SOURCES_FILE)
+
+    def drop_logits_set_aside(self) -> None:
+        """Delete ``update-cache/`` (the update is done)."""
+        cache = self.path / UPDATE_CACHE_DIR
+        for name in (LOGITS_FILE, LOGIT_SOURCES_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (cache / name).unlink()
+        with contextlib.suppress(OSError):
+            cache.rmdir()
+
     # ------------------------------------------------------------------ model health
     @property
     def models_path(self) -> Path:
@@ -234,7 +280,8 @@ class RunFolder:
     def output_paths(self) -> list[Path]:
         """Files computed from the trained models (logits, certificates, reports)."""
         kinds = ("json", "md", "accuracy_plot", "histogram_plot")
-        return [self.logits_path, self.certificates_path, *(self.report_path(kind) for kind in kinds)]
+        return [self.logits_path, self.logit_sources_path, self.certificates_path,
+                *(self.report_path(kind) for kind in kinds)]
 
     def remove_outputs(self) -> list[str]:
         """Delete :meth:`output_paths` that exist (when the models change); their names."""
@@ -249,6 +296,20 @@ class RunFolder:
         path = self.report_path(kind)
         atomic_write_text(path, text)
         return path
+
+
+def _logits_with_sources(logits_path: Path, sources_path: Path):
+    """``(scores, sources)`` when both files are there and readable, else None."""
+    if not (logits_path.is_file() and sources_path.is_file()):
+        return None
+    from .logits_io import load_logits
+
+    try:
+        sources = json.loads(sources_path.read_text())
+        scores, _ = load_logits(logits_path)
+    except (OSError, UnicodeDecodeError, ValueError):  # unreadable: recompute, never guess
+        return None
+    return np.asarray(scores), sources
 
 
 def save_logits(path, scores, labels) -> Path:

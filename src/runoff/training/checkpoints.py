@@ -41,6 +41,7 @@ __all__ = [
     "plan_key",
     "chunk_key",
     "checkpoint_matches",
+    "checkpoint_digest",
 ]
 
 _MAGIC = b"RUNOFFCK1\n"
@@ -133,6 +134,20 @@ def checkpoint_matches(obj: dict, *, plan_key: str | None, chunk_key: str | None
     if plan_key is not None and obj.get("plan_key") == plan_key:
         return True
     return obj.get("version") == 2 and chunk_key is not None and obj.get("chunk_key") == chunk_key
+
+
+def checkpoint_digest(path) -> str | None:
+    """The SHA-256 (hex) of a checkpoint's content, as its header records it, or None when
+    there is no such file or it has no runoff header. Reads the header only: the content is
+    checked against it when the file is loaded (:func:`load_checkpoint`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_MAGIC) + 32)
+    except OSError:
+        return None
+    if len(head) < len(_MAGIC) + 32 or not head.startswith(_MAGIC):
+        return None
+    return head[len(_MAGIC):].hex()
 
 
 def checkpoint_path(checkpoint_dir, ids) -> Path:

@@ -207,6 +207,10 @@ def finish_run(folder: RunFolder, backend: Backend, job: TrainingJob, trained: T
     scores = _assemble(trained, plan, n_test=len(test.labels), silenced=health.diverged)
     labels = test.labels.copy()
     folder.write_logits(scores, labels)
+    if job.checkpoint_dir is not None:  # what they came from: an update keeps what is still valid
+        from .logit_sources import logit_sources
+
+        folder.write_logit_sources(logit_sources(job.checkpoint_dir, job.chunks, test.images, labels))
     folder.write_health(health)
     summary = _summarize(trained, backend, plan, job.recipe, seconds=time.perf_counter() - started, health=health)
     return RunResult(run_dir=folder.path, plan=plan, scores=scores, labels=labels, summary=summary, health=health)

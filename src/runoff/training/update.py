@@ -28,6 +28,7 @@ from ..checks import check_int
 from ..errors import InvalidParameterError, RunDirectoryError
 from ..run_folder import RunFolder
 from .backends import TrainingJob, resolve_backend
+from .logit_sources import reusable_columns
 from .runs import RunResult, _check_run_options, _layout, finish_run
 
 __all__ = ["UpdateResult", "update_run", "run_recipe"]
@@ -50,6 +51,9 @@ class UpdateResult(RunResult):
         Training samples before and after.
     upgraded : int
         Checkpoint files of an older format rewritten with per-chunk keys (once per run).
+    kept_logits : list of int
+        Models whose test logits were kept from before (their checkpoint file and the test
+        set unchanged: :mod:`runoff.training.logit_sources`), not computed again.
     reevaluated : list of str
         Methods whose certificates and report were computed again (the run had a report).
     """
@@ -60,6 +64,7 @@ class UpdateResult(RunResult):
     n_train_before: int = 0
     n_train_after: int = 0
     upgraded: int = 0
+    kept_logits: list = field(default_factory=list)
     reevaluated: list = field(default_factory=list)
 
     def describe(self) -> str:
@@ -72,13 +77,14 @@ class UpdateResult(RunResult):
                      + (f" (with {extra} chunk-mate{'s' if extra > 1 else ''} of theirs, which come out the same)"
                         if extra > 0 else ""))
         parts.append(f"{self.kept_files} checkpoint file{'s' if self.kept_files != 1 else ''} kept untouched")
+        parts.append(f"test logits of {len(self.kept_logits)} of {n} models kept")
         parts.append(f"training samples {self.n_train_before} -> {self.n_train_after}")
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
         return {"changed": list(self.changed), "retrained": list(self.retrained), "kept_files": self.kept_files,
                 "n_train_before": self.n_train_before, "n_train_after": self.n_train_after,
-                "upgraded": self.upgraded, "reevaluated": list(self.reevaluated),
+                "upgraded": self.upgraded, "kept_logits": list(self.kept_logits), "reevaluated": list(self.reevaluated),
                 **(self.summary.to_dict() if self.summary else {})}
 
 
@@ -161,23 +167,27 @@ def update_run(
         new_fps = new.subset_fingerprints(train, check=False)
         chunks = _layout(new, run_recipe, device=device, chunk_size=None, checkpoint_dir=folder.checkpoint_dir)
         upgraded = _upgrade_checkpoints(folder, old, old_fps)
+        earlier = reusable_columns(folder.previous_logits(), chunks, test.images, test.labels, new.n_models)
         if new != old:  # outputs of the old models must not outlive them if this call stops half-way
+            folder.set_logits_aside()  # (their columns of unchanged models stay usable, even after a stop)
             folder.remove_outputs()
             folder.write_plan(new)
         job = TrainingJob(plan=new, train=train, test=test, chunks=chunks, recipe=run_recipe,
                           seed_version=seed_version, device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
                           progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
-                          restart_stale=True, fingerprints=new_fps)
+                          restart_stale=True, fingerprints=new_fps, earlier_logits=earlier)
         trained = backend.train(job)
     res = finish_run(folder, backend, job, trained, started=t0)
+    folder.drop_logits_set_aside()
     folder.write_subsets(new_fps)
     done = {True: [], False: []}  # chunks trained in this call, chunks kept
     for c in trained.chunks:
         done[c.start_epoch < run_recipe.epochs].append(c)
     res = UpdateResult(**vars(res), changed=[j for j in range(new.n_models) if old_fps[j] != new_fps[j]],
                        retrained=sorted(j for c in done[True] for j in c.ids), kept_files=len(done[False]),
-                       n_train_before=old.n_train, n_train_after=new.n_train, upgraded=upgraded)
+                       n_train_before=old.n_train, n_train_after=new.n_train, upgraded=upgraded,
+                       kept_logits=sorted(j for c in trained.chunks if c.kept_logits for j in c.ids))
     return _reevaluate(res, methods)
 
 
@@ -250,7 +260,8 @@ def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, 
     return UpdateResult(run_dir=folder.path, plan=new_top, scores=scores, labels=results[0].labels, summary=summary,
                         changed=results[0].changed, retrained=retrained,
                         kept_files=sum(r.kept_files for r in results), n_train_before=results[0].n_train_before,
-                        n_train_after=results[0].n_train_after, upgraded=sum(r.upgraded for r in results))
+                        n_train_after=results[0].n_train_after, upgraded=sum(r.upgraded for r in results),
+                        kept_logits=sorted(set.intersection(*(set(r.kept_logits) for r in results))))
 
 
 def _recorded_subsets(folder: RunFolder, plan) -> list[str]:

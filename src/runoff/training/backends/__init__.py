@@ -64,6 +64,11 @@ class TrainingJob:
     fingerprints : list of str or None
         The plan's subset fingerprints, computed once by the caller so that no chunk computes
         them again (None: each backend computes them from ``train``).
+    earlier_logits : dict or None
+        ``tuple(ids) -> (checkpoint digest, logits)``: test logits computed before for a
+        chunk's models (``runoff update``, :func:`runoff.training.logit_sources.reusable_columns`);
+        a backend uses them instead of computing the chunk's logits when it restores the chunk
+        complete from a file of that digest (:func:`~runoff.training.logit_sources.kept_logits`).
     """
 
     plan: Any
@@ -82,6 +87,11 @@ class TrainingJob:
     on_nan: str = "stop"
     restart_stale: bool = False
     fingerprints: list | None = None
+    earlier_logits: dict | None = None
+
+    def earlier(self, ids):
+        """The chunk's entry of :attr:`earlier_logits`, or None."""
+        return None if self.earlier_logits is None else self.earlier_logits.get(tuple(ids))
 
 
 @dataclass
@@ -100,6 +110,9 @@ class ChunkLogits:
         Times the chunk was started (above 1 after a retry).
     health : dict or None
         Its models' training figures (:func:`runoff.training.trainer.model_health`).
+    kept_logits : bool
+        The logits are those computed before for the same checkpoint and test set
+        (:attr:`TrainingJob.earlier_logits`), not computed again.
     """
 
     ids: list
@@ -107,6 +120,7 @@ class ChunkLogits:
     start_epoch: int
     attempts: int = 1
     health: dict | None = None
+    kept_logits: bool = False
 
 
 @dataclass

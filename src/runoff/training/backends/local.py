@@ -25,6 +25,7 @@ class LocalBackend:
         resolve_device(device)
 
     def train(self, job: TrainingJob) -> TrainedChunks:
+        from ..logit_sources import kept_logits
         from ..trainer import TrainingSet, chunk_logits, resolve_device, trained_chunks
 
         dev = resolve_device(job.device)
@@ -37,7 +38,11 @@ class LocalBackend:
                                   progress=job.progress, label=job.label,
                                   progress_interval=job.progress_interval, on_nan=job.on_nan,
                                   restart_stale=job.restart_stale):
-            logits = chunk_logits(res.net, res.ids, job.plan, job.test.images, device=dev)
+            logits = kept_logits(job.earlier(res.ids), job.checkpoint_dir, res.ids, start_epoch=res.start_epoch,
+                                 epochs=job.recipe.epochs)
+            kept = logits is not None
+            if not kept:
+                logits = chunk_logits(res.net, res.ids, job.plan, job.test.images, device=dev)
             out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch,
-                                          health=res.health))
+                                          health=res.health, kept_logits=kept))
         return out

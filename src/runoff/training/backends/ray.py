@@ -233,12 +233,14 @@ class _TaskSpec:
     threads: int
     on_nan: str = "stop"
     restart_stale: bool = False
+    earlier: tuple | None = None  # (checkpoint digest, logits) computed before: TrainingJob.earlier_logits
 
 
 def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker):
     """Ray task: train (or resume, or just load) one chunk and return its test logits."""
     import torch
 
+    from ..logit_sources import kept_logits
     from ..trainer import chunk_logits, train_chunk
 
     torch.set_num_threads(max(1, spec.threads))
@@ -256,10 +258,15 @@ def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker)
                       device=spec.device, checkpoint_dir=spec.checkpoint_dir, checkpoint_every=spec.checkpoint_every,
                       checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report, on_nan=spec.on_nan,
                       restart_stale=spec.restart_stale, fingerprints=fingerprints)
-    logits = chunk_logits(res.net, spec.ids, plan, test_images, device=spec.device)
+    # the logits computed before for this very file (checked where it was restored), else computed now
+    logits = kept_logits(spec.earlier, spec.checkpoint_dir, spec.ids, start_epoch=res.start_epoch,
+                         epochs=spec.recipe.epochs)
+    kept = logits is not None
+    if not kept:
+        logits = chunk_logits(res.net, spec.ids, plan, test_images, device=spec.device)
     final = checkpoint_path(spec.checkpoint_dir, spec.ids).read_bytes() if res.trained else None
     return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final,
-            "health": res.health}
+            "health": res.health, "kept_logits": kept}
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -309,7 +316,8 @@ class _RayRun:
         self.attempts, _ = self._snapshot()  # final count: every task has reported its start
         self._raise_failures()
         return [ChunkLogits(ids=out["ids"], logits=out["logits"], start_epoch=out["start_epoch"],
-                            attempts=max(1, self.attempts.get(i, 1)), health=out.get("health"))
+                            attempts=max(1, self.attempts.get(i, 1)), health=out.get("health"),
+                            kept_logits=bool(out.get("kept_logits")))
                 for i, out in sorted(self.results.items())]
 
     def _progress(self):
@@ -325,7 +333,7 @@ class _RayRun:
                          device=str(job.device), checkpoint_dir=str(job.checkpoint_dir),
                          checkpoint_every=job.checkpoint_every, checkpoint_min_interval=job.checkpoint_min_interval,
                          threads=max(1, int(self.options.cpus)), on_nan=job.on_nan,
-                         restart_stale=job.restart_stale)
+                         restart_stale=job.restart_stale, earlier=job.earlier(ids))
         return task.options(
             name=f"runoff-chunk-{ids[0]:05d}-{ids[-1]:05d}", num_cpus=self.options.cpus,
             num_gpus=self.options.gpus, max_retries=self.options.max_retries, retry_exceptions=False,
