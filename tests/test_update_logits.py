@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_update import CHUNK, K, OPTS, digits, write_npz  # noqa: F401 - digits is a fixture
+from test_update import CHUNK, K, OPTS, write_npz
 
+from runoff.data.datasets import load_dataset
 from runoff.run_folder import RunFolder
 from runoff.training import trainer
 from runoff.training.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
@@ -17,6 +18,13 @@ from runoff.training.ensemble import Ensemble
 from runoff.training.logit_sources import SOURCES_FORMAT, digest_of_test_set
 from runoff.training.runs import train_run
 from runoff.training.update import update_run
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """test_update's data: 240 training and 40 test images of the digits set."""
+    train, test = load_dataset("digits")
+    return train.images[:240, ..., 0], train.labels[:240], test.images[:40, ..., 0], test.labels[:40]
 
 
 def one_edit(digits, i=10):
