@@ -189,3 +189,31 @@ def test_compiled_test_logits_are_the_loaded_ensembles_and_close_to_eager(tmp_pa
     eager_plan = replace(plan, training={**plan.training, "recipe": {**plan.training["recipe"], "compile": False}})
     eager = model_logits(models, eager_plan, test.images)
     np.testing.assert_allclose(run.scores, eager, rtol=1e-4, atol=1e-4)
+
+
+def _factory_with_batchnorm(in_shape, n_classes):
+    c, h, w = in_shape
+    return torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * h * w, n_classes))
+
+
+def test_a_factory_that_cannot_compile_warns_once_and_trains_as_eager(digits, monkeypatch):
+    # its models run one by one on their real rows (a data-dependent row count, which torch.compile
+    # cannot capture whole): every shape falls back, said once; the SGD step still compiles
+    from runoff.training.factories import register_factory
+
+    train, _ = digits
+    plan = make_plan(train, k=3)
+    recipe = replace(COMPILED, model=register_factory(_factory_with_batchnorm), augment="none")
+    monkeypatch.setattr(compiling, "_FAILED", {})
+    monkeypatch.setattr(compiling, "_WARNED", set())
+    with pytest.warns(CompileFallbackWarning) as seen:
+        got = train_ensemble(plan, train, recipe=recipe, chunks=[[0, 1], [2]], progress=False)
+    said = [str(w.message) for w in seen if w.category is CompileFallbackWarning]
+    assert len(said) == 1 and said[0].startswith("torch.compile failed for the forward pass")
+    monkeypatch.setattr(T, "step_fn", lambda fn, **kw: fn)  # the same step, eager: the same bits
+    same = train_ensemble(plan, train, recipe=recipe, chunks=[[0, 1], [2]], progress=False)
+    eager = train_ensemble(plan, train, recipe=replace(recipe, compile=False), chunks=[[0, 1], [2]], progress=False)
+    for (_, a), (_, b), (_, c) in zip(got, same, eager):
+        assert all(torch.equal(p, q) for p, q in zip(b.weights, c.weights))  # the fallback is eager exactly
+        assert all(torch.allclose(p, q, rtol=1e-3, atol=1e-5) for p, q in zip(a.weights, c.weights))

@@ -39,7 +39,7 @@ COMPILE_MODE = "default"
 RECOMPILE_LIMIT = 4096
 
 _FAILED: dict = {}  # (input shapes, dtype, autocast) -> reason: shapes that run eagerly
-_WARNED: set = set()  # reasons already warned about in this process
+_WARNED: set = set()  # what was already warned about in this process
 
 
 def compile_unavailable(device) -> str | None:
@@ -71,7 +71,8 @@ def forward_fn(net, *, enabled: bool, device):
     :class:`_Compiled` wrapper with the same signature ``(x, mask=None) -> logits``."""
     if not _can_compile(enabled, device):
         return net
-    return _Compiled(net, "the forward pass", tuple(tuple(p.shape) for p in net.parameters()))
+    # the architecture: every parameter's shape for one model (the first dimension is the model's)
+    return _Compiled(net, "the forward pass", tuple(tuple(p.shape[1:]) for p in net.parameters()))
 
 
 def step_fn(fn, *, enabled: bool, device):
@@ -122,9 +123,13 @@ class _Compiled:
             try:
                 return self.fn(*args)
             except TorchDynamoException as exc:  # raised while compiling, before anything ran
-                _FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                line = str(exc).splitlines()[0] if str(exc) else ""
+                _FAILED[key] = f"{type(exc).__name__}: {line[:200]}"
                 shape = "" if first is None else f" with inputs of shape {tuple(first.shape)}"
-                _warn(f"torch.compile failed for {self.what}{shape} ({_FAILED[key]}): it runs eagerly for them")
+                # said once per function: a module that cannot compile fails for every shape
+                _warn(f"torch.compile failed for {self.what}{shape} ({_FAILED[key]}): it runs eagerly for "
+                      "them, and for any other shape that fails (not reported again)",
+                      once_for=(self.what, self.signature))
         return self.eager(*args)
 
 
@@ -152,7 +157,9 @@ def _first_tensor(value):
     return None
 
 
-def _warn(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
+def _warn(message: str, *, once_for=None) -> None:
+    """Warn once per ``once_for`` (default: per message) in this process."""
+    key = message if once_for is None else once_for
+    if key not in _WARNED:
+        _WARNED.add(key)
         warnings.warn(message, CompileFallbackWarning, stacklevel=3)
