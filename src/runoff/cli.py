@@ -339,7 +339,7 @@ def _add_recipe_options(p) -> None:
                    help="fp32 (default) or bf16: forward passes under bfloat16 autocast (weights, BatchNorm statistics "
                         "and the optimizer in float32); recorded in the run, a resume with another is refused")
     r.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
-                   help="run the training step through torch.compile (one static graph per batch shape: 15-30 s "
+                   help="run the training step through torch.compile (one static graph per batch shape: 15-80 s "
                         "to compile each, then 1.1-1.4x faster NiN training on a CPU); eager with a warning where torch "
                         "cannot compile; recorded in the run, a resume with another is refused")
     r.add_argument("--recipe", default=None, metavar="FILE.toml",
