@@ -141,3 +141,12 @@ def test_a_run_without_the_record_computes_every_logit(tmp_path, digits, compute
     (tmp_path / "run" / "logit-sources.json").write_text("{not json")  # unreadable: recomputed, no error
     assert update_run(tmp_path / "run", progress=False).kept_logits == []
     assert torch.equal(torch.from_numpy(RunFolder(tmp_path / "run").read_logits()[0]), torch.from_numpy(first.scores))
+
+
+def test_rerunning_a_finished_run_computes_no_logit(tmp_path, digits, computed):
+    src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
+    first = train_run(tmp_path / "run", dataset=src, **OPTS)
+    computed.clear()
+    again = train_run(tmp_path / "run", dataset=src, **OPTS)
+    assert computed == [] and again.summary.already_done == K
+    np.testing.assert_array_equal(again.scores, first.scores)

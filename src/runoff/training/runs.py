@@ -193,9 +193,19 @@ def train_run(
                           seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
                           progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
-                          fingerprints=fingerprints)
+                          fingerprints=fingerprints, earlier_logits=_earlier_logits(folder, fresh, chunks, test, plan))
         trained = backend.train(job)
     return finish_run(folder, backend, job, trained, started=t0)
+
+
+def _earlier_logits(folder: RunFolder, fresh: bool, chunks, test, plan):
+    """The test logits a rerun of a finished run need not compute again (its chunks restored
+    from the very files they were computed from: :mod:`runoff.training.logit_sources`)."""
+    if fresh:
+        return None
+    from .logit_sources import reusable_columns
+
+    return reusable_columns(folder.previous_logits(), chunks, test.images, test.labels, plan.n_models) or None
 
 
 def finish_run(folder: RunFolder, backend: Backend, job: TrainingJob, trained: TrainedChunks, *,
