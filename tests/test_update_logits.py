@@ -150,3 +150,25 @@ def test_rerunning_a_finished_run_computes_no_logit(tmp_path, digits, computed):
     again = train_run(tmp_path / "run", dataset=src, **OPTS)
     assert computed == [] and again.summary.already_done == K
     np.testing.assert_array_equal(again.scores, first.scores)
+
+
+def test_an_update_of_a_new_run_does_not_search_its_checkpoints_for_older_versions(tmp_path, digits, monkeypatch):
+    from runoff.training import checkpoints
+
+    src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
+    train_run(tmp_path / "run", dataset=src, **OPTS)
+    folder = RunFolder(tmp_path / "run")
+    assert folder.checkpoints_chunk_keyed()  # a new run writes chunk-keyed checkpoints only
+    reads = []
+    real = checkpoints.load_checkpoint
+    monkeypatch.setattr(checkpoints, "load_checkpoint", lambda path: reads.append(path) or real(path))
+    x2, y2 = one_edit(digits)
+    write_npz(tmp_path / "data.npz", x2, y2, digits)
+    res = update_run(tmp_path / "run", progress=False)
+    assert reads == [] and res.upgraded == 0  # no pass over every file before training
+    assert folder.checkpoints_chunk_keyed()
+    # an older run (subsets.json written by a rerun) is searched, once, and says so afterwards
+    folder.write_subsets(folder.read_subsets(K))
+    assert not folder.checkpoints_chunk_keyed()
+    update_run(tmp_path / "run", progress=False)
+    assert len(reads) == K // CHUNK and folder.checkpoints_chunk_keyed()

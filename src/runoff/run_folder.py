@@ -176,13 +176,25 @@ class RunFolder:
                                     "fingerprints (corrupt?)")
         return list(fps)
 
-    def write_subsets(self, fingerprints) -> Path:
-        """Write ``subsets.json`` (one fingerprint per base model), atomically."""
+    def write_subsets(self, fingerprints, *, chunk_keyed: bool = False) -> Path:
+        """Write ``subsets.json`` (one fingerprint per base model), atomically.
+
+        ``chunk_keyed``: every checkpoint the folder holds or will hold carries a chunk key
+        (a new run, or after ``runoff update``), so an update need not look for version-1
+        files to upgrade (:meth:`checkpoints_chunk_keyed`)."""
         obj = {"format": _SUBSETS_FORMAT, "version": 1,
                "rule": "sha256 over the image shape and each sample's sha256 (label, pixels), canonical order",
-               "fingerprints": list(fingerprints)}
+               "fingerprints": list(fingerprints), "checkpoints_chunk_keyed": bool(chunk_keyed)}
         atomic_write_text(self.subsets_path, json.dumps(obj, indent=1) + "\n")
         return self.subsets_path
+
+    def checkpoints_chunk_keyed(self) -> bool:
+        """Whether ``subsets.json`` says that every checkpoint carries a chunk key (False when
+        it does not say so, or cannot be read: the update then checks every file)."""
+        try:
+            return json.loads(self.subsets_path.read_text()).get("checkpoints_chunk_keyed") is True
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return False
 
     # ------------------------------------------------------------------ logits
     def read_logits(self) -> tuple[np.ndarray, np.ndarray]:

@@ -187,8 +187,8 @@ def train_run(
                          checkpoint_dir=None if fresh else folder.checkpoint_dir)
         if fresh:
             folder.write_plan(plan)
-        if not recorded:
-            folder.write_subsets(fingerprints)
+        if not recorded:  # a new run writes only chunk-keyed checkpoints; an older one may hold others
+            folder.write_subsets(fingerprints, chunk_keyed=fresh)
         job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
                           seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),

@@ -166,7 +166,8 @@ def update_run(
                                      download=download)
         new_fps = new.subset_fingerprints(train, check=False)
         chunks = _layout(new, run_recipe, device=device, chunk_size=None, checkpoint_dir=folder.checkpoint_dir)
-        upgraded = _upgrade_checkpoints(folder, old, old_fps)
+        # (every file is read to find version-1 ones, unless the run says it has none)
+        upgraded = 0 if folder.checkpoints_chunk_keyed() else _upgrade_checkpoints(folder, old, old_fps)
         earlier = reusable_columns(folder.previous_logits(), chunks, test.images, test.labels, new.n_models)
         if new != old:  # outputs of the old models must not outlive them if this call stops half-way
             folder.set_logits_aside()  # (their columns of unchanged models stay usable, even after a stop)
@@ -180,7 +181,7 @@ def update_run(
         trained = backend.train(job)
     res = finish_run(folder, backend, job, trained, started=t0)
     folder.drop_logits_set_aside()
-    folder.write_subsets(new_fps)
+    folder.write_subsets(new_fps, chunk_keyed=True)  # older files were upgraded or trained again
     done = {True: [], False: []}  # chunks trained in this call, chunks kept
     for c in trained.chunks:
         done[c.start_epoch < run_recipe.epochs].append(c)
