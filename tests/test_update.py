@@ -126,26 +126,29 @@ def test_update_without_changes_retrains_and_rewrites_nothing(tmp_path, digits):
     assert np.array_equal(res.scores, first.scores)
 
 
+def interrupt_update(run, monkeypatch) -> None:
+    """Run an update of ``run`` that dies right after saving its first retrained chunk."""
+    real = trainer.train_chunk
+
+    def dies_after_training(*args, **kwargs):
+        res = real(*args, **kwargs)
+        if res.trained:  # the first retrained chunk is saved, then the process "dies"
+            raise RuntimeError("killed")
+        return res
+
+    monkeypatch.setattr(trainer, "train_chunk", dies_after_training)
+    with pytest.raises(RuntimeError, match="killed"):
+        update_run(run, progress=False)
+    monkeypatch.setattr(trainer, "train_chunk", real)
+
+
 def test_interrupted_update_is_finished_by_running_it_again(tmp_path, digits, monkeypatch):
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     train_run(tmp_path / "run", dataset=src, **OPTS)
     RunFolder(tmp_path / "run").write_text("json", json.dumps({"methods": {"dpa": {}}}))
     x2, y2 = changed_data(digits)
     write_npz(tmp_path / "data.npz", x2, y2, digits)
-    real = trainer.train_chunk
-    calls = []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        res = real(*args, **kwargs)
-        if res.trained:  # the first retrained chunk is saved, then the process "dies"
-            raise RuntimeError("killed")
-        return res
-
-    monkeypatch.setattr(trainer, "train_chunk", failing)
-    with pytest.raises(RuntimeError, match="killed"):
-        update_run(tmp_path / "run", progress=False)
-    monkeypatch.setattr(trainer, "train_chunk", real)
+    interrupt_update(tmp_path / "run", monkeypatch)
     # the old models' outputs are gone, and nothing loads a half-updated run as if it were whole
     assert not (tmp_path / "run" / "logits.npz").exists() and not (tmp_path / "run" / "report.json").exists()
     with pytest.raises(RunDirectoryError, match="interrupted"):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_update import CHUNK, K, OPTS, write_npz
+from test_update import CHUNK, K, OPTS, interrupt_update, write_npz
 
 from runoff.data.datasets import load_dataset
 from runoff.run_folder import RunFolder
@@ -106,18 +106,7 @@ def test_an_interrupted_update_still_keeps_the_valid_logits(tmp_path, digits, co
     train_run(tmp_path / "run", dataset=src, **OPTS)
     x2, y2 = one_edit(digits)
     write_npz(tmp_path / "data.npz", x2, y2, digits)
-    real = trainer.train_chunk
-
-    def dies_after_training(*args, **kwargs):
-        res = real(*args, **kwargs)
-        if res.trained:
-            raise RuntimeError("killed")
-        return res
-
-    monkeypatch.setattr(trainer, "train_chunk", dies_after_training)
-    with pytest.raises(RuntimeError, match="killed"):
-        update_run(tmp_path / "run", progress=False)
-    monkeypatch.setattr(trainer, "train_chunk", real)
+    interrupt_update(tmp_path / "run", monkeypatch)
     run = tmp_path / "run"
     assert not (run / "logits.npz").exists() and not (run / "logit-sources.json").exists()
     assert (run / "update-cache" / "logits.npz").is_file()  # set aside, not the run's logits

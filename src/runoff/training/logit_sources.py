@@ -19,7 +19,8 @@ import numpy as np
 
 from .checkpoints import checkpoint_digest, checkpoint_path
 
-__all__ = ["digest_of_test_set", "logit_sources", "reusable_columns", "kept_logits", "SOURCES_FORMAT"]
+__all__ = ["digest_of_test_set", "logit_sources", "reusable_columns", "kept_logits", "chunk_test_logits",
+           "SOURCES_FORMAT"]
 
 SOURCES_FORMAT = "runoff-logit-sources"
 
@@ -76,8 +77,8 @@ def reusable_columns(previous, chunks, images, labels, n_models: int) -> dict:
     out = {}
     for ids in chunks:
         digest = files.get(checkpoint_path(".", ids).name)
-        if isinstance(digest, str):
-            out[tuple(ids)] = (digest, np.ascontiguousarray(scores[:, list(ids)]))
+        if isinstance(digest, str):  # a view: a chunk's ids are a contiguous range
+            out[tuple(ids)] = (digest, scores[:, ids[0]:ids[-1] + 1])
     return out
 
 
@@ -92,3 +93,19 @@ def kept_logits(candidate, checkpoint_dir, ids, *, start_epoch: int, epochs: int
         return None
     digest, columns = candidate
     return columns if checkpoint_digest(checkpoint_path(checkpoint_dir, ids)) == digest else None
+
+
+def chunk_test_logits(res, plan, images, *, earlier, checkpoint_dir, epochs: int, device):
+    """A trained or restored chunk's test logits, and whether they were kept from before.
+
+    ``res``: the chunk's :class:`~runoff.training.trainer.ChunkResult`; ``earlier``: its
+    entry of :attr:`~runoff.training.backends.TrainingJob.earlier_logits` (or None). The
+    earlier logits when :func:`kept_logits` allows them, else
+    :func:`~runoff.training.trainer.chunk_logits` of its module. Both backends call this.
+    """
+    logits = kept_logits(earlier, checkpoint_dir, res.ids, start_epoch=res.start_epoch, epochs=epochs)
+    if logits is not None:
+        return logits, True
+    from .trainer import chunk_logits
+
+    return chunk_logits(res.net, res.ids, plan, images, device=device), False

@@ -25,8 +25,8 @@ class LocalBackend:
         resolve_device(device)
 
     def train(self, job: TrainingJob) -> TrainedChunks:
-        from ..logit_sources import kept_logits
-        from ..trainer import TrainingSet, chunk_logits, resolve_device, trained_chunks
+        from ..logit_sources import chunk_test_logits
+        from ..trainer import TrainingSet, resolve_device, trained_chunks
 
         dev = resolve_device(job.device)
         out = TrainedChunks(workers=1)
@@ -38,11 +38,8 @@ class LocalBackend:
                                   progress=job.progress, label=job.label,
                                   progress_interval=job.progress_interval, on_nan=job.on_nan,
                                   restart_stale=job.restart_stale):
-            logits = kept_logits(job.earlier(res.ids), job.checkpoint_dir, res.ids, start_epoch=res.start_epoch,
-                                 epochs=job.recipe.epochs)
-            kept = logits is not None
-            if not kept:
-                logits = chunk_logits(res.net, res.ids, job.plan, job.test.images, device=dev)
+            logits, kept = chunk_test_logits(res, job.plan, job.test.images, earlier=job.earlier(res.ids),
+                                             checkpoint_dir=job.checkpoint_dir, epochs=job.recipe.epochs, device=dev)
             out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch,
                                           health=res.health, kept_logits=kept))
         return out

@@ -240,8 +240,8 @@ def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker)
     """Ray task: train (or resume, or just load) one chunk and return its test logits."""
     import torch
 
-    from ..logit_sources import kept_logits
-    from ..trainer import chunk_logits, train_chunk
+    from ..logit_sources import chunk_test_logits
+    from ..trainer import train_chunk
 
     torch.set_num_threads(max(1, spec.threads))
     tracker.start.remote(spec.index)
@@ -259,11 +259,8 @@ def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker)
                       checkpoint_min_interval=spec.checkpoint_min_interval, on_progress=report, on_nan=spec.on_nan,
                       restart_stale=spec.restart_stale, fingerprints=fingerprints)
     # the logits computed before for this very file (checked where it was restored), else computed now
-    logits = kept_logits(spec.earlier, spec.checkpoint_dir, spec.ids, start_epoch=res.start_epoch,
-                         epochs=spec.recipe.epochs)
-    kept = logits is not None
-    if not kept:
-        logits = chunk_logits(res.net, spec.ids, plan, test_images, device=spec.device)
+    logits, kept = chunk_test_logits(res, plan, test_images, earlier=spec.earlier, checkpoint_dir=spec.checkpoint_dir,
+                                     epochs=spec.recipe.epochs, device=spec.device)
     final = checkpoint_path(spec.checkpoint_dir, spec.ids).read_bytes() if res.trained else None
     return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final,
             "health": res.health, "kept_logits": kept}
