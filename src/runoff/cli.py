@@ -368,8 +368,10 @@ def _add_train(sub) -> None:
     p.add_argument("--versions", type=int, default=None,
                    help="DPA*: train this many seed versions of the same partitions and sum their logits")
     p.add_argument("--version", type=int, default=1, help="ensemble version v: model j is seeded (j+1)*v*v")
-    p.add_argument("--hash", default="pixelsum", type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}",
-                   help="partition hash: pixelsum (reference) or sha256 (attacker cannot pick the bucket)")
+    p.add_argument("--hash", default=None, type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}",
+                   help="partition hash: pixelsum (the published partitions; default for the paper's data sets) or "
+                        "sha256 (default for folder: and npz: data; no pixel statistic can empty a subset, and an "
+                        "attacker cannot pick the bucket)")
     p.add_argument("--out", required=True, help="run folder to create or resume")
     p.add_argument("--json", action="store_true",
                    help="print the end-of-run summary as JSON (models trained, resumed, kept, flagged, time, "
@@ -1039,10 +1041,10 @@ def main(argv=None) -> int:
 def _warning_printer(show):
     """A ``warnings.showwarning`` that prints runoff's own warnings as one line
     ``runoff: warning: ...`` and hands the others to ``show``."""
-    from .errors import CompileFallbackWarning
+    from .errors import RunoffWarning
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, CompileFallbackWarning):
+        if issubclass(category, RunoffWarning):
             print(f"runoff: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)

@@ -15,12 +15,17 @@ __all__ = [
     "InvalidParameterError",
     "LogitsFileError",
     "RunDirectoryError",
+    "RunLockedError",
+    "RunUnfinishedError",
     "CheckpointError",
     "DataFileError",
     "BackendError",
     "TrainingDivergedError",
     "MissingDependencyError",
+    "RunoffWarning",
     "CompileFallbackWarning",
+    "UnevenPlanWarning",
+    "StaleLockWarning",
     "require",
     "one_line",
 ]
@@ -60,6 +65,16 @@ class RunDirectoryError(RunoffError):
     """A run directory is missing, belongs to another plan, or would be overwritten."""
 
 
+class RunLockedError(RunDirectoryError):
+    """Another process is writing into the run folder (``runoff train``, ``update`` or
+    ``evaluate``); the message names it. One writer per run folder at a time."""
+
+
+class RunUnfinishedError(RunDirectoryError):
+    """The run folder holds an unfinished run: training or an update was stopped (or is still
+    going on); the message says which, and the command that finishes it."""
+
+
 class CheckpointError(RunoffError):
     """A checkpoint is corrupt or does not match the run it is loaded into."""
 
@@ -87,7 +102,22 @@ class MissingDependencyError(RunoffError, ImportError):
     working."""
 
 
-class CompileFallbackWarning(RuntimeWarning):
+class RunoffWarning(UserWarning):
+    """Base class of runoff's warnings; the command line prints each as one line
+    ``runoff: warning: ...``."""
+
+
+class UnevenPlanWarning(RunoffWarning):
+    """A partition plan gives some base models no training data, or very uneven amounts
+    (the pixel-sum hash on data whose pixel sums share a factor with k, or k close to the
+    number of samples). Certificates stay sound, but those models vote at random."""
+
+
+class StaleLockWarning(RunoffWarning):
+    """A run folder's lock was left by a process that no longer runs, and was taken over."""
+
+
+class CompileFallbackWarning(RunoffWarning, RuntimeWarning):
     """A recipe asked for compiled training (``compile=True``, ``--compile``) and some or all
     steps run eagerly instead: torch cannot compile here (no C++ compiler, no Triton) or failed
     for a shape. Training goes on; its results agree with compiled training up to rounding."""

@@ -14,10 +14,21 @@ A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff r
       report.json  report.md  certified_accuracy.png    (runoff evaluate)
       v1/ ... vV/          DPA* only: one complete run per seed version; the top folder's
                            plan lists them and its logits are their sum
+      unfinished.json      only while training or an update is unfinished: which, and how
+                           many models are done (readers refuse the run until it is gone)
+      .runoff-lock         only while a writer (train, update, evaluate) works in the folder
+                           (:mod:`runoff.run_lock`)
 
 A folder written by ``runoff report`` holds the same report files and also
 ``certificates_hist.png``. Every other module asks this one for paths and file contents;
 nothing else spells a file name of a run.
+
+**Whole runs.** A reader (``runoff evaluate``, ``report``, ``predict``,
+:class:`~runoff.training.ensemble.Ensemble`) sees a finished run, before or after an update,
+never a mix: :meth:`RunFolder.check_whole` raises
+:class:`~runoff.errors.RunUnfinishedError` while ``unfinished.json`` is there (a writer puts
+it down before it changes any model and removes it once the logits match the models) or
+while the plan has no logits yet, and says which command finishes the run.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import run_lock
 from .atomic import atomic_write, atomic_write_text
-from .errors import LogitsFileError, RunDirectoryError
+from .errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
 
 __all__ = [
     "RunFolder",
@@ -45,6 +57,7 @@ __all__ = [
     "HISTOGRAM_PLOT",
     "SUBSETS_FILE",
     "LOGIT_SOURCES_FILE",
+    "UNFINISHED_FILE",
 ]
 
 PLAN_FILE = "plan.json"
@@ -58,6 +71,9 @@ HISTOGRAM_PLOT = "certificates_hist.png"
 MODELS_FILE = "models.json"
 SUBSETS_FILE = "subsets.json"
 LOGIT_SOURCES_FILE = "logit-sources.json"
+#: Present while training or an update of the run is unfinished (see :meth:`RunFolder.check_whole`)
+UNFINISHED_FILE = "unfinished.json"
+_UNFINISHED_FORMAT = "runoff-unfinished"
 #: Where ``runoff update`` keeps the old logits while it runs (removed when it is done)
 UPDATE_CACHE_DIR = "update-cache"
 _SUBSETS_FORMAT = "runoff-subsets"
@@ -118,8 +134,121 @@ class RunFolder:
         return self.plan_path.is_file()
 
     def is_new(self) -> bool:
-        """No folder, or an empty one."""
-        return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
+        """No folder, or an empty one (its lock file aside)."""
+        return not self.path.exists() or (
+            self.path.is_dir() and not any(p.name != run_lock.LOCK_FILE for p in self.path.iterdir()))
+
+    def entries(self) -> list[str]:
+        """Names in the folder, its lock file aside (sorted)."""
+        return sorted(p.name for p in self.path.iterdir() if p.name != run_lock.LOCK_FILE)
+
+    # ------------------------------------------------------------------ one writer
+    def writing(self, command: str):
+        """Context manager: hold the folder's lock while ``command`` writes into it
+        (:func:`runoff.run_lock.hold`; created if missing, removed again if left empty).
+
+        Raises
+        ------
+        RunLockedError
+            Another process is writing into the folder.
+        """
+        return run_lock.hold(self.path, command)
+
+    def writer(self) -> dict | None:
+        """Who is writing into the folder now (pid, host, command, since), or None."""
+        return run_lock.holder(self.path)
+
+    # ------------------------------------------------------------------ whole runs
+    @property
+    def unfinished_path(self) -> Path:
+        return self.path / UNFINISHED_FILE
+
+    def mark_unfinished(self, operation: str, *, n_models: int, models_done: int = 0, **extra) -> None:
+        """Record that ``operation`` ("train" or "update") is changing the run's models; readers
+        refuse the run until :meth:`mark_finished`. ``extra``: JSON fields the writer wants back
+        when it is rerun (an update's report methods)."""
+        obj = {"format": _UNFINISHED_FORMAT, "operation": operation, "n_models": int(n_models),
+               "models_done": int(models_done), **extra}
+        atomic_write_text(self.unfinished_path, json.dumps(obj) + "\n")
+
+    def models_done(self, n: int) -> None:
+        """Update the unfinished record's count of finished models (after each chunk)."""
+        obj = self.read_unfinished()
+        if obj is not None:
+            obj["models_done"] = int(n)
+            atomic_write_text(self.unfinished_path, json.dumps(obj) + "\n")
+
+    def mark_finished(self) -> None:
+        """The run is whole again: its logits match its models."""
+        with contextlib.suppress(FileNotFoundError):
+            self.unfinished_path.unlink()
+
+    def read_unfinished(self) -> dict | None:
+        """The unfinished record, or None when the run is not marked unfinished (an unreadable
+        record counts as an unfinished training)."""
+        if not self.unfinished_path.is_file():
+            return None
+        try:
+            obj = json.loads(self.unfinished_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            obj = None
+        if not isinstance(obj, dict) or obj.get("operation") not in ("train", "update"):
+            return {"operation": "train"}
+        return obj
+
+    def check_whole(self) -> None:
+        """Raise unless the folder holds a whole, finished run (models and logits that match).
+
+        Raises
+        ------
+        RunUnfinishedError
+            Training or an update is unfinished or going on; the message says which and how to
+            finish it ("rerun the same runoff train command", "rerun runoff update RUN").
+        """
+        message = self.unfinished_message()
+        if message is not None:
+            raise RunUnfinishedError(message)
+
+    def unfinished_message(self) -> str | None:
+        """Why the run is not whole (one line), or None when it is."""
+        record = self.read_unfinished()
+        if record is None and (not self.has_plan() or self.logits_path.is_file()):
+            return None
+        operation = "train" if record is None else record["operation"]
+        writer = self.writer()
+        if writer is not None:
+            what = "training" if operation == "train" else "an update"
+            return (f"{self.path}: {what} of this run is in progress, by {run_lock.describe_holder(writer)}; "
+                    "wait for it to finish")
+        if operation == "update":
+            return f"{self.path}: an update of this run is unfinished: rerun `runoff update {self.path}` to finish it"
+        count = self._models_count(record)
+        return (f"{self.path}: training is unfinished{count}: rerun the same `runoff train` command to resume "
+                "(finished models are kept)")
+
+    def _models_count(self, record) -> str:
+        """`` (N of M models)`` for an unfinished training, when known."""
+        versions = self._versions()
+        if versions:  # DPA*: the versions' counts
+            done = total = 0
+            for v in range(1, versions + 1):
+                sub = self.version(v)
+                rec = sub.read_unfinished()
+                n = _n_models(sub)
+                if n is None:
+                    return ""
+                total += n
+                done += n if rec is None and sub.logits_path.is_file() else int((rec or {}).get("models_done", 0))
+            return f" ({done} of {total} models)"
+        if record is not None and "n_models" in record:
+            return f" ({int(record.get('models_done', 0))} of {int(record['n_models'])} models)"
+        return ""
+
+    def _versions(self) -> int:
+        try:
+            return int((self.read_plan_json().get("training") or {}).get("versions") or 0)
+        except (RunDirectoryError, TypeError, ValueError, AttributeError):
+            return 0
 
     def check_is_folder(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -207,11 +336,14 @@ class RunFolder:
 
         Raises
         ------
+        RunUnfinishedError
+            Training or an update of the run is unfinished (:meth:`check_whole`).
         LogitsFileError
             Missing or unreadable file, no labels, or inconsistent shapes.
         """
         from .logits_io import load_logits
 
+        self.check_whole()
         if not self.logits_path.is_file():
             raise LogitsFileError(f"no logits file at {self.logits_path}")
         scores, labels = load_logits(self.logits_path)
@@ -308,6 +440,13 @@ class RunFolder:
         path = self.report_path(kind)
         atomic_write_text(path, text)
         return path
+
+
+def _n_models(folder: RunFolder) -> int | None:
+    try:
+        return int(folder.read_plan_json()["n_models"])
+    except (RunDirectoryError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _logits_with_sources(logits_path: Path, sources_path: Path):

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,13 +51,14 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..checks import check_choice, check_int, invalid
-from ..errors import InvalidParameterError, RunDirectoryError
+from ..errors import InvalidParameterError, RunDirectoryError, UnevenPlanWarning
 from ..run_folder import PLAN_FILE
 from ..spread import bucket_models, model_subsets, reference_spread, validate_spread
 from .datasets import Dataset
 
 __all__ = [
     "IMAGE_HASHES",
+    "OWN_DATA_HASH",
     "PLAN_FILE",
     "STD_RULES",
     "PartitionPlan",
@@ -65,11 +67,19 @@ __all__ = [
     "hash_samples",
     "subset_fingerprints",
     "make_plan",
+    "default_hash",
+    "uneven_subsets",
 ]
 
 #: Known content hashes of images (see the module docstring for what each means for an
 #: attacker). The scikit-learn estimator hashes table rows instead (``runoff.sklearn.ROW_HASHES``).
 IMAGE_HASHES = ("pixelsum", "sha256")
+#: The default hash of one's own data (``folder:``, ``npz:``): no pixel statistic of the data
+#: can collapse it onto a few buckets. The paper's data sets keep ``"pixelsum"``, the published
+#: partitions.
+OWN_DATA_HASH = "sha256"
+#: A plan warns when its largest subset holds more than this many times the mean.
+UNEVEN_RATIO = 4.0
 #: How a subset's std is computed: ``"sample"`` (n - 1, the published rule and runoff's) or
 #: ``"population"`` (n), the rule of plans written before runoff recorded one; those have no
 #: ``std_rule`` field, and a population-rule plan is written without one, so that their
@@ -130,6 +140,49 @@ def hash_samples(images, labels, *, n_buckets: int, method: str = "pixelsum", pi
             h.update(flat[i].tobytes())
             out[i] = int.from_bytes(h.digest(), "big") % n_buckets
         return out
+
+
+def default_hash(dataset) -> str:
+    """The hash a plan of ``dataset`` uses when none is asked for.
+
+    ``"sha256"`` for one's own data (``folder:PATH``, ``npz:FILE``, or a data set name derived
+    from them such as ``"folder:PATH/train"``): pixel sums of real data sets often share a
+    factor with k (binary images, upsampled images, constant borders), which leaves most
+    subsets empty. ``"pixelsum"`` for the paper's data sets, as the published code partitions
+    them.
+    """
+    own = isinstance(dataset, str) and dataset.startswith(("folder:", "npz:"))
+    return OWN_DATA_HASH if own else "pixelsum"
+
+
+def uneven_subsets(sizes, *, hash: str | None = None) -> str | None:
+    """What is wrong with a plan's subset sizes, for people, or None when they are even enough.
+
+    A plan is uneven when a base model's subset is empty, or when the largest subset holds
+    more than :data:`UNEVEN_RATIO` times the mean.
+
+    Parameters
+    ----------
+    sizes : array-like of int, shape (n_models,)
+        Training samples of each base model.
+    hash : str, optional
+        The plan's hash, to suggest the remedy that fits.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.size == 0:
+        return None
+    mean = float(sizes.mean())
+    empty = int(np.count_nonzero(sizes == 0))
+    if empty == 0 and sizes.max() <= UNEVEN_RATIO * mean:
+        return None
+    what = (f"{empty} of {sizes.size} base models get no training data" if empty else
+            f"the largest subset holds {int(sizes.max())} samples, {sizes.max() / mean:.1f}x the mean of {mean:.1f}")
+    if hash == "pixelsum":
+        fix = ("the pixelsum hash follows the images' pixel sums, which can share a factor with k: "
+               "use --hash sha256 (hash='sha256')")
+    else:
+        fix = f"fewer partitions would give each model more data (mean {mean:.1f} samples per model)"
+    return f"uneven partition: {what}; {fix}"
 
 
 def content_order(images, labels) -> np.ndarray:
@@ -504,9 +557,10 @@ def make_plan(
     k: int,
     d: int = 1,
     spread=None,
-    hash: str = "pixelsum",
+    hash: str | None = None,
     training: dict | None = None,
     std_rule: str = "sample",
+    warn: bool = True,
 ) -> PartitionPlan:
     """Build the partition plan of a training set.
 
@@ -520,13 +574,17 @@ def make_plan(
         Spread degree (1 for DPA, > 1 for FA); ``k*d`` base models.
     spread : sequence of int, optional
         ``d`` distinct shifts in ``[0, k*d)``; default :func:`runoff.spread.reference_spread`.
-    hash : {"pixelsum", "sha256"}, default "pixelsum"
-        Content hash (see the module docstring).
+    hash : {"pixelsum", "sha256"}, optional
+        Content hash (see the module docstring); default :func:`default_hash` of the data
+        set's name: ``"sha256"`` for one's own data, ``"pixelsum"`` for the paper's data sets.
     training : dict, optional
         Recorded in the plan as is (see :class:`PartitionPlan`).
     std_rule : {"sample", "population"}, default "sample"
         Each subset's per-channel std: sample std (``n - 1``, the published rule) or population
         std (``n``, the rule of plans made before runoff recorded it).
+    warn : bool, default True
+        Warn (:class:`~runoff.errors.UnevenPlanWarning`) when a subset is empty or the largest
+        holds more than 4x the mean (:func:`uneven_subsets`).
 
     Returns
     -------
@@ -543,7 +601,7 @@ def make_plan(
     if k > n:
         raise invalid("k", f"an integer in [1, {n}] (the training set has {n} samples)", k)
     d = check_int(d, "d", low=1)
-    hash = check_choice(hash, "hash", IMAGE_HASHES)
+    hash = check_choice(default_hash(train.name) if hash is None else hash, "hash", IMAGE_HASHES)
     std_rule = check_choice(std_rule, "std_rule", STD_RULES)
     m = k * d
     spread = reference_spread(k, d) if spread is None else spread
@@ -555,8 +613,13 @@ def make_plan(
     buckets = hash_samples(images, labels, n_buckets=m, method=hash, pixel_sums=sums)
     mean, std = _subset_stats(images, buckets, spread, m, std_rule)
     name = train.name.rsplit("/", 1)[0]  # "digits/train" -> "digits"; "folder:/data/pets/train" -> "folder:/data/pets"
-    return PartitionPlan(
+    plan = PartitionPlan(
         dataset=name, k=k, d=d, spread=spread, hash=hash, n_classes=train.n_classes,
         image_shape=tuple(train.image_shape), fingerprint=dataset_fingerprint(images, labels),
         buckets=buckets, mean=mean, std=std, training=training, std_rule=std_rule,
     )
+    problem = uneven_subsets([len(s) for s in plan.subsets], hash=hash) if warn else None
+    if problem is not None:
+        warnings.warn(f"{name}, k={k}" + (f", d={d}" if d > 1 else "") + f": {problem}", UnevenPlanWarning,
+                      stacklevel=2)
+    return plan

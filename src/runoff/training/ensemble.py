@@ -33,7 +33,7 @@ from ..errors import (
     one_line,
     require,
 )
-from ..run_folder import PLAN_FILE
+from ..run_folder import PLAN_FILE, RunFolder
 
 __all__ = ["Ensemble", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
@@ -97,8 +97,10 @@ class Ensemble:
         ------
         RunDirectoryError
             No such folder, no or unreadable ``plan.json``, no checkpoints, models missing,
-            a DPA* version folder missing, or training not finished (resume it with the same
-            ``runoff train`` command).
+            a DPA* version folder missing.
+        RunUnfinishedError
+            Training or an update of the run is unfinished or going on: resume it with the same
+            ``runoff train`` command, or finish it with ``runoff update RUN``.
         CheckpointError
             A checkpoint is corrupt or belongs to another plan or recipe.
         InvalidParameterError
@@ -117,6 +119,7 @@ class Ensemble:
                     "resume it by running the same `runoff train` command"
                 )
             raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
+        RunFolder(run_dir).check_whole()  # never a mix of models before and after an update
         plan = PartitionPlan.load(run_dir)
         if (plan.training or {}).get("versions") is not None:
             members = _load_versions(run_dir, plan, dev)
@@ -279,7 +282,7 @@ class Ensemble:
 # ---------------------------------------------------------------------------- loading runs
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
-    from ..run_folder import CHECKPOINT_DIR, RunFolder
+    from ..run_folder import CHECKPOINT_DIR
     from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
     from .trainer import Recipe, _Chunk
 

@@ -16,12 +16,14 @@ import math
 
 import numpy as np
 
-__all__ = ["DIVERGED", "AT_CHANCE", "RunHealth", "MODELS_FORMAT", "describe", "describe_flags"]
+__all__ = ["DIVERGED", "AT_CHANCE", "EMPTY_SUBSET", "RunHealth", "MODELS_FORMAT", "describe", "describe_flags"]
 
 #: Flag of a model whose training loss stopped being finite.
 DIVERGED = "diverged"
 #: Flag of a model whose training accuracy is no better than its subset's majority share.
 AT_CHANCE = "at chance"
+#: Flag of a model whose training subset is empty (it never saw a sample: its vote is noise).
+EMPTY_SUBSET = "empty subset"
 MODELS_FORMAT = "runoff-models"
 
 
@@ -42,21 +44,25 @@ class RunHealth:
         recorded them), and the share of the subset's most frequent label.
     diverged : iterable of int
         Models whose loss stopped being finite.
+    sizes : array-like of int, shape (n_models,), optional
+        Training samples of each model's subset (None: not recorded).
     """
 
-    def __init__(self, loss, accuracy, majority, diverged=()):
+    def __init__(self, loss, accuracy, majority, diverged=(), sizes=None):
         self.loss = np.asarray(loss, dtype=np.float64)
         self.accuracy = np.asarray(accuracy, dtype=np.float64)
         self.majority = np.asarray(majority, dtype=np.float64)
         self.diverged = sorted({int(j) for j in diverged})
+        self.sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64)
 
     @property
     def n_models(self) -> int:
         return int(self.loss.shape[0])
 
     @classmethod
-    def from_chunks(cls, chunks, n_models: int) -> "RunHealth":
-        """Gather the ``health`` of each chunk (``ChunkLogits``); missing figures stay NaN."""
+    def from_chunks(cls, chunks, n_models: int, sizes=None) -> "RunHealth":
+        """Gather the ``health`` of each chunk (``ChunkLogits``); missing figures stay NaN.
+        ``sizes``: each model's subset size (the plan's)."""
         loss, acc, maj = (np.full(n_models, np.nan) for _ in range(3))
         diverged = []
         for chunk in chunks:
@@ -66,14 +72,16 @@ class RunHealth:
             ids = list(h["ids"])
             loss[ids], acc[ids], maj[ids] = h["loss"], h["accuracy"], h["majority"]
             diverged += h["diverged"]
-        return cls(loss, acc, maj, diverged)
+        return cls(loss, acc, maj, diverged, sizes=sizes)
 
     def flags(self) -> dict[int, str]:
         """``{model: reason}`` of the models to distrust, by model id."""
         out = {}
         for j in range(self.n_models):
             loss, acc = self.loss[j], self.accuracy[j]
-            if j in self.diverged or (not math.isnan(loss) and not math.isfinite(loss)):
+            if self.sizes is not None and self.sizes[j] == 0:
+                out[j] = EMPTY_SUBSET
+            elif j in self.diverged or (not math.isnan(loss) and not math.isfinite(loss)):
                 out[j] = DIVERGED
             elif not math.isnan(acc) and acc <= self.majority[j]:
                 out[j] = AT_CHANCE
@@ -105,6 +113,7 @@ class RunHealth:
         body = {"format": MODELS_FORMAT, "version": 1, "n_models": self.n_models,
                 "loss": listed(self.loss), "train_accuracy": listed(self.accuracy),
                 "majority_share": listed(self.majority), "diverged": self.diverged,
+                **({} if self.sizes is None else {"subset_size": [int(v) for v in self.sizes]}),
                 "flagged": self.flagged()}
         return ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()).join(("{\n", "\n}\n"))
 
@@ -116,8 +125,11 @@ class RunHealth:
             if obj.get("format") != MODELS_FORMAT or obj.get("version") != 1:
                 raise ValueError("not a runoff models file")
             n = int(obj["n_models"])
+            sizes = obj.get("subset_size")  # absent from files written before it was recorded
+            if sizes is not None and len(sizes) != n:
+                raise ValueError(f"subset_size has {len(sizes)} entries for {n} models")
             health = cls(_floats(obj["loss"], n), _floats(obj["train_accuracy"], n),
-                         _floats(obj["majority_share"], n), obj["diverged"])
+                         _floats(obj["majority_share"], n), obj["diverged"], sizes=sizes)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{source}: unreadable model health ({exc})") from None
         # a loss recorded as null for a diverged model was not finite

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_choice, check_int, check_number
-from ..errors import InvalidParameterError, RunDirectoryError
+from ..errors import InvalidParameterError, RunDirectoryError, RunUnfinishedError
 from ..run_folder import RunFolder
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
 from .health import RunHealth
@@ -63,7 +63,7 @@ def train_run(
     d: int = 1,
     epochs: int | None = None,
     seed_version: int = 1,
-    hash: str = "pixelsum",
+    hash: str | None = None,
     device: str = "cpu",
     progress: bool = True,
     chunk_size: int | None = None,
@@ -87,7 +87,9 @@ def train_run(
     run_dir : path-like
         Created if missing. If it holds a ``plan.json`` of the same plan (same data, k, d,
         hash, spread, recipe, seed version), the run resumes from its checkpoints; a finished
-        run just returns its logits.
+        run just returns its logits. The folder's lock is held while the call writes into it
+        (:mod:`runoff.run_lock`); until the logits are written, readers are told that
+        training is unfinished (:meth:`~runoff.run_folder.RunFolder.check_whole`).
     dataset : str, default "digits"
         Registered data set name (:data:`runoff.data.datasets.DATASETS`), ``"folder:PATH"``
         or ``"npz:FILE"`` (one's own data, :mod:`runoff.data.custom`).
@@ -99,7 +101,11 @@ def train_run(
         Overrides the recipe's epochs (milestones scaled in proportion).
     seed_version : int, default 1
         Model ``j`` is seeded with ``(j+1) * v * v``.
-    hash : {"pixelsum", "sha256"}, default "pixelsum"
+    hash : {"pixelsum", "sha256"}, optional
+        Partition hash. Default: ``"sha256"`` for one's own data (``folder:``, ``npz:``),
+        ``"pixelsum"`` (the published partitions) for the paper's data sets
+        (:func:`runoff.data.partition.default_hash`). A plan with empty or very uneven subsets
+        warns (:class:`~runoff.errors.UnevenPlanWarning`).
     device : {"cpu", "cuda", "cuda:N"}, default "cpu"
     progress : bool, default True
         Show progress: a rich bar on a terminal; plain lines (at most one every
@@ -164,6 +170,10 @@ def train_run(
         Ray unreachable or short of resources, or chunks that failed.
     RunDirectoryError
         ``run_dir`` holds another plan, or files but no plan.
+    RunLockedError
+        Another process is writing into ``run_dir``.
+    RunUnfinishedError
+        An update of the run in ``run_dir`` is unfinished (finish it with ``runoff update``).
     CheckpointError
         A checkpoint in ``run_dir`` is corrupt.
     """
@@ -181,21 +191,42 @@ def train_run(
                                                   seed_version=seed_version, hash=hash, spread=spread,
                                                   data_root=data_root, image_size=image_size,
                                                   download=download, model=model)
-        fresh = _check_run_folder(folder, plan, train)
-        fingerprints, recorded = _check_subsets(folder, plan, train, fresh=fresh)
-        chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
-                         checkpoint_dir=None if fresh else folder.checkpoint_dir)
-        if fresh:
-            folder.write_plan(plan)
-        if not recorded:  # a new run writes only chunk-keyed checkpoints; an older one may hold others
-            folder.write_subsets(fingerprints, chunk_keyed=fresh)
-        job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
-                          seed_version=int(seed_version), device=str(device), checkpoint_dir=folder.checkpoint_dir,
-                          checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
-                          progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
-                          fingerprints=fingerprints, earlier_logits=_earlier_logits(folder, fresh, chunks, test, plan))
-        trained = backend.train(job)
-    return finish_run(folder, backend, job, trained, started=t0)
+        with folder.writing("runoff train"):  # one writer: the check and the writes are one step
+            fresh = _check_run_folder(folder, plan, train)
+            fingerprints, recorded = _check_subsets(folder, plan, train, fresh=fresh)
+            chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
+                             checkpoint_dir=None if fresh else folder.checkpoint_dir)
+            whole = not fresh and folder.unfinished_message() is None  # a rerun of a finished run
+            if fresh:
+                folder.write_plan(plan)
+            if not whole:  # readers are told training is unfinished until the logits are written
+                folder.mark_unfinished("train", n_models=plan.n_models)
+            if not recorded:  # a new run writes only chunk-keyed checkpoints; an older one may hold others
+                folder.write_subsets(fingerprints, chunk_keyed=fresh)
+            job = TrainingJob(plan=plan, train=train, test=test, chunks=chunks, recipe=recipe,
+                              seed_version=int(seed_version), device=str(device),
+                              checkpoint_dir=folder.checkpoint_dir, checkpoint_every=int(checkpoint_every),
+                              checkpoint_min_interval=float(checkpoint_min_interval), progress=progress,
+                              label=label, on_nan=on_nan, progress_interval=float(progress_interval),
+                              fingerprints=fingerprints,
+                              earlier_logits=_earlier_logits(folder, fresh, chunks, test, plan),
+                              on_chunk_done=None if whole else ModelsDone(folder))
+            trained = backend.train(job)
+            result = finish_run(folder, backend, job, trained, started=t0)
+            folder.mark_finished()
+    return result
+
+
+class ModelsDone:
+    """``TrainingJob.on_chunk_done`` of a run being trained: counts the finished models in
+    the folder's unfinished record, for readers who ask how far it got."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder, self.done = folder, set()
+
+    def __call__(self, ids) -> None:
+        self.done.update(ids)
+        self.folder.models_done(len(self.done))
 
 
 def _earlier_logits(folder: RunFolder, fresh: bool, chunks, test, plan):
@@ -213,7 +244,7 @@ def finish_run(folder: RunFolder, backend: Backend, job: TrainingJob, trained: T
     """Write what a backend trained into the run folder (test logits, ``models.json``) and
     sum it up; ``started`` is the call's ``time.perf_counter()`` at its start."""
     plan, test = job.plan, job.test
-    health = RunHealth.from_chunks(trained.chunks, plan.n_models)
+    health = RunHealth.from_chunks(trained.chunks, plan.n_models, sizes=[len(s) for s in plan.subsets])
     scores = _assemble(trained, plan, n_test=len(test.labels), silenced=health.diverged)
     labels = test.labels.copy()
     folder.write_logits(scores, labels)
@@ -328,6 +359,9 @@ def _check_model(recipe, train) -> None:
 def _check_run_folder(folder: RunFolder, plan, train) -> bool:
     """Whether ``folder`` is new (True) or holds this very plan (False); else raise."""
     folder.check_is_folder()
+    record = folder.read_unfinished()
+    if record is not None and record["operation"] == "update":  # its plan is the new data's
+        raise RunUnfinishedError(folder.unfinished_message())
     if folder.has_plan():
         old = folder.read_plan()
         if old != plan:
@@ -423,16 +457,21 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     with backend.session():
         backend.check(train_kwargs.get("device", "cpu"))
         top = _dpa_star_plan(dataset, k, versions, train_kwargs)
-        _check_dpa_star_folder(folder, top, versions)
-        folder.write_plan(top)
-        results = [train_run(folder.version(v).path, dataset=dataset, k=k, seed_version=v, progress=progress,
-                             backend=backend, label=f"{label} v{v}/{versions}", **train_kwargs)
-                   for v in range(1, versions + 1)]
-    labels = results[0].labels
-    if any(not np.array_equal(r.labels, labels) for r in results[1:]):
-        raise RunDirectoryError(f"the versions in {folder.path} were evaluated on different test sets")
-    scores = merge_versions([r.scores for r in results])
-    folder.write_logits(scores, labels)
+        with folder.writing("runoff train"):
+            _check_dpa_star_folder(folder, top, versions)
+            whole = folder.has_plan() and folder.unfinished_message() is None
+            folder.write_plan(top)
+            if not whole:  # until the merged logits are written
+                folder.mark_unfinished("train", n_models=versions * top.n_models)
+            results = [train_run(folder.version(v).path, dataset=dataset, k=k, seed_version=v, progress=progress,
+                                 backend=backend, label=f"{label} v{v}/{versions}", **train_kwargs)
+                       for v in range(1, versions + 1)]
+            labels = results[0].labels
+            if any(not np.array_equal(r.labels, labels) for r in results[1:]):
+                raise RunDirectoryError(f"the versions in {folder.path} were evaluated on different test sets")
+            scores = merge_versions([r.scores for r in results])
+            folder.write_logits(scores, labels)
+            folder.mark_finished()
     summary = TrainingSummary.total(r.summary for r in results)
     return RunResult(run_dir=folder.path, plan=top, scores=scores, labels=labels, summary=summary)
 
@@ -441,7 +480,7 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
     """The top folder's plan of DPA*: the versions' partitions, with every version listed."""
     plan, _train, _test, _recipe = _prepare_plan(
         dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"), seed_version=1,
-        hash=train_kwargs.get("hash", "pixelsum"), spread=train_kwargs.get("spread"),
+        hash=train_kwargs.get("hash"), spread=train_kwargs.get("spread"),
         data_root=train_kwargs.get("data_root"), image_size=train_kwargs.get("image_size"),
         download=train_kwargs.pop("download", False), model=train_kwargs.get("model"))
     training = dict(plan.training or {}, seed_version=None, versions=versions,
@@ -452,6 +491,9 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
 def _check_dpa_star_folder(folder: RunFolder, top, versions: int) -> None:
     """Refuse a folder that holds anything but this DPA* run (checked before any training)."""
     folder.check_is_folder()
+    record = folder.read_unfinished()
+    if record is not None and record["operation"] == "update":
+        raise RunUnfinishedError(folder.unfinished_message())
     if folder.has_plan():
         old = folder.read_plan()
         if old != top:
@@ -460,7 +502,7 @@ def _check_dpa_star_folder(folder: RunFolder, top, versions: int) -> None:
                                     "choose another output folder")
         return
     if folder.path.is_dir():
-        extra = sorted(p.name for p in folder.path.iterdir() if p.name not in folder.version_names(versions))
+        extra = [name for name in folder.entries() if name not in folder.version_names(versions)]
         if extra:
             raise RunDirectoryError(f"{folder.path} is not empty and holds no plan.json ({', '.join(extra[:3])}); "
                                     "refusing to write into it")

@@ -141,6 +141,14 @@ def update_run(
         Not a run folder, a run without ``subsets.json`` (trained before runoff recorded it:
         rerun ``runoff train`` with its own data once), or new data of other classes or image
         shape.
+    RunLockedError
+        Another process is writing into the run folder.
+
+    Notes
+    -----
+    From the moment the first model changes until the new logits and ``subsets.json`` are
+    written, the folder is marked unfinished (:meth:`~runoff.run_folder.RunFolder.check_whole`):
+    readers refuse it, and an interrupted update is finished by running it again.
     """
     t0 = time.perf_counter()
     backend = resolve_backend(backend)
@@ -150,13 +158,23 @@ def update_run(
     folder = RunFolder(run_dir)
     folder.check_is_folder()
     folder.require_plan()
-    methods = _report_methods(folder)
-    old = folder.read_plan()
-    if (old.training or {}).get("versions"):
-        options = {name: value for name, value in locals().items() if name in _PER_VERSION}
-        with backend.session():
-            return _reevaluate(_update_dpa_star(folder, old, backend=backend, download=download, label=label,
-                                                **options), methods)
+    options = {name: value for name, value in locals().items() if name in _PER_VERSION}
+    with folder.writing("runoff update"):  # one writer; readers see the run before or after
+        methods = _report_methods(folder)
+        old = folder.read_plan()
+        if (old.training or {}).get("versions"):
+            with backend.session():
+                return _reevaluate(_update_dpa_star(folder, old, backend=backend, download=download, label=label,
+                                                    methods=methods, **options), methods)
+        return _update_one(folder, old, methods, backend=backend, started=t0, download=download, label=label,
+                           **options)
+
+
+def _update_one(folder: RunFolder, old, methods, *, backend, started, dataset, data_root, image_size, download,
+                device, progress, progress_interval, on_nan, checkpoint_every, checkpoint_min_interval, label, k, d,
+                hash, recipe, epochs) -> UpdateResult:
+    """:func:`update_run` of one run folder (not DPA*), under its lock."""
+    t0 = started
     run_recipe, seed_version = _run_training(folder, old)
     _refuse_other_run(old, run_recipe, k=k, d=d, hash=hash, recipe=recipe, epochs=epochs)
     old_fps = _recorded_subsets(folder, old)
@@ -170,6 +188,8 @@ def update_run(
         upgraded = 0 if folder.checkpoints_chunk_keyed() else _upgrade_checkpoints(folder, old, old_fps)
         earlier = reusable_columns(folder.previous_logits(), chunks, test.images, test.labels, new.n_models)
         if new != old:  # outputs of the old models must not outlive them if this call stops half-way
+            # readers refuse the run until it is whole again (the methods: a rerun rewrites the report)
+            folder.mark_unfinished("update", n_models=new.n_models, methods=methods)
             folder.set_logits_aside()  # (their columns of unchanged models stay usable, even after a stop)
             folder.remove_outputs()
             folder.write_plan(new)
@@ -182,6 +202,7 @@ def update_run(
     res = finish_run(folder, backend, job, trained, started=t0)
     folder.drop_logits_set_aside()
     folder.write_subsets(new_fps, chunk_keyed=True)  # older files were upgraded or trained again
+    folder.mark_finished()  # models, logits and subsets.json agree again
     done = {True: [], False: []}  # chunks trained in this call, chunks kept
     for c in trained.chunks:
         done[c.start_epoch < run_recipe.epochs].append(c)
@@ -205,17 +226,24 @@ def run_recipe(run_dir):
 
 
 def _report_methods(folder: RunFolder) -> list[str]:
-    """Methods of the run's report (``runoff evaluate``), which an update computes again;
+    """Methods of the run's report (``runoff evaluate``), which an update computes again (or,
+    after an interrupted update removed the report, those its unfinished record kept);
     matplotlib is checked now, before anything is trained."""
     import json
 
     path = folder.report_path("json")
-    if not path.is_file():
+    record = folder.read_unfinished() or {}
+    if path.is_file():
+        try:
+            methods = list(json.loads(path.read_text())["methods"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # an unreadable report is rewritten by the next `runoff evaluate`
+    elif record.get("operation") == "update" and isinstance(record.get("methods"), list):
+        methods = [str(m) for m in record["methods"]]
+    else:
         return []
-    try:
-        methods = list(json.loads(path.read_text())["methods"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # an unreadable report is rewritten by the next `runoff evaluate`
+    if not methods:
+        return []
     from ..reporting.tables import require_matplotlib
 
     require_matplotlib("rewriting the run's report after the update")
@@ -237,7 +265,7 @@ _PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "pro
                 "checkpoint_every", "checkpoint_min_interval", "k", "d", "hash", "recipe", "epochs")
 
 
-def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, **options) -> UpdateResult:
+def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, methods, **options) -> UpdateResult:
     """DPA*: update every version folder (the same partitions, other seeds), then the top
     folder's plan and merged logits (see :func:`runoff.training.runs.train_dpa_star`)."""
     from .runs import merge_versions
@@ -248,6 +276,8 @@ def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, 
         if not folder.version(v).has_plan():
             raise RunDirectoryError(f"{folder.version(v).path}: version {v} of this DPA* run has no plan.json; "
                                     "finish training it with `runoff train` first")
+    # the merged logits stand until every version is updated: readers refuse the run meanwhile
+    folder.mark_unfinished("update", n_models=versions * top.n_models, methods=methods)
     results = [update_run(folder.version(v).path, backend=backend, download=download and v == 1,
                           label=f"{label or 'update'} v{v}/{versions}", **options) for v in range(1, versions + 1)]
     new_top = replace(results[0].plan, training=top.training)
@@ -256,6 +286,7 @@ def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, 
         folder.write_plan(new_top)
     scores = merge_versions([r.scores for r in results])
     folder.write_logits(scores, results[0].labels)
+    folder.mark_finished()
     summary = TrainingSummary.total(r.summary for r in results)
     retrained = sorted({j for r in results for j in r.retrained})
     return UpdateResult(run_dir=folder.path, plan=new_top, scores=scores, labels=results[0].labels, summary=summary,

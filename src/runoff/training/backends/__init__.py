@@ -69,6 +69,9 @@ class TrainingJob:
         chunk's models (``runoff update``, :func:`runoff.training.logit_sources.reusable_columns`);
         a backend uses them instead of computing the chunk's logits when it restores the chunk
         complete from a file of that digest (:func:`~runoff.training.logit_sources.kept_logits`).
+    on_chunk_done : callable or None
+        Called in the driver with a chunk's model ids once the chunk is trained and its
+        logits taken (the run folder counts finished models for readers of an unfinished run).
     """
 
     plan: Any
@@ -88,10 +91,16 @@ class TrainingJob:
     restart_stale: bool = False
     fingerprints: list | None = None
     earlier_logits: dict | None = None
+    on_chunk_done: Any = None
 
     def earlier(self, ids):
         """The chunk's entry of :attr:`earlier_logits`, or None."""
         return None if self.earlier_logits is None else self.earlier_logits.get(tuple(ids))
+
+    def chunk_done(self, ids) -> None:
+        """Tell :attr:`on_chunk_done` (if any) that the chunk of ``ids`` is finished."""
+        if self.on_chunk_done is not None:
+            self.on_chunk_done(list(ids))
 
 
 @dataclass

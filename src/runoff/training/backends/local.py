@@ -42,4 +42,5 @@ class LocalBackend:
                                              checkpoint_dir=job.checkpoint_dir, epochs=job.recipe.epochs, device=dev)
             out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch,
                                           health=res.health, kept_logits=kept))
+            job.chunk_done(res.ids)
         return out

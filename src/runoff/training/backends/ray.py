@@ -305,6 +305,7 @@ class _RayRun:
                         i = running.pop(ref)
                         if self._collect(ref, i):
                             bar.chunk_finished(self.job.chunks[i], i, len(self.job.chunks))
+                            self.job.chunk_done(self.job.chunks[i])
                     self._show(bar, len(running))
         except BaseException:
             for ref in running:
