@@ -768,8 +768,10 @@ def _add_predict(sub) -> None:
             "Load a trained run folder (plan.json and its final checkpoints; a DPA* run sums its seed versions), "
             "evaluate every base model on new inputs with its own per-subset normalisation, aggregate with the "
             "run's method and certify each prediction. INPUTS: one .npy/.npz file of uint8 images (N, H, W, C) "
-            "as the data set loader gives them, or image files (PNG, ...) of the run's size and folders of them "
-            "(every image file in the folder, sorted by name)."
+            "as the data set loader gives them, or image files (PNG, ...) and folders of them (every image file "
+            "in the folder, sorted by name; a folder of class subfolders, like a folder: data set's test/, gives "
+            "each image the class its subfolder names, shown beside the prediction with the accuracy). Image "
+            "files are resized as the run resized its training images (--image-size); arrays are not."
         ),
     )
     p.add_argument("run", help="run folder written by runoff train")
@@ -788,17 +790,23 @@ def _cmd_predict(args) -> int:
     if args.out:
         _check_out_file(args.out)
     from .logits_io import save_certificates
-    from .training.ensemble import Ensemble, read_inputs
+    from .training.ensemble import Ensemble
 
     ens = Ensemble.load(args.run, device=args.device)
-    images, names = read_inputs(args.inputs, ens.image_shape)
-    res = ens.certify(images, method=args.method)
+    inputs = ens.read_inputs(args.inputs)
+    res = ens.certify(inputs.images, method=args.method)
     pred, cert = res.predictions.tolist(), res.certificates.tolist()
     out = {"run": str(args.run), "method": res.method, "k": ens.plan.k, "d": ens.d, "n_models": ens.n_models,
-           "n_classes": ens.n_classes, "inputs": names, "predictions": pred, "certificates": cert}
-    class_names = (ens.plan.training or {}).get("class_names")  # folder: data sets name their classes
-    if class_names:
-        out["classes"] = [class_names[p_] for p_ in pred]
+           "n_classes": ens.n_classes, "inputs": inputs.names, "predictions": pred, "certificates": cert}
+    if ens.class_names:  # folder: data sets name their classes
+        out["classes"] = [ens.class_names[p_] for p_ in pred]
+    truth = ens.labels_of(inputs.classes)  # images of class subfolders named as the run's classes
+    if truth is not None:
+        out["true_labels"] = truth.tolist()
+        if ens.class_names:
+            out["true_classes"] = [ens.class_names[t] for t in out["true_labels"]]
+        out["correct"] = int((res.predictions == truth).sum())
+        out["accuracy"] = out["correct"] / len(pred)
     if ens.versions > 1:
         out["versions"] = ens.versions
     if args.out:
@@ -806,23 +814,51 @@ def _cmd_predict(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    _print_predictions(args, ens, out)
+    _print_truth_note(ens, inputs.classes, out)
+    if args.out:
+        print(f"wrote {out['out']}")
+    return 0
+
+
+def _print_predictions(args, ens, out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    def label(i: int) -> str:
+        return f"{i} ({ens.class_names[i]})" if ens.class_names else str(i)
+
     star = f", DPA* of {ens.versions} versions" if ens.versions > 1 else ""
-    table = Table(title=f"{args.run}: {ens.plan.dataset}, k={ens.plan.k}, d={ens.d}{star}, {res.method}")
+    table = Table(title=f"{args.run}: {ens.plan.dataset}, k={ens.plan.k}, d={ens.d}{star}, {out['method']}")
     table.add_column("input")
     table.add_column("prediction", justify="right")
+    truth = out.get("true_labels")
+    if truth is not None:
+        table.add_column("true class", justify="right")
     table.add_column("certificate", justify="right")
-    for i, (name, p_, c_) in enumerate(zip(names, pred, cert)):
-        table.add_row(name, f"{p_} ({out['classes'][i]})" if class_names else str(p_), str(c_))
+    for i, (name, p_, c_) in enumerate(zip(out["inputs"], out["predictions"], out["certificates"])):
+        table.add_row(name, label(p_), *([label(truth[i])] if truth is not None else []), str(c_))
     console = Console()
     console.print(table)
     console.print("certificate: training samples an attacker may insert or remove without changing the prediction",
                   soft_wrap=True)
-    if args.out:
-        print(f"wrote {out['out']}")
-    return 0
+
+
+def _print_truth_note(ens, classes, out: dict) -> None:
+    """The accuracy when the inputs' class subfolders name their true classes, or why there is none."""
+    n = len(out["predictions"])
+    if "accuracy" in out:
+        print(f"accuracy: {out['correct']} of {n} correct ({100 * out['accuracy']:.1f}%), "
+              "the true class of each image being its subfolder's name")
+        return
+    folders = sorted({c for c in classes if c is not None})
+    if not folders:
+        return
+    unknown = [c for c in folders if c not in ens.label_names]
+    why = (f"subfolder(s) {', '.join(unknown[:5])} are not among the run's classes "
+           f"({', '.join(ens.label_names[:10])}{' ...' if ens.n_classes > 10 else ''})" if unknown
+           else "some inputs are not in a class subfolder")
+    print(f"no accuracy: {why}")
 
 
 def _add_models(sub) -> None:
