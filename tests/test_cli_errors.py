@@ -309,6 +309,22 @@ def test_train_options_are_named_as_typed(tmp_path, capsys, extra, expected):
     assert not out.exists()
 
 
+def test_k_beyond_the_training_set_names_the_option(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    assert main(["train", "--k", "5000", "--epochs", "1", "--no-progress", "--out", str(out)]) == 1
+    line = one_error_line(capsys)
+    assert line == ("runoff: error: --k must be an integer in [1, 1437] (the training set has 1437 samples); "
+                    "got 5000"), line
+    assert not out.exists()
+    from runoff.training.runs import train_run
+
+    with pytest.raises(InvalidParameterError, match=r"^k must be an integer in \[1, 1437\]") as info:
+        train_run(out, dataset="digits", k=5000, epochs=1, progress=False)
+    assert info.value.parameter == "k"  # the library names its keyword; the command line, the option
+
+
 def test_cuda_without_cuda_names_the_option(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -331,7 +347,11 @@ def test_cuda_without_cuda_names_the_option(tmp_path, capsys):
     (["certify", "{f}", "-m", "dpa,dpaa"], "argument --method/-m: unknown method 'dpaa'; did you mean dpa? choose one of"),
     (["evaluate", "{f}", "-m", "fa-rue"], "argument --method/-m: unknown method 'fa-rue'; did you mean fa-roe"),
     (["predict", "{f}", "x.npy", "-m", "roe"], "argument --method/-m: unknown method 'roe'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["frobnicate"], "unknown command 'frobnicate'; choose one of: demo, train, update, evaluate, report, "
+                     "configs, models, certify, predict (see: runoff --help)"),
+    (["trian"], "runoff: error: unknown command 'trian'; did you mean train? choose one of: demo, train,"),
+    (["--debug", "evalute", "{f}"], "unknown command 'evalute'; did you mean evaluate?"),
+    (["train", "--k"], "argument --k: expected one argument (see: runoff train --help)"),
 ])
 def test_usage_and_option_errors_are_one_line(logits, capsys, argv, expected):
     assert main([a.replace("{f}", str(logits[0])) for a in argv]) == 1

@@ -1000,7 +1000,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     for p in sub.choices.values():  # also after the command: runoff certify FILE --debug
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    parser.commands = tuple(sub.choices)  # for "did you mean" (main)
     return parser
+
+
+def _usage_message(exc: "_UsageError", parser, argv) -> str:
+    """argparse's complaint, but an unknown command in the words of runoff.checks, with the close ones."""
+    command = next((a for a in argv if not a.startswith("-")), None)  # runoff's own options take no value
+    if exc.prog == parser.prog and command is not None and command not in parser.commands:
+        from .checks import check_choice
+
+        try:
+            check_choice(command, "command", parser.commands)
+        except InvalidParameterError as unknown:
+            return f"{unknown} (see: {parser.prog} --help)"
+    return f"{exc} (see: {exc.prog} --help)"
+
+
+def _named_as_typed(exc: BaseException, args) -> str | None:
+    """A library check's ``k must be ...`` as ``--k must be ...`` when the value came from ``--k``.
+
+    The library names its keywords; the command line names options as typed. Only an option
+    given (not None) is named: a value from ``--config`` or from the run keeps the keyword.
+    """
+    name = getattr(exc, "parameter", None)
+    if not isinstance(exc, RunoffError) or not name or not str(exc).startswith(f"{name} must be "):
+        return None
+    if getattr(args, name, None) is None:  # not an option of this command, or not given
+        return None
+    return f"--{name.replace('_', '-')}{str(exc)[len(name):]}"
 
 
 def _error(message: str) -> None:
@@ -1048,10 +1076,11 @@ def main(argv=None) -> int:
     ``RUNOFF_DEBUG=1`` an unexpected error shows its traceback.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        _error(f"{exc} (see: {exc.prog} --help)")
+        _error(_usage_message(exc, parser, argv))
         return 1
     debug = args.debug or _debug_env()
     try:
@@ -1068,7 +1097,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure is one line unless debugging
         if debug:
             raise
-        _error(_describe(exc))
+        _error(_named_as_typed(exc, args) or _describe(exc))
         return 1
 
 
