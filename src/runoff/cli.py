@@ -717,7 +717,8 @@ def _cmd_evaluate(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="train DPA and FA ensembles on the embedded digits data and certify them (a few minutes on CPU)",
+        help="train DPA and FA ensembles on the embedded digits data and certify them (about half a minute on "
+             "2 CPU cores)",
         description=(
             "The main job end to end on scikit-learn's digits (no download): trains a DPA ensemble and an FA "
             "ensemble, certifies DPA, DPA+ROE, FA and FA+ROE, prints the certified-accuracy table and writes "
