@@ -287,3 +287,32 @@ def test_predict_resizes_image_files_as_the_run_did_and_reads_class_subfolders(t
     assert main(["predict", str(run), str(tmp_path / "x.npy")]) == 1
     line = one_error_line(capsys)
     assert "images must be 8x6" in line and "--image-size" in line and "image files" in line
+
+
+def test_own_images_example_has_a_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "own_images.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    proc = run("--help")  # was: a folder named --help, then a traceback
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: own_images.py [-h] [OUT]"), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("not a folder")
+    for args, expected in [(("--bogus",), "unrecognized arguments: --bogus"), (("a", "b"), "unrecognized arguments: b"),
+                           (("file",), "OUT file: exists and is not a folder")]:
+        proc = run(*args)
+        assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == f"own_images.py: error: {expected}", proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # a runoff command that fails is one line too, not a CalledProcessError's traceback
+    code = (f"import sys; sys.path.insert(0, {str(example.parent)!r}); import own_images\n"
+            "try:\n    own_images.runoff('frobnicate')\n"
+            "except own_images.CommandFailed as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "`runoff frobnicate` failed (exit status 1; its error is above)", proc.stdout
