@@ -205,6 +205,39 @@ def test_closed_stdout_stops_quietly(logits, tmp_path):
     assert (tmp_path / "rc").read_text().strip() == "141"
 
 
+def test_closed_stdout_during_training_says_how_to_resume(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    # progress lines every step: the second write after `head -1` has gone breaks the pipe
+    script = (f"{sys.executable} -m runoff train --k 20 --epochs 40 --chunk-size 5 --progress-interval 0 "
+              f"--out {out} 2> {tmp_path / 'err'} | head -1; echo ${{PIPESTATUS[0]}} > {tmp_path / 'rc'}")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert len(proc.stdout.splitlines()) == 1, proc.stdout
+    err = (tmp_path / "err").read_text()
+    assert err.splitlines() == [
+        f"runoff: error: output closed (broken pipe): runoff train stopped; finished chunks and the last "
+        f"checkpoints are saved in {out}: rerun the same command with its output in a file (> train.log) "
+        "to resume (a finished run is not trained again)"], err  # was: nothing, status 141
+    assert (tmp_path / "rc").read_text().strip() == "1"
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path):
+    code = (
+        "import sys\n"
+        "from runoff import cli\n"
+        "def boom(args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')  # a socket's, or a child process's\n"
+        "parser = cli.build_parser()\n"
+        "cli.build_parser = lambda: parser\n"
+        "[a for a in parser._actions if a.dest == 'command'][0].choices['configs'].set_defaults(func=boom)\n"
+        "sys.exit(cli.main(['configs']))\n"
+    )
+    with open(tmp_path / "stdout", "w") as stdout:  # a real, open stdout
+        proc = subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and proc.stderr == "runoff: error: Broken pipe\n", proc.stderr
+
+
 # ---------------------------------------------------------------------------- 4. logits files
 def test_bfloat16_pth_is_read_as_float32(logits, tmp_path, capsys):
     torch = pytest.importorskip("torch")

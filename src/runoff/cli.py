@@ -6,7 +6,8 @@ Every failure ends in one line on stderr, ``runoff: error: ...``, and exit statu
 errors, bad options (named as typed), bad files, missing optional dependencies, operating
 system errors. Anything else is a bug: one line saying so, or, with ``--debug`` (or
 ``RUNOFF_DEBUG=1``), the traceback. A closed stdout (``runoff ... | head``) ends quietly
-with status 141, as a tool stopped by SIGPIPE.
+with status 141, as a tool stopped by SIGPIPE, except for the commands that train: they
+say on stderr that their output closed and how to resume (exit 1).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
 _DEBUG_HELP = "on an unexpected error, show the traceback (for bug reports); also RUNOFF_DEBUG=1"
 #: Exit status when stdout is closed early (128 + SIGPIPE), as the shell reports for other tools.
 EXIT_BROKEN_PIPE = 141
+#: Commands that train, and the option naming the folder their work is saved in: a closed
+#: stdout stops them, which must not pass in silence for a finished training.
+_TRAINING_COMMANDS = {"train": "out", "update": "run", "demo": "out"}
 _DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
@@ -1050,11 +1054,13 @@ def _describe(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {exc} (internal error; rerun with --debug for the traceback and report it)")
 
 
-def _stdout_closed() -> int:
-    """The reader of stdout went away (``runoff ... | head``): stop quietly.
+def _stdout_closed(args) -> int:
+    """The reader of stdout went away (``runoff ... | head``).
 
     Further writes, including Python's own flush at exit, go to /dev/null, so no
-    "Exception ignored ... BrokenPipeError" follows.
+    "Exception ignored ... BrokenPipeError" follows. A command that only prints stops
+    quietly (141, the convention of tools stopped by SIGPIPE); one that trains says on stderr
+    where its work is and how to resume (exit 1).
     """
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1062,7 +1068,26 @@ def _stdout_closed() -> int:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
         pass
-    return EXIT_BROKEN_PIPE
+    folder = getattr(args, _TRAINING_COMMANDS.get(args.command, ""), None)
+    if folder is None:
+        return EXIT_BROKEN_PIPE
+    _error(f"output closed (broken pipe): runoff {args.command} stopped; finished chunks and the last "
+           f"checkpoints are saved in {folder}: rerun the same command with its output in a file (> train.log) "
+           "to resume (a finished run is not trained again)")
+    return 1
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout's reader has gone (a BrokenPipeError can also come from a socket or a
+    child's pipe, which is a failure like any other). True where it cannot be told."""
+    try:
+        import select
+
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows), or not a real file
+        return True
 
 
 def _debug_env() -> bool:
@@ -1072,8 +1097,9 @@ def _debug_env() -> bool:
 def main(argv=None) -> int:
     """Run the ``runoff`` command line; returns the exit status.
 
-    0: done; 1: a failure, told in one line ``runoff: error: ...`` on stderr; 130: interrupted;
-    141: stdout was closed before the output was written. With ``--debug`` or
+    0: done; 1: a failure, told in one line ``runoff: error: ...`` on stderr (also a closed
+    stdout that stopped a command that trains); 130: interrupted; 141: stdout was closed
+    before the output was written. With ``--debug`` or
     ``RUNOFF_DEBUG=1`` an unexpected error shows its traceback.
     """
     parser = build_parser()
@@ -1090,8 +1116,13 @@ def main(argv=None) -> int:
             status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return status
-    except BrokenPipeError:
-        return _stdout_closed()
+    except BrokenPipeError as exc:
+        if _stdout_broken():
+            return _stdout_closed(args)
+        if debug:
+            raise
+        _error(_describe(exc))
+        return 1
     except KeyboardInterrupt:
         _error_interrupted()
         return 130
