@@ -140,6 +140,14 @@ def test_help_lists_subcommands_and_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_demo_help_says_how_long_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(about half a minute on 2 CPU cores)" in text  # the README's 27 s, not "a few minutes"
+    assert "few minutes" not in text
+
+
 def test_certify_npz_does_not_import_torch(logits):
     path, _, _ = logits
     code = (

@@ -205,6 +205,39 @@ def test_closed_stdout_stops_quietly(logits, tmp_path):
     assert (tmp_path / "rc").read_text().strip() == "141"
 
 
+def test_closed_stdout_during_training_says_how_to_resume(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    # progress lines every step: the second write after `head -1` has gone breaks the pipe
+    script = (f"{sys.executable} -m runoff train --k 20 --epochs 40 --chunk-size 5 --progress-interval 0 "
+              f"--out {out} 2> {tmp_path / 'err'} | head -1; echo ${{PIPESTATUS[0]}} > {tmp_path / 'rc'}")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert len(proc.stdout.splitlines()) == 1, proc.stdout
+    err = (tmp_path / "err").read_text()
+    assert err.splitlines() == [
+        f"runoff: error: output closed (broken pipe): runoff train stopped; finished chunks and the last "
+        f"checkpoints are saved in {out}: rerun the same command with its output in a file (> train.log) "
+        "to resume (a finished run is not trained again)"], err  # was: nothing, status 141
+    assert (tmp_path / "rc").read_text().strip() == "1"
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path):
+    code = (
+        "import sys\n"
+        "from runoff import cli\n"
+        "def boom(args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')  # a socket's, or a child process's\n"
+        "parser = cli.build_parser()\n"
+        "cli.build_parser = lambda: parser\n"
+        "[a for a in parser._actions if a.dest == 'command'][0].choices['configs'].set_defaults(func=boom)\n"
+        "sys.exit(cli.main(['configs']))\n"
+    )
+    with open(tmp_path / "stdout", "w") as stdout:  # a real, open stdout
+        proc = subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and proc.stderr == "runoff: error: Broken pipe\n", proc.stderr
+
+
 # ---------------------------------------------------------------------------- 4. logits files
 def test_bfloat16_pth_is_read_as_float32(logits, tmp_path, capsys):
     torch = pytest.importorskip("torch")
@@ -309,6 +342,22 @@ def test_train_options_are_named_as_typed(tmp_path, capsys, extra, expected):
     assert not out.exists()
 
 
+def test_k_beyond_the_training_set_names_the_option(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    assert main(["train", "--k", "5000", "--epochs", "1", "--no-progress", "--out", str(out)]) == 1
+    line = one_error_line(capsys)
+    assert line == ("runoff: error: --k must be an integer in [1, 1437] (the training set has 1437 samples); "
+                    "got 5000"), line
+    assert not out.exists()
+    from runoff.training.runs import train_run
+
+    with pytest.raises(InvalidParameterError, match=r"^k must be an integer in \[1, 1437\]") as info:
+        train_run(out, dataset="digits", k=5000, epochs=1, progress=False)
+    assert info.value.parameter == "k"  # the library names its keyword; the command line, the option
+
+
 def test_cuda_without_cuda_names_the_option(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -331,7 +380,11 @@ def test_cuda_without_cuda_names_the_option(tmp_path, capsys):
     (["certify", "{f}", "-m", "dpa,dpaa"], "argument --method/-m: unknown method 'dpaa'; did you mean dpa? choose one of"),
     (["evaluate", "{f}", "-m", "fa-rue"], "argument --method/-m: unknown method 'fa-rue'; did you mean fa-roe"),
     (["predict", "{f}", "x.npy", "-m", "roe"], "argument --method/-m: unknown method 'roe'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["frobnicate"], "unknown command 'frobnicate'; choose one of: demo, train, update, evaluate, report, "
+                     "configs, models, certify, predict (see: runoff --help)"),
+    (["trian"], "runoff: error: unknown command 'trian'; did you mean train? choose one of: demo, train,"),
+    (["--debug", "evalute", "{f}"], "unknown command 'evalute'; did you mean evaluate?"),
+    (["train", "--k"], "argument --k: expected one argument (see: runoff train --help)"),
 ])
 def test_usage_and_option_errors_are_one_line(logits, capsys, argv, expected):
     assert main([a.replace("{f}", str(logits[0])) for a in argv]) == 1

@@ -247,3 +247,72 @@ def test_folder_images_are_read_as_predict_reads_them_nothing_lossy_in_silence(t
     Image.fromarray((np.arange(120, dtype=np.uint16).reshape(12, 10) * 500)).save(cat / "102.png")  # 16-bit
     with pytest.raises(DataFileError, match=r"102\.png: image mode 'I;16' is not 8-bit grey or colour"):
         load_dataset(f"folder:{tmp_path}", image_size=(8, 8))
+
+
+def test_predict_resizes_image_files_as_the_run_did_and_reads_class_subfolders(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from runoff.cli import main
+    from runoff.training.ensemble import Ensemble
+
+    written = write_folder(tmp_path / "pets", per_class=(4, 2), size=(10, 10))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--image-size", "8x6", "--k", "2",
+                 "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    ens = Ensemble.load(run)
+    assert ens.image_size == (8, 6) and ens.image_shape == (8, 6, 3)
+    # the test folder, class subfolders and all, gives exactly the run's test logits and labels
+    inputs = ens.read_inputs([tmp_path / "pets" / "test"])
+    with np.load(run / "logits.npz") as z:
+        np.testing.assert_array_equal(ens.scores(inputs.images), z["scores"])
+        np.testing.assert_array_equal(ens.labels_of(inputs.classes), z["labels"])
+    assert inputs.classes == ["cat", "cat", "dog", "dog", "eel", "eel"]
+    # an image of another size is resized as training resized (it was refused: "runoff does not resize")
+    big = tmp_path / "big.png"
+    Image.fromarray(next(iter(written.values()))).resize((20, 20)).save(big)
+    assert main(["predict", str(run), str(big), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert len(got["predictions"]) == 1 and "true_labels" not in got and "accuracy" not in got
+    # the true class beside the prediction, and the accuracy
+    assert main(["predict", str(run), str(tmp_path / "pets" / "test"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["true_classes"] == inputs.classes and got["true_labels"] == [0, 0, 1, 1, 2, 2]
+    correct = sum(p == t for p, t in zip(got["predictions"], got["true_labels"]))
+    assert got["correct"] == correct and got["accuracy"] == pytest.approx(correct / 6)
+    assert main(["predict", str(run), str(tmp_path / "pets" / "test")]) == 0
+    text = capsys.readouterr().out
+    assert "true class" in text and f"accuracy: {correct} of 6 correct" in text
+    # arrays are not resized: a clear error that says why
+    np.save(tmp_path / "x.npy", np.zeros((2, 10, 10, 3), np.uint8))
+    assert main(["predict", str(run), str(tmp_path / "x.npy")]) == 1
+    line = one_error_line(capsys)
+    assert "images must be 8x6" in line and "--image-size" in line and "image files" in line
+
+
+def test_own_images_example_has_a_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "own_images.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    proc = run("--help")  # was: a folder named --help, then a traceback
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: own_images.py [-h] [OUT]"), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("not a folder")
+    for args, expected in [(("--bogus",), "unrecognized arguments: --bogus"), (("a", "b"), "unrecognized arguments: b"),
+                           (("file",), "OUT file: exists and is not a folder")]:
+        proc = run(*args)
+        assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == f"own_images.py: error: {expected}", proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # a runoff command that fails is one line too, not a CalledProcessError's traceback
+    code = (f"import sys; sys.path.insert(0, {str(example.parent)!r}); import own_images\n"
+            "try:\n    own_images.runoff('frobnicate')\n"
+            "except own_images.CommandFailed as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "`runoff frobnicate` failed (exit status 1; its error is above)", proc.stdout

@@ -321,3 +321,33 @@ def test_cli_predict_out_is_checked_before_loading(dpa_run, test_set, tmp_path, 
     assert main(["predict", str(dpa_run), str(x), "--out", str(file / "p.npz")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("runoff: error: --out") and "is a file, not a folder" in err
+
+
+def test_cli_predict_on_a_folder_of_class_subfolders(dpa_run, test_set, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "test"
+    for i in range(6):  # a run without class names: its classes are its labels, "0" ... "9"
+        sub = folder / str(test_set.labels[i])
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test_set.images[i, :, :, 0]).save(sub / f"img{i}.png")
+    assert main(["predict", str(dpa_run), str(folder), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    order = sorted(range(6), key=lambda i: (str(test_set.labels[i]), f"img{i}.png"))
+    assert got["inputs"] == [str(folder / str(test_set.labels[i]) / f"img{i}.png") for i in order]
+    ref_pred, ref_cert = _certs(dpa_run, "dpa-roe")
+    assert got["predictions"] == ref_pred[order].tolist() and got["certificates"] == ref_cert[order].tolist()
+    assert got["true_labels"] == test_set.labels[order].tolist() and "true_classes" not in got
+    assert got["accuracy"] == pytest.approx(np.mean(ref_pred[order] == test_set.labels[order]))
+    # subfolders that are not the run's classes: predictions, no accuracy, and why
+    (folder / str(test_set.labels[0])).rename(folder / "unknown")
+    assert main(["predict", str(dpa_run), str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "true class" not in text and "no accuracy: subfolder(s) unknown are not among the run's classes" in text
+    # a folder holding neither images nor class subfolders of them names what to give
+    root = tmp_path / "root"
+    root.mkdir()
+    folder.rename(root / "test")
+    assert main(["predict", str(dpa_run), str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "neither in it nor in class subfolders" in err and "give one of test/" in err

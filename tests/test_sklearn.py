@@ -301,8 +301,8 @@ def test_inserting_certificate_many_rows_never_flips_a_prediction():
 
 def test_empty_subsets_give_constant_models_and_a_warning():
     X, y = _blobs(n=8, seed=12)
-    with pytest.warns(UserWarning, match="no training rows"):
-        clf = PartitionEnsembleClassifier(LogisticRegression(), k=20).fit(X, y)
+    with pytest.warns(UserWarning, match="no training rows"):  # k = n rows: some buckets get none
+        clf = PartitionEnsembleClassifier(LogisticRegression(), k=8).fit(X, y)
     empty = [j for j, s in enumerate(clf.subsets_) if s.size == 0]
     assert empty
     scores = clf.base_scores(X)
@@ -381,7 +381,7 @@ def test_row_hash_matches_its_specification():
     h.update(struct.pack("<q", 5) + b"sspam")
     h.update(struct.pack("<3d", 1.5, 0.0, 3.0))
     assert digest == h.digest()
-    clf = _fit(np.vstack([X, X + 1]), ["spam", "ham"], k=7)
+    clf = _fit(np.vstack([X + i for i in range(7)]), ["spam"] + ["ham"] * 6, k=7)  # k <= 7 rows
     assert clf.buckets_[0] == int.from_bytes(digest, "big") % 7
 
 
@@ -449,3 +449,14 @@ def test_bad_data():
     clf = _fit(X, y, k=2)
     with pytest.raises(ValueError, match="features"):
         clf.predict(X[:, :2])
+
+
+def test_k_larger_than_the_training_set_is_refused():
+    X, y = _blobs(n=30, seed=14)
+    with pytest.raises(InvalidParameterError, match=r"^k must be an integer in \[1, 30\] \(the training set has "
+                                                     r"30 rows\); got 1000$") as info:
+        PartitionEnsembleClassifier(k=1000).fit(X, y)
+    assert isinstance(info.value, ValueError)
+    with pytest.warns(UserWarning, match="no training rows"):  # k = n rows is fitted, as before
+        clf = PartitionEnsembleClassifier(k=30).fit(X, y)
+    assert len(clf.estimators_) == 30

@@ -80,7 +80,9 @@ def invalid(name: str, what: str, value=None, *, got: str | None = None,
         Text that replaces the shown value (e.g. ``"shape (3, 4)"``).
     error : type, default InvalidParameterError
     """
-    return error(f"{name} must be {what}; got {shown(value) if got is None else got}")
+    exc = error(f"{name} must be {what}; got {shown(value) if got is None else got}")
+    exc.parameter = name  # the command line names the option instead (runoff.cli)
+    return exc
 
 
 def _bounds(low, high, strict: bool = False) -> str:

@@ -6,7 +6,8 @@ Every failure ends in one line on stderr, ``runoff: error: ...``, and exit statu
 errors, bad options (named as typed), bad files, missing optional dependencies, operating
 system errors. Anything else is a bug: one line saying so, or, with ``--debug`` (or
 ``RUNOFF_DEBUG=1``), the traceback. A closed stdout (``runoff ... | head``) ends quietly
-with status 141, as a tool stopped by SIGPIPE.
+with status 141, as a tool stopped by SIGPIPE, except for the commands that train: they
+say on stderr that their output closed and how to resume (exit 1).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
 _DEBUG_HELP = "on an unexpected error, show the traceback (for bug reports); also RUNOFF_DEBUG=1"
 #: Exit status when stdout is closed early (128 + SIGPIPE), as the shell reports for other tools.
 EXIT_BROKEN_PIPE = 141
+#: Commands that train, and the option naming the folder their work is saved in: a closed
+#: stdout stops them, which must not pass in silence for a finished training.
+_TRAINING_COMMANDS = {"train": "out", "update": "run", "demo": "out"}
 _DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
@@ -719,7 +723,8 @@ def _cmd_evaluate(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="train DPA and FA ensembles on the embedded digits data and certify them (a few minutes on CPU)",
+        help="train DPA and FA ensembles on the embedded digits data and certify them (about half a minute on "
+             "2 CPU cores)",
         description=(
             "The main job end to end on scikit-learn's digits (no download): trains a DPA ensemble and an FA "
             "ensemble, certifies DPA, DPA+ROE, FA and FA+ROE, prints the certified-accuracy table and writes "
@@ -770,8 +775,10 @@ def _add_predict(sub) -> None:
             "Load a trained run folder (plan.json and its final checkpoints; a DPA* run sums its seed versions), "
             "evaluate every base model on new inputs with its own per-subset normalisation, aggregate with the "
             "run's method and certify each prediction. INPUTS: one .npy/.npz file of uint8 images (N, H, W, C) "
-            "as the data set loader gives them, or image files (PNG, ...) of the run's size and folders of them "
-            "(every image file in the folder, sorted by name)."
+            "as the data set loader gives them, or image files (PNG, ...) and folders of them (every image file "
+            "in the folder, sorted by name; a folder of class subfolders, like a folder: data set's test/, gives "
+            "each image the class its subfolder names, shown beside the prediction with the accuracy). Image "
+            "files are resized as the run resized its training images (--image-size); arrays are not."
         ),
     )
     p.add_argument("run", help="run folder written by runoff train")
@@ -790,17 +797,23 @@ def _cmd_predict(args) -> int:
     if args.out:
         _check_out_file(args.out)
     from .logits_io import save_certificates
-    from .training.ensemble import Ensemble, read_inputs
+    from .training.ensemble import Ensemble
 
     ens = Ensemble.load(args.run, device=args.device)
-    images, names = read_inputs(args.inputs, ens.image_shape)
-    res = ens.certify(images, method=args.method)
+    inputs = ens.read_inputs(args.inputs)
+    res = ens.certify(inputs.images, method=args.method)
     pred, cert = res.predictions.tolist(), res.certificates.tolist()
     out = {"run": str(args.run), "method": res.method, "k": ens.plan.k, "d": ens.d, "n_models": ens.n_models,
-           "n_classes": ens.n_classes, "inputs": names, "predictions": pred, "certificates": cert}
-    class_names = (ens.plan.training or {}).get("class_names")  # folder: data sets name their classes
-    if class_names:
-        out["classes"] = [class_names[p_] for p_ in pred]
+           "n_classes": ens.n_classes, "inputs": inputs.names, "predictions": pred, "certificates": cert}
+    if ens.class_names:  # folder: data sets name their classes
+        out["classes"] = [ens.class_names[p_] for p_ in pred]
+    truth = ens.labels_of(inputs.classes)  # images of class subfolders named as the run's classes
+    if truth is not None:
+        out["true_labels"] = truth.tolist()
+        if ens.class_names:
+            out["true_classes"] = [ens.class_names[t] for t in out["true_labels"]]
+        out["correct"] = int((res.predictions == truth).sum())
+        out["accuracy"] = out["correct"] / len(pred)
     if ens.versions > 1:
         out["versions"] = ens.versions
     if args.out:
@@ -808,23 +821,51 @@ def _cmd_predict(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    _print_predictions(args, ens, out)
+    _print_truth_note(ens, inputs.classes, out)
+    if args.out:
+        print(f"wrote {out['out']}")
+    return 0
+
+
+def _print_predictions(args, ens, out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    def label(i: int) -> str:
+        return f"{i} ({ens.class_names[i]})" if ens.class_names else str(i)
+
     star = f", DPA* of {ens.versions} versions" if ens.versions > 1 else ""
-    table = Table(title=f"{args.run}: {ens.plan.dataset}, k={ens.plan.k}, d={ens.d}{star}, {res.method}")
+    table = Table(title=f"{args.run}: {ens.plan.dataset}, k={ens.plan.k}, d={ens.d}{star}, {out['method']}")
     table.add_column("input")
     table.add_column("prediction", justify="right")
+    truth = out.get("true_labels")
+    if truth is not None:
+        table.add_column("true class", justify="right")
     table.add_column("certificate", justify="right")
-    for i, (name, p_, c_) in enumerate(zip(names, pred, cert)):
-        table.add_row(name, f"{p_} ({out['classes'][i]})" if class_names else str(p_), str(c_))
+    for i, (name, p_, c_) in enumerate(zip(out["inputs"], out["predictions"], out["certificates"])):
+        table.add_row(name, label(p_), *([label(truth[i])] if truth is not None else []), str(c_))
     console = Console()
     console.print(table)
     console.print("certificate: training samples an attacker may insert or remove without changing the prediction",
                   soft_wrap=True)
-    if args.out:
-        print(f"wrote {out['out']}")
-    return 0
+
+
+def _print_truth_note(ens, classes, out: dict) -> None:
+    """The accuracy when the inputs' class subfolders name their true classes, or why there is none."""
+    n = len(out["predictions"])
+    if "accuracy" in out:
+        print(f"accuracy: {out['correct']} of {n} correct ({100 * out['accuracy']:.1f}%), "
+              "the true class of each image being its subfolder's name")
+        return
+    folders = sorted({c for c in classes if c is not None})
+    if not folders:
+        return
+    unknown = [c for c in folders if c not in ens.label_names]
+    why = (f"subfolder(s) {', '.join(unknown[:5])} are not among the run's classes "
+           f"({', '.join(ens.label_names[:10])}{' ...' if ens.n_classes > 10 else ''})" if unknown
+           else "some inputs are not in a class subfolder")
+    print(f"no accuracy: {why}")
 
 
 def _add_models(sub) -> None:
@@ -966,7 +1007,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     for p in sub.choices.values():  # also after the command: runoff certify FILE --debug
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    parser.commands = tuple(sub.choices)  # for "did you mean" (main)
     return parser
+
+
+def _usage_message(exc: "_UsageError", parser, argv) -> str:
+    """argparse's complaint, but an unknown command in the words of runoff.checks, with the close ones."""
+    command = next((a for a in argv if not a.startswith("-")), None)  # runoff's own options take no value
+    if exc.prog == parser.prog and command is not None and command not in parser.commands:
+        from .checks import check_choice
+
+        try:
+            check_choice(command, "command", parser.commands)
+        except InvalidParameterError as unknown:
+            return f"{unknown} (see: {parser.prog} --help)"
+    return f"{exc} (see: {exc.prog} --help)"
+
+
+def _named_as_typed(exc: BaseException, args) -> str | None:
+    """A library check's ``k must be ...`` as ``--k must be ...`` when the value came from ``--k``.
+
+    The library names its keywords; the command line names options as typed. Only an option
+    given (not None) is named: a value from ``--config`` or from the run keeps the keyword.
+    """
+    name = getattr(exc, "parameter", None)
+    if not isinstance(exc, RunoffError) or not name or not str(exc).startswith(f"{name} must be "):
+        return None
+    if getattr(args, name, None) is None:  # not an option of this command, or not given
+        return None
+    return f"--{name.replace('_', '-')}{str(exc)[len(name):]}"
 
 
 def _error(message: str) -> None:
@@ -987,11 +1056,13 @@ def _describe(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {exc} (internal error; rerun with --debug for the traceback and report it)")
 
 
-def _stdout_closed() -> int:
-    """The reader of stdout went away (``runoff ... | head``): stop quietly.
+def _stdout_closed(args) -> int:
+    """The reader of stdout went away (``runoff ... | head``).
 
     Further writes, including Python's own flush at exit, go to /dev/null, so no
-    "Exception ignored ... BrokenPipeError" follows.
+    "Exception ignored ... BrokenPipeError" follows. A command that only prints stops
+    quietly (141, the convention of tools stopped by SIGPIPE); one that trains says on stderr
+    where its work is and how to resume (exit 1).
     """
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -999,7 +1070,26 @@ def _stdout_closed() -> int:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
         pass
-    return EXIT_BROKEN_PIPE
+    folder = getattr(args, _TRAINING_COMMANDS.get(args.command, ""), None)
+    if folder is None:
+        return EXIT_BROKEN_PIPE
+    _error(f"output closed (broken pipe): runoff {args.command} stopped; finished chunks and the last "
+           f"checkpoints are saved in {folder}: rerun the same command with its output in a file (> train.log) "
+           "to resume (a finished run is not trained again)")
+    return 1
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout's reader has gone (a BrokenPipeError can also come from a socket or a
+    child's pipe, which is a failure like any other). True where it cannot be told."""
+    try:
+        import select
+
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows), or not a real file
+        return True
 
 
 def _debug_env() -> bool:
@@ -1009,15 +1099,17 @@ def _debug_env() -> bool:
 def main(argv=None) -> int:
     """Run the ``runoff`` command line; returns the exit status.
 
-    0: done; 1: a failure, told in one line ``runoff: error: ...`` on stderr; 130: interrupted;
-    141: stdout was closed before the output was written. With ``--debug`` or
+    0: done; 1: a failure, told in one line ``runoff: error: ...`` on stderr (also a closed
+    stdout that stopped a command that trains); 130: interrupted; 141: stdout was closed
+    before the output was written. With ``--debug`` or
     ``RUNOFF_DEBUG=1`` an unexpected error shows its traceback.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        _error(f"{exc} (see: {exc.prog} --help)")
+        _error(_usage_message(exc, parser, argv))
         return 1
     debug = args.debug or _debug_env()
     try:
@@ -1026,15 +1118,20 @@ def main(argv=None) -> int:
             status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return status
-    except BrokenPipeError:
-        return _stdout_closed()
+    except BrokenPipeError as exc:
+        if _stdout_broken():
+            return _stdout_closed(args)
+        if debug:
+            raise
+        _error(_describe(exc))
+        return 1
     except KeyboardInterrupt:
         _error_interrupted()
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure is one line unless debugging
         if debug:
             raise
-        _error(_describe(exc))
+        _error(_named_as_typed(exc, args) or _describe(exc))
         return 1
 
 

@@ -42,7 +42,17 @@ INSTALL_HINTS = {
 
 
 class RunoffError(ValueError):
-    """Base class of every error runoff raises for bad input."""
+    """Base class of every error runoff raises for bad input.
+
+    Attributes
+    ----------
+    parameter : str or None
+        The parameter a ``"{parameter} must be ..."`` message names (set by
+        :func:`runoff.checks.invalid`), so that the command line can name the option that gave
+        the value instead (``--k`` for ``k``); None for other errors.
+    """
+
+    parameter: str | None = None
 
 
 class InvalidScoresError(RunoffError):

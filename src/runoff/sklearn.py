@@ -177,7 +177,9 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
         present) or ``decision_function``. None: ``DecisionTreeClassifier(random_state=0)``.
         Its parameters, ``random_state`` included, are used unchanged for every clone.
     k : int, default 10
-        Number of partitions. Larger ``k``: larger certificates, smaller subsets.
+        Number of partitions, at most the number of training rows (``fit`` raises
+        :class:`~runoff.errors.InvalidParameterError` otherwise, as ``runoff train`` does).
+        Larger ``k``: larger certificates, smaller subsets.
     d : int, default 1
         Models per bucket. ``d = 1`` is DPA (``k`` models, each row trains one of them);
         ``d > 1`` is Finite Aggregation (``k*d`` models, each row trains ``d`` of them).
@@ -306,6 +308,12 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        InvalidParameterError
+            A parameter out of range or unknown, ``k`` larger than ``n_samples``, labels of
+            one class or outside ``classes``.
         """
         k, d, spread, method, template = self._check_params()
         allow_nan = get_tags(template).input_tags.allow_nan
@@ -313,6 +321,8 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
                               ensure_all_finite="allow-nan" if allow_nan else True)
         check_classification_targets(y)
         classes = self._classes(y)
+        if k > X.shape[0]:  # most models would be empty: surely a mistake, refused as the image pipeline does
+            raise invalid("k", f"an integer in [1, {X.shape[0]}] (the training set has {X.shape[0]} rows)", k)
         n_models = k * d
         digests = row_hashes(X, y)
         buckets = np.fromiter((int.from_bytes(g, "big") % n_models for g in digests),

@@ -28,7 +28,7 @@ from ..errors import DataFileError, InvalidParameterError, require
 from .cache import cached_arrays
 
 __all__ = ["FOLDER_PREFIX", "NPZ_PREFIX", "is_custom", "load_custom", "load_npz", "load_image_folder",
-           "parse_image_size", "read_image"]
+           "parse_image_size", "read_image", "resize_image"]
 
 FOLDER_PREFIX = "folder:"
 NPZ_PREFIX = "npz:"
@@ -198,11 +198,21 @@ def _decode_all(paths, size) -> dict[str, np.ndarray]:
             raise DataFileError(f"images of different sizes, e.g. {p1} ({s1[0]}x{s1[1]}) and {p2} "
                                 f"({s2[0]}x{s2[1]}); give --image-size HxW to resize them")
         return {"images": np.stack(decoded), "pixel_sums": sums}
+    return {"images": np.stack([resize_image(a, size, Image) for a in decoded]), "pixel_sums": sums}
+
+
+def resize_image(image, size, Image) -> np.ndarray:
+    """One uint8 image ``(H, W, C)`` resized to ``size = (h, w)`` with Pillow's bilinear filter.
+
+    The one resize of runoff: ``folder:`` training with ``image_size`` and ``runoff predict``
+    on a run trained with it both call it, so a file predicted gives the pixels training saw.
+    ``Image`` is ``PIL.Image`` (imported by the caller, which checked Pillow is installed).
+    """
     resample = getattr(Image, "Resampling", Image).BILINEAR
     h, w = size
-    resized = [np.asarray(Image.fromarray(a.squeeze(2) if a.shape[2] == 1 else a).resize((w, h), resample),
-                          dtype=np.uint8).reshape(h, w, a.shape[2]) for a in decoded]
-    return {"images": np.stack(resized), "pixel_sums": sums}
+    c = image.shape[2]
+    pil = Image.fromarray(image[..., 0] if c == 1 else image)  # (H, W, 1) is not an image mode
+    return np.asarray(pil.resize((w, h), resample), dtype=np.uint8).reshape(h, w, c)
 
 
 def _decode(path, Image) -> np.ndarray:

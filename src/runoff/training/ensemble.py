@@ -13,6 +13,9 @@ Inputs are images exactly as the data set loader gives them: ``uint8`` (or any i
 array with values in ``0..255``), shape ``(N, H, W, C)`` with ``(H, W, C)`` the run's image
 shape, or ``(N, H, W)`` when the run has one channel. Float arrays are refused rather than
 guessed at (is 1.0 white, or almost black?): convert them to the loader's uint8 scale first.
+Arrays are never resized. Image files are read by :meth:`Ensemble.read_inputs` as ``folder:``
+training read them, resized as the run resized its images (``--image-size``) by the same
+function; a folder of class subfolders gives each image its true class.
 
 This module imports torch; ``import runoff`` does not import it.
 """
@@ -20,6 +23,7 @@ This module imports torch; ``import runoff`` does not import it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,7 +39,7 @@ from ..errors import (
 )
 from ..run_folder import PLAN_FILE, RunFolder
 
-__all__ = ["Ensemble", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["Ensemble", "Inputs", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
 
 def default_method(d: int) -> str:
@@ -61,6 +65,13 @@ class Ensemble:
     n_classes : int
     image_shape : tuple (H, W, C)
         Shape of one input image.
+    image_size : tuple (H, W) or None
+        What ``folder:`` training resized its images to (``--image-size``); None when it did
+        not resize. Image files read by :meth:`read_inputs` are resized alike.
+    class_names : tuple of str or None
+        The class of each label, for runs on ``folder:`` data sets; else None.
+    label_names : tuple of str
+        :attr:`class_names`, or the labels written as numbers (``"0"``, ``"1"``, ...).
     d : int
     spread : tuple of int
     versions : int
@@ -141,6 +152,20 @@ class Ensemble:
         return tuple(int(s) for s in self.plan.image_shape)
 
     @property
+    def image_size(self) -> tuple | None:
+        size = (self.plan.training or {}).get("image_size")
+        return None if size is None else tuple(int(s) for s in size)
+
+    @property
+    def class_names(self) -> tuple | None:
+        names = (self.plan.training or {}).get("class_names")
+        return None if not names else tuple(str(n) for n in names)
+
+    @property
+    def label_names(self) -> tuple:
+        return self.class_names or tuple(str(i) for i in range(self.n_classes))
+
+    @property
     def d(self) -> int:
         return int(self.plan.d)
 
@@ -160,6 +185,19 @@ class Ensemble:
                 f"{self.n_classes} classes, images {_shape_text(self.image_shape)}, method {self.method!r})")
 
     # ------------------------------------------------------------------ inputs
+    def read_inputs(self, paths) -> "Inputs":
+        """Read new inputs from disk for this run: :func:`read_inputs` with the run's image
+        shape and resize (:attr:`image_size`)."""
+        return read_inputs(paths, self.image_shape, image_size=self.image_size)
+
+    def labels_of(self, classes) -> np.ndarray | None:
+        """The labels of class names (:attr:`label_names`), int64; None unless every one is a
+        name of :attr:`label_names` (``None`` included: an input of no known class)."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        if not len(classes) or any(c not in index for c in classes):
+            return None
+        return np.asarray([index[c] for c in classes], dtype=np.int64)
+
     def check_images(self, x) -> np.ndarray:
         """Validate new inputs and return them as uint8 ``(N, H, W, C)``.
 
@@ -200,9 +238,13 @@ class Ensemble:
             hint = " (one image? add a leading axis: x[None])" if arr.ndim == 3 or (arr.ndim == 2 and c == 1) else ""
             raise InvalidParameterError(f"inputs must have shape {expected}; got {_shape_text(arr.shape)}{hint}")
         if arr.shape[1:3] != (h, w):
+            # arrays are taken as the loader gives them, already resized: only image files are resized
+            hint = ("; the run resized its training images to this size (--image-size): resize arrays "
+                    "alike, or give the image files, which are resized as training resized them"
+                    if self.image_size is not None else "")
             raise InvalidParameterError(
                 f"images must be {h}x{w} (expected shape {expected}); got {arr.shape[1]}x{arr.shape[2]} "
-                f"(shape {_shape_text(arr.shape)})"
+                f"(shape {_shape_text(arr.shape)}){hint}"
             )
         if arr.shape[3] != c:
             raise InvalidParameterError(
@@ -431,34 +473,83 @@ def _pillow():
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff", ".webp")
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """The image files of a folder (not its subfolders or hidden files), sorted by name."""
+class Inputs(NamedTuple):
+    """New inputs read from disk by :func:`read_inputs`.
+
+    Attributes
+    ----------
+    images : numpy.ndarray
+        Unvalidated for arrays (:meth:`Ensemble.check_images` does that).
+    names : list of str
+        One name per input: ``FILE[i]`` for arrays, the file path for images.
+    classes : list of (str or None)
+        The class subfolder each image was found in (its name; see :func:`read_inputs`),
+        None for inputs read otherwise.
+    """
+
+    images: np.ndarray
+    names: list
+    classes: list
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a folder holds, but hidden entries, sorted by name."""
     try:
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
         raise InvalidParameterError(f"cannot read the folder {folder}: {exc.strerror or exc}") from None
-    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        arrays = [p.name for p in files if p.suffix.lower() in _ARRAY_SUFFIXES]
-        hint = f" (it holds {', '.join(arrays[:3])}: give an array file by its name)" if arrays else ""
-        raise InvalidParameterError(
-            f"{folder}: a folder without image files ({', '.join(IMAGE_SUFFIXES)}){hint}"
-        )
-    return images
+    return [p for p in entries if not p.name.startswith(".")]
 
 
-def _read_image(path: Path, image_shape) -> np.ndarray:
-    """One image file as uint8 (H, W, C), converted only where the conversion is unambiguous."""
-    from ..data.custom import read_image
+def _image_files(entries) -> list[Path]:
+    return [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _folder_images(folder: Path) -> list[tuple[Path, str | None]]:
+    """``(file, class)`` of each image a folder stands for.
+
+    Its image files, sorted by name, of no class; or, when it holds none, the image files of
+    each subfolder, as ``folder:`` data sets lay out ``train/`` and ``test/``
+    (``<class>/*.png``), each of the class its subfolder names; subfolders without images
+    are passed over.
+    """
+    entries = _entries(folder)
+    images = _image_files(entries)
+    if images:
+        return [(p, None) for p in images]
+    pairs = [(p, sub.name) for sub in entries if sub.is_dir() for p in _image_files(_entries(sub))]
+    if pairs:
+        return pairs
+    arrays = [p.name for p in entries if p.is_file() and p.suffix.lower() in _ARRAY_SUFFIXES]
+    subs = [p.name + "/" for p in entries if p.is_dir()]
+    hint = (f" (it holds {', '.join(arrays[:3])}: give an array file by its name)" if arrays
+            else f" (class subfolders are read one level down: give one of {', '.join(subs[:3])})" if subs else "")
+    raise InvalidParameterError(
+        f"{folder}: a folder without image files ({', '.join(IMAGE_SUFFIXES)}), neither in it nor in "
+        f"class subfolders{hint}"
+    )
+
+
+def _read_image(path: Path, image_shape, image_size=None) -> np.ndarray:
+    """One image file as uint8 (H, W, C), converted only where the conversion is unambiguous,
+    then resized to ``image_size`` when the run resized its training images."""
+    from ..data.custom import read_image, resize_image
 
     h, w, c = image_shape
-    arr = read_image(path, _pillow(), error=InvalidParameterError)  # as folder: training reads it
+    arr = _channels(path, read_image(path, _pillow(), error=InvalidParameterError), c)  # as folder: training reads it
+    if image_size is not None:  # colour first, then resize: training's order for mixed folders
+        return resize_image(arr, image_size, _pillow())
     if arr.shape[:2] != (h, w):
         raise InvalidParameterError(
             f"{path}: image is {arr.shape[1]}x{arr.shape[0]} (width x height); the run expects {w}x{h}. "
-            "runoff does not resize: resize it as the training images were"
+            "The run was trained without --image-size, so runoff does not resize: resize it as the "
+            "training images were"
         )
+    return arr
+
+
+def _channels(path: Path, arr: np.ndarray, c: int) -> np.ndarray:
+    """``arr`` with the run's ``c`` channels: grey repeated into colour, grey stored as RGB made grey."""
     have = arr.shape[2]
     if have == c:
         return arr
@@ -474,7 +565,7 @@ def _read_image(path: Path, image_shape) -> np.ndarray:
     raise InvalidParameterError(f"{path}: {have} channels; the run expects {c}")
 
 
-def read_inputs(paths, image_shape) -> tuple[np.ndarray, list[str]]:
+def read_inputs(paths, image_shape, *, image_size=None) -> Inputs:
     """Read new inputs from disk: one ``.npy``/``.npz`` array, or image files and folders of them.
 
     Parameters
@@ -482,19 +573,24 @@ def read_inputs(paths, image_shape) -> tuple[np.ndarray, list[str]]:
     paths : sequence of path-like
         Either a single ``.npy`` file, or ``.npz`` file (its array ``images``, or its only
         array), holding uint8 images ``(N, H, W, C)`` (``(N, H, W)`` for one channel); or
-        image files Pillow reads (PNG, JPEG, ...) and folders, each standing for its image
-        files (names ending in one of :data:`IMAGE_SUFFIXES`; not its subfolders or hidden
-        files), sorted by name. Grey images are repeated
-        into three channels for a colour run; colour images are accepted by a grey run only
-        when their three channels are equal. Images are never resized.
+        image files Pillow reads (PNG, JPEG, ...) and folders. A folder stands for its image
+        files (names ending in one of :data:`IMAGE_SUFFIXES`, not hidden), sorted by name;
+        or, when it holds none, for those of each of its subfolders, a folder of class
+        subfolders (``test/<class>/*.png``, the layout of ``folder:`` data sets), each image
+        of the class its subfolder names. Grey images are repeated into three channels for a
+        colour run; colour images are accepted by a grey run only when their three channels
+        are equal.
     image_shape : tuple (H, W, C)
         The run's image shape.
+    image_size : tuple (H, W), optional
+        Resize every image file to this size, as ``folder:`` training with ``image_size``
+        did (:func:`runoff.data.custom.resize_image`). Without it, image files of another
+        size than the run's are refused. Arrays are never resized.
 
     Returns
     -------
-    images : numpy.ndarray (unvalidated for arrays: :meth:`Ensemble.check_images` does that)
-    names : list of str
-        One name per input: ``FILE[i]`` for arrays, the file path for images.
+    Inputs
+        ``(images, names, classes)``.
 
     Raises
     ------
@@ -518,14 +614,15 @@ def read_inputs(paths, image_shape) -> tuple[np.ndarray, list[str]]:
             )
         arr = _read_array(paths[0])
         n = arr.shape[0] if arr.ndim >= 1 else 0
-        return arr, [f"{paths[0].name}[{i}]" for i in range(n)]
+        return Inputs(arr, [f"{paths[0].name}[{i}]" for i in range(n)], [None] * n)
     files = []
     for p in paths:
         if p.is_dir():
             files.extend(_folder_images(p))
         elif p.is_file():
-            files.append(p)
+            files.append((p, None))
         else:
             raise InvalidParameterError(f"{p} is neither a file nor a folder")
-    images = [_read_image(p, tuple(image_shape)) for p in files]
-    return np.stack(images), [str(p) for p in files]
+    size = None if image_size is None else tuple(int(s) for s in image_size)
+    images = [_read_image(p, tuple(image_shape), size) for p, _ in files]
+    return Inputs(np.stack(images), [str(p) for p, _ in files], [c for _, c in files])
