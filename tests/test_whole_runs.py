@@ -71,7 +71,8 @@ def readers_refuse(run: Path, capsys, expected: str) -> None:
         RunFolder(run).read_logits()
     images = run.parent / "images.npy"
     np.save(images, np.zeros((2, 8, 8, 1), dtype=np.uint8))
-    for argv in (["evaluate", str(run)], ["predict", str(run), str(images)], ["report", str(run)]):
+    for argv in (["evaluate", str(run)], ["predict", str(run), str(images)], ["report", str(run)],
+                 ["certify", str(run / "logits.npz")]):
         assert main(argv) == 1, argv
         assert expected.replace("\\", "") in one_error_line(capsys), argv
 

@@ -189,9 +189,12 @@ def _check_out_folder(out, option: str = "--out") -> None:
         first = first.parent
     try:
         first.mkdir()
+    except FileExistsError:  # another command created it meanwhile: writable, as far as we can tell
+        return
     except OSError as exc:
         raise InvalidParameterError(f"{option} {out}: cannot create this folder ({exc.strerror or exc})") from None
-    first.rmdir()
+    with contextlib.suppress(OSError):  # another command may be writing into it already
+        first.rmdir()
 
 
 def _check_out_file(out, option: str = "--out") -> None:
@@ -275,11 +278,13 @@ def _n_jobs(value):
 def _cmd_certify(args) -> int:
     from .logits_io import load_logits, save_certificates
     from .reporting.evaluation import evaluate_logits
+    from .run_folder import check_logits_file
 
     _at_least(args.d, "--d", 1)
     _check_collective_options(args)
     if args.out:
         _check_out_file(args.out)
+    check_logits_file(args.file)  # a run's logits.npz: only of a whole run
     scores, labels = load_logits(args.file)
     ev = evaluate_logits(scores, labels, methods=args.method, d=args.d, spread=args.spread, budgets=args.budgets,
                          n_jobs=_n_jobs(args.n_jobs))

@@ -58,6 +58,7 @@ __all__ = [
     "SUBSETS_FILE",
     "LOGIT_SOURCES_FILE",
     "UNFINISHED_FILE",
+    "check_logits_file",
 ]
 
 PLAN_FILE = "plan.json"
@@ -440,6 +441,15 @@ class RunFolder:
         path = self.report_path(kind)
         atomic_write_text(path, text)
         return path
+
+
+def check_logits_file(path) -> None:
+    """When ``path`` is a run folder's ``logits.npz`` (``runoff certify RUN/logits.npz``), the
+    run must be whole (:meth:`RunFolder.check_whole`); any other file passes."""
+    path = Path(path)
+    folder = RunFolder(path.parent)
+    if path.name == LOGITS_FILE and folder.has_plan():
+        folder.check_whole()
 
 
 def _n_models(folder: RunFolder) -> int | None:
