@@ -79,12 +79,12 @@ def test_markdown_shows_paper_numbers_beside_ours():
 def test_report_on_a_run_without_logits_says_so(runs, tmp_path):
     import shutil
 
-    from runoff.errors import LogitsFileError
+    from runoff.errors import RunUnfinishedError
 
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(runs / "dpa" / "plan.json", bare / "plan.json")
-    with pytest.raises(LogitsFileError, match="no logits file"):
+    with pytest.raises(RunUnfinishedError, match="training is unfinished: rerun the same `runoff train` command"):
         compare_runs([bare])
 
 

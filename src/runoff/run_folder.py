@@ -197,8 +197,12 @@ class RunFolder:
             return {"operation": "train"}
         return obj
 
-    def check_whole(self) -> None:
+    def check_whole(self, *, logits: bool = True) -> None:
         """Raise unless the folder holds a whole, finished run (models and logits that match).
+
+        ``logits=False``: for readers of the models alone (:class:`~runoff.training.ensemble.Ensemble`),
+        which check each checkpoint themselves: only an unfinished record counts, not a plan
+        without logits (a folder of ``plan.json`` and checkpoints written by ``train_ensemble``).
 
         Raises
         ------
@@ -206,14 +210,15 @@ class RunFolder:
             Training or an update is unfinished or going on; the message says which and how to
             finish it ("rerun the same runoff train command", "rerun runoff update RUN").
         """
-        message = self.unfinished_message()
+        message = self.unfinished_message(logits=logits)
         if message is not None:
             raise RunUnfinishedError(message)
 
-    def unfinished_message(self) -> str | None:
-        """Why the run is not whole (one line), or None when it is."""
+    def unfinished_message(self, *, logits: bool = True) -> str | None:
+        """Why the run is not whole (one line), or None when it is (``logits``: as
+        :meth:`check_whole`)."""
         record = self.read_unfinished()
-        if record is None and (not self.has_plan() or self.logits_path.is_file()):
+        if record is None and (not logits or not self.has_plan() or self.logits_path.is_file()):
             return None
         operation = "train" if record is None else record["operation"]
         writer = self.writer()

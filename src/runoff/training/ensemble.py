@@ -130,7 +130,8 @@ class Ensemble:
                     "resume it by running the same `runoff train` command"
                 )
             raise RunDirectoryError(f"{run_dir} is not a run folder: no {PLAN_FILE} (train one with `runoff train`)")
-        RunFolder(run_dir).check_whole()  # never a mix of models before and after an update
+        # never a mix of models before and after an update (checkpoints are checked one by one below)
+        RunFolder(run_dir).check_whole(logits=False)
         plan = PartitionPlan.load(run_dir)
         if (plan.training or {}).get("versions") is not None:
             members = _load_versions(run_dir, plan, dev)
