@@ -43,6 +43,7 @@ import numpy as np
 from . import run_lock
 from .atomic import atomic_write, atomic_write_text
 from .errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
+from .data.partition import PLAN_FILE, PartitionPlan
 
 __all__ = [
     "RunFolder",
@@ -61,7 +62,6 @@ __all__ = [
     "check_logits_file",
 ]
 
-PLAN_FILE = "plan.json"
 CHECKPOINT_DIR = "checkpoints"
 LOGITS_FILE = "logits.npz"
 CERTIFICATES_FILE = "certificates.npz"
@@ -268,8 +268,6 @@ class RunFolder:
     # ------------------------------------------------------------------ plan
     def read_plan(self, *, train=None):
         """The folder's :class:`~runoff.data.partition.PartitionPlan` (checked against ``train`` if given)."""
-        from .data.partition import PartitionPlan
-
         return PartitionPlan.load(self.path, train=train)
 
     def write_plan(self, plan) -> Path:

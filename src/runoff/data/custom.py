@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import DataFileError, InvalidParameterError, require
 from .cache import cached_arrays
+from .dataset import Dataset
 
 __all__ = ["FOLDER_PREFIX", "NPZ_PREFIX", "is_custom", "load_custom", "load_npz", "load_image_folder",
            "parse_image_size", "read_image", "resize_image"]
@@ -68,7 +69,6 @@ def load_custom(name: str, *, image_size=None):
 # ---------------------------------------------------------------------------- npz
 def load_npz(path):
     """Train and test sets from an ``.npz`` file of ``x_train, y_train, x_test, y_test``."""
-    from .datasets import Dataset
 
     path = Path(path)
     if not path.is_file():
@@ -138,7 +138,6 @@ def load_image_folder(path, *, image_size=None, cache: bool = True):
         ``train`` lacks, an unreadable image (named), images of different sizes without
         ``image_size`` (two of them named with their sizes).
     """
-    from .datasets import Dataset
 
     base = Path(path)
     size = parse_image_size(image_size)

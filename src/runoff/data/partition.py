@@ -52,9 +52,8 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..checks import check_choice, check_int, invalid
 from ..errors import InvalidParameterError, RunDirectoryError, UnevenPlanWarning
-from ..run_folder import PLAN_FILE
 from ..spread import bucket_models, model_subsets, reference_spread, validate_spread
-from .datasets import Dataset
+from .dataset import Dataset
 
 __all__ = [
     "IMAGE_HASHES",
@@ -85,6 +84,8 @@ UNEVEN_RATIO = 4.0
 #: ``std_rule`` field, and a population-rule plan is written without one, so that their
 #: JSON, and the checkpoints tied to it, stay as they were.
 STD_RULES = ("sample", "population")
+#: The plan's file name in a run folder (:class:`runoff.run_folder.RunFolder` re-exports it).
+PLAN_FILE = "plan.json"
 _FORMAT = "runoff-plan"
 _VERSION = 1
 
