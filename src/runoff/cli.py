@@ -249,6 +249,26 @@ def _check_collective_options(args) -> None:
         require("scipy", "--collective")
 
 
+def _table_budgets(args):
+    """The pointwise table's budgets: as given; else, with --collective, the clean row and the
+    collective budgets (the ones asked for); else None (evenly spaced, see default_budgets)."""
+    if args.budgets is not None or args.collective is None:
+        return args.budgets
+    return sorted({0, *args.collective})
+
+
+def _collective(ev, args, *, n_jobs=None) -> None:
+    """Add --collective figures to ``ev``, with a progress line per budget while the MILPs run
+    (on stderr with --json, to keep stdout JSON), then print their table (without --json)."""
+    from .reporting.collective import CollectiveProgress
+    from .reporting.evaluation import add_collective
+
+    with CollectiveProgress(sys.stderr if args.json else sys.stdout) as progress:
+        add_collective(ev, args.collective, time_limit=args.time_limit, n_jobs=n_jobs, progress=progress)
+    if not args.json:
+        _print_collective(ev.summary["collective"])
+
+
 def _print_collective(summary: dict) -> None:
     from rich.console import Console
 
@@ -277,28 +297,22 @@ def _cmd_certify(args) -> int:
     if args.out:
         _check_out_file(args.out)
     scores, labels = load_logits(args.file)
-    ev = evaluate_logits(scores, labels, methods=args.method, d=args.d, spread=args.spread, budgets=args.budgets,
-                         n_jobs=_n_jobs(args.n_jobs))
-    results, labels, budgets, summary = ev.results, ev.labels, ev.budgets, ev.summary
+    ev = evaluate_logits(scores, labels, methods=args.method, d=args.d, spread=args.spread,
+                         budgets=_table_budgets(args), n_jobs=_n_jobs(args.n_jobs))
+    summary = ev.summary
     summary["file"] = str(args.file)
+    if not args.json:  # the pointwise table now, before the collective MILPs (tens of seconds)
+        n, m, c = summary["n_points"], summary["n_models"], summary["n_classes"]
+        _print_evaluation(summary, f"{args.file}: {n} points, {m} models, {c} classes"
+                                   + (f", d={args.d}" if args.d != 1 else ""))
     if args.collective is not None:
-        from .reporting.collective import collective_summary
-
-        summary["collective"] = collective_summary(scores, labels, list(results), args.collective, d=args.d,
-                                                   spread=args.spread, time_limit=args.time_limit,
-                                                   n_jobs=_n_jobs(args.n_jobs))
-    n, m, c = summary["n_points"], summary["n_models"], summary["n_classes"]
+        _collective(ev, args, n_jobs=_n_jobs(args.n_jobs))
     if args.out:
-        summary["out"] = str(save_certificates(args.out, results, labels=labels, budgets=budgets))
+        summary["out"] = str(save_certificates(args.out, ev.results, labels=ev.labels, budgets=ev.budgets))
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        title = f"{args.file}: {n} points, {m} models, {c} classes" + (f", d={args.d}" if args.d != 1 else "")
-        _print_evaluation(summary, title)
-        if "collective" in summary:
-            _print_collective(summary["collective"])
-        if args.out:
-            print(f"wrote {summary['out']}")
+    elif args.out:
+        print(f"wrote {summary['out']}")
     return 0
 
 
@@ -677,12 +691,19 @@ def _add_evaluate(sub) -> None:
         help="certify a trained run and write its report (table, JSON, Markdown, plot)",
         description=(
             "Certify the run's logits with the methods that fit it (dpa,dpa-roe for d = 1; fa,fa-roe for "
-            "d > 1) and write certificates.npz, report.json, report.md and certified_accuracy.png into it."
+            "d > 1), print the table and write certificates.npz, report.json, report.md and "
+            "certified_accuracy.png into the run folder (another --method set: into RUN/reports/METHODS/, "
+            "e.g. reports/fa/; --out: into DIR). A run folder that cannot be written gets a warning after "
+            "the table, and exit status 0."
         ),
     )
     p.add_argument("run", help="run folder written by runoff train")
     p.add_argument("--method", "-m", type=_method_list, default=None, help=f"{_METHOD_HELP}; default: by the run's d")
-    p.add_argument("--budgets", type=_budget_list, default=None, help="comma-separated budgets (sorted, each once)")
+    p.add_argument("--budgets", type=_budget_list, default=None,
+                   help="comma-separated budgets (sorted, each once); default: evenly spaced, or with --collective "
+                        "its budgets")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write the report files into DIR instead of the run folder (e.g. for a read-only run)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_collective_options(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -694,24 +715,40 @@ def _cmd_evaluate(args) -> int:
 
     require_matplotlib("runoff evaluate (its plot)")
     _check_collective_options(args)
-    run = Path(args.run)
-    if run.is_dir() and not os.access(run, os.W_OK | os.X_OK):
-        raise InvalidParameterError(f"{args.run}: cannot write the report into this run folder (permission denied)")
-    ev = evaluate_run(args.run, methods=args.method, budgets=args.budgets, collective=args.collective,
-                      time_limit=args.time_limit)
-    if args.json:
-        print(json.dumps(ev.summary, indent=2))
-    else:
-        s = ev.summary
+    if args.out:
+        _check_out_folder(args.out)
+    ev = evaluate_run(args.run, methods=args.method, budgets=_table_budgets(args), write=False)
+    s = ev.summary
+    if not args.json:  # the pointwise table now, before the collective MILPs (tens of seconds)
         _print_evaluation(s, f"{args.run}: {s['dataset']}, k={s['k']}, d={s['d']}, {s['n_test']} test points")
-        if "collective" in s:
-            _print_collective(s["collective"])
         if "base_models" in s:
             from .training.health import describe
 
             print(describe(s["base_models"]))
-        print(f"wrote report.json, report.md, certificates.npz, certified_accuracy.png in {args.run}")
+    if args.collective is not None:
+        _collective(ev, args)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    _write_evaluation(args, ev)
     return 0
+
+
+def _write_evaluation(args, ev) -> None:
+    """Write the report where it belongs (--out, the run, or RUN/reports/METHODS/); a run folder
+    that cannot be written gets a warning (the table is out already): use --out."""
+    from .reporting.evaluation import write_run_report
+    from .run_folder import RunFolder
+
+    target = args.out or RunFolder(args.run).report_dir(ev.results, ev.d)
+    if not args.out:
+        try:
+            _check_out_folder(target)
+        except InvalidParameterError:
+            _warn(f"cannot write the report into {args.run} (read-only); use --out DIR")
+            return
+    folder = write_run_report(args.run, ev, out_dir=target)
+    if not args.json:
+        print(f"wrote report.json, report.md, certificates.npz, certified_accuracy.png in {folder}")
 
 
 def _add_demo(sub) -> None:
@@ -971,6 +1008,14 @@ def _error(message: str) -> None:
     try:
         print(f"runoff: error: {one_line(message)}", file=sys.stderr)
     except (OSError, ValueError):  # stderr closed too: nothing left to tell
+        pass
+
+
+def _warn(message: str) -> None:
+    """One line ``runoff: warning: ...`` on stderr: something not done, the command goes on."""
+    try:
+        print(f"runoff: warning: {one_line(message)}", file=sys.stderr)
+    except (OSError, ValueError):
         pass
 
 

@@ -12,6 +12,10 @@ A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff r
       models.json          each base model's training loss and accuracy, and flagged models
       certificates.npz     predictions and certificates per method (runoff evaluate)
       report.json  report.md  certified_accuracy.png    (runoff evaluate)
+      reports/METHODS/     the same four files for another method set than the run's own
+                           (dpa,dpa-roe for d = 1; fa,fa-roe for d > 1), so that
+                           `runoff evaluate RUN --method fa` keeps the run's report;
+                           METHODS is the set joined by "+", e.g. reports/fa/, reports/dpa+fa/
       v1/ ... vV/          DPA* only: one complete run per seed version; the top folder's
                            plan lists them and its logits are their sum
 
@@ -25,11 +29,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_text
+from .checks import METHODS, methods_for
 from .errors import LogitsFileError, RunDirectoryError
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "HISTOGRAM_PLOT",
     "SUBSETS_FILE",
     "LOGIT_SOURCES_FILE",
+    "REPORTS_DIR",
 ]
 
 PLAN_FILE = "plan.json"
@@ -58,6 +65,8 @@ HISTOGRAM_PLOT = "certificates_hist.png"
 MODELS_FILE = "models.json"
 SUBSETS_FILE = "subsets.json"
 LOGIT_SOURCES_FILE = "logit-sources.json"
+#: Reports of method sets other than the run's own, one folder per set
+REPORTS_DIR = "reports"
 #: Where ``runoff update`` keeps the old logits while it runs (removed when it is done)
 UPDATE_CACHE_DIR = "update-cache"
 _SUBSETS_FORMAT = "runoff-subsets"
@@ -105,6 +114,23 @@ class RunFolder:
         names = {"json": REPORT_JSON, "md": REPORT_MD, "accuracy_plot": ACCURACY_PLOT,
                  "histogram_plot": HISTOGRAM_PLOT}
         return self.path / names[kind]
+
+    def report_dir(self, methods, d: int) -> Path:
+        """Where ``runoff evaluate`` writes the report of ``methods`` on a run with ``d``
+        models per bucket: the run folder itself for the run's own methods
+        (:func:`runoff.checks.methods_for`, in any order), ``reports/METHODS/`` for any other
+        set (canonical names in the order of :data:`runoff.METHODS`, joined by "+"), so that
+        one method set's report never replaces another's."""
+        chosen = set(methods)
+        if chosen == set(methods_for(d)):
+            return self.path
+        return self.path / REPORTS_DIR / "+".join(m for m in METHODS if m in chosen)
+
+    def report_dirs(self) -> list[Path]:
+        """The folders that hold a report (``report.json``): the run folder, then those under
+        ``reports/`` by name."""
+        others = sorted(p for p in (self.path / REPORTS_DIR).glob("*") if p.is_dir())
+        return [d for d in [self.path, *others] if (d / REPORT_JSON).is_file()]
 
     def version(self, v: int) -> "RunFolder":
         """DPA*: the run folder of seed version ``v`` (1-based)."""
@@ -296,12 +322,16 @@ class RunFolder:
                 *(self.report_path(kind) for kind in kinds)]
 
     def remove_outputs(self) -> list[str]:
-        """Delete :meth:`output_paths` that exist (when the models change); their names."""
+        """Delete :meth:`output_paths` that exist, and the reports of other method sets
+        (:data:`REPORTS_DIR`), when the models change; their names."""
         removed = []
         for path in self.output_paths():
             if path.is_file():
                 path.unlink()
                 removed.append(path.name)
+        if (self.path / REPORTS_DIR).is_dir():
+            shutil.rmtree(self.path / REPORTS_DIR)
+            removed.append(REPORTS_DIR)
         return removed
 
     def write_text(self, kind: str, text: str) -> Path:

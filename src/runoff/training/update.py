@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..checks import check_int
 from ..errors import InvalidParameterError, RunDirectoryError
-from ..run_folder import RunFolder
+from ..run_folder import REPORT_JSON, RunFolder
 from .backends import TrainingJob, resolve_backend
 from .logit_sources import reusable_columns
 from .runs import RunResult, _check_run_options, _layout, finish_run
@@ -55,7 +56,8 @@ class UpdateResult(RunResult):
         Models whose test logits were kept from before (their checkpoint file and the test
         set unchanged: :mod:`runoff.training.logit_sources`), not computed again.
     reevaluated : list of str
-        Methods whose certificates and report were computed again (the run had a report).
+        Methods whose certificates and report were computed again (every report the run had:
+        its own and those of other method sets under ``reports/``).
     """
 
     changed: list = field(default_factory=list)
@@ -150,13 +152,13 @@ def update_run(
     folder = RunFolder(run_dir)
     folder.check_is_folder()
     folder.require_plan()
-    methods = _report_methods(folder)
+    reports = _reports(folder)
     old = folder.read_plan()
     if (old.training or {}).get("versions"):
         options = {name: value for name, value in locals().items() if name in _PER_VERSION}
         with backend.session():
             return _reevaluate(_update_dpa_star(folder, old, backend=backend, download=download, label=label,
-                                                **options), methods)
+                                                **options), reports)
     run_recipe, seed_version = _run_training(folder, old)
     _refuse_other_run(old, run_recipe, k=k, d=d, hash=hash, recipe=recipe, epochs=epochs)
     old_fps = _recorded_subsets(folder, old)
@@ -189,7 +191,7 @@ def update_run(
                        retrained=sorted(j for c in done[True] for j in c.ids), kept_files=len(done[False]),
                        n_train_before=old.n_train, n_train_after=new.n_train, upgraded=upgraded,
                        kept_logits=sorted(j for c in trained.chunks if c.kept_logits for j in c.ids))
-    return _reevaluate(res, methods)
+    return _reevaluate(res, reports)
 
 
 def run_recipe(run_dir):
@@ -204,31 +206,32 @@ def run_recipe(run_dir):
     return _run_training(folder, plan)[0]
 
 
-def _report_methods(folder: RunFolder) -> list[str]:
-    """Methods of the run's report (``runoff evaluate``), which an update computes again;
+def _reports(folder: RunFolder) -> list[tuple[Path, list[str]]]:
+    """Each report of the run (``runoff evaluate``: the run's own, and those of other method
+    sets under ``reports/``) as (folder, methods), which an update computes again;
     matplotlib is checked now, before anything is trained."""
     import json
 
-    path = folder.report_path("json")
-    if not path.is_file():
-        return []
-    try:
-        methods = list(json.loads(path.read_text())["methods"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # an unreadable report is rewritten by the next `runoff evaluate`
-    from ..reporting.tables import require_matplotlib
+    reports = []
+    for where in folder.report_dirs():
+        try:
+            reports.append((where, list(json.loads((where / REPORT_JSON).read_text())["methods"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable report is rewritten by the next `runoff evaluate`
+    if reports:
+        from ..reporting.tables import require_matplotlib
 
-    require_matplotlib("rewriting the run's report after the update")
-    return methods
+        require_matplotlib("rewriting the run's report after the update")
+    return reports
 
 
-def _reevaluate(res: UpdateResult, methods: list[str]) -> UpdateResult:
-    """Certify the updated logits and rewrite the report with the methods it had."""
-    if methods:
-        from ..reporting.evaluation import evaluate_run
+def _reevaluate(res: UpdateResult, reports: list[tuple[Path, list[str]]]) -> UpdateResult:
+    """Certify the updated logits and rewrite each report, where it was, with the methods it had."""
+    from ..reporting.evaluation import evaluate_run
 
-        evaluate_run(res.run_dir, methods=methods)
-        res.reevaluated = list(methods)
+    for where, methods in reports:
+        evaluate_run(res.run_dir, methods=methods, out_dir=where)
+        res.reevaluated.extend(m for m in methods if m not in res.reevaluated)
     return res
 
 
