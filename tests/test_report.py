@@ -10,6 +10,7 @@ from test_cli_errors import listing, one_error_line, toy_run  # noqa: F401 - toy
 
 import runoff
 from runoff.cli import main
+from runoff.reporting.comparison import markdown_comparison
 from runoff.reporting.tables import default_budgets, plot_certified_accuracy, summarize
 from runoff.run_folder import RunFolder
 
@@ -106,3 +107,23 @@ def test_out_writes_the_report_there(toy_run, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["evaluate", str(toy_run), "--out", str(tmp_path / "file")]) == 1
     assert f"--out {tmp_path / 'file'}: exists and is not a folder" in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------- runoff report on the terminal
+def test_report_prints_a_table_not_markdown(toy_run, capsys):
+    """Issue 22.9: raw Markdown, a B = 0 column beside clean, and a legend of [paper] figures not shown."""
+    assert main(["report", str(toy_run), "--budgets", "0,1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "┃ run: method" in out and "| run: method |" not in out
+    assert "B <= 1" in out and "B = 0" not in out and "B <= 0" not in out
+    assert "(+x.xx): points gained by ROE" in out and "[paper]" not in out
+
+
+def test_markdown_comparison_drops_b0_and_explains_what_it_shows():
+    report = {"budgets": [0, 5], "columns": {"r: dpa": {"clean": 60.0, "certified": {0: 60.0, 5: 58.5}}}}
+    md = markdown_comparison(report)
+    assert "| r: dpa | 60.00% | 58.50% |" in md and "B = 0" not in md
+    assert "[paper]" not in md and "(+x.xx)" not in md and "Certified accuracy at budget B." in md
+    report["columns"]["r: dpa"]["paper"] = {5: 58.07}
+    md = markdown_comparison(report)
+    assert "58.50% [paper 58.07%]" in md and "[paper]: the paper's figure for the matching configuration." in md

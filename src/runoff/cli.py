@@ -949,7 +949,7 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from .reporting.comparison import compare_runs, markdown_comparison
+    from .reporting.comparison import compare_runs
 
     _check_collective_options(args)
     if args.out:
@@ -959,10 +959,30 @@ def _cmd_report(args) -> int:
         _check_out_folder(args.out)
     report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets, collective=args.collective,
                           time_limit=args.time_limit)
-    print(json.dumps(report, indent=2) if args.json else markdown_comparison(report))
-    if args.out and not args.json:
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_comparison(report)
+    if args.out:
         print(f"wrote report.md, report.json, certified_accuracy.png, certificates_hist.png in {args.out}")
     return 0
+
+
+def _print_comparison(report: dict) -> None:
+    """The report as rich tables (its Markdown goes to report.md), with a legend of what is shown."""
+    from rich.console import Console
+
+    from .reporting.comparison import collective_comparison_table, comparison_legend, comparison_table, health_lines
+
+    console = Console()
+    console.print(comparison_table(report))
+    console.print(" ".join(comparison_legend(report)), soft_wrap=True)
+    collective = collective_comparison_table(report)
+    if collective is not None:
+        console.print(collective)
+    health = health_lines(report)
+    if health:
+        console.print("Base models:\n" + "\n".join(health), soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------- parser and main
