@@ -105,6 +105,9 @@ def test_evaluate_and_report_add_collective(tmp_path, capsys):
     columns = json.loads(capsys.readouterr().out)["columns"]
     for col in columns.values():
         assert col["collective"]["2"] >= col["certified"]["2"] - 1e-9  # percent, never below pointwise
+    assert main(["report", str(run), "--budgets", "0,2", "--collective", "2"]) == 0
+    out = capsys.readouterr().out  # tables, not Markdown
+    assert "┃ run: method" in out and "┃ B = 2" in out and "collective: one attack with B poisons" in out
 
 
 def test_a_scipy_without_highs_milp_is_refused(monkeypatch, logits):

@@ -972,7 +972,13 @@ def _print_comparison(report: dict) -> None:
     """The report as rich tables (its Markdown goes to report.md), with a legend of what is shown."""
     from rich.console import Console
 
-    from .reporting.comparison import collective_comparison_table, comparison_legend, comparison_table, health_lines
+    from .reporting.comparison import (
+        COLLECTIVE_LEGEND,
+        collective_comparison_table,
+        comparison_legend,
+        comparison_table,
+        health_lines,
+    )
 
     console = Console()
     console.print(comparison_table(report))
@@ -980,6 +986,7 @@ def _print_comparison(report: dict) -> None:
     collective = collective_comparison_table(report)
     if collective is not None:
         console.print(collective)
+        console.print(f"collective: {COLLECTIVE_LEGEND}", soft_wrap=True)
     health = health_lines(report)
     if health:
         console.print("Base models:\n" + "\n".join(health), soft_wrap=True, highlight=False)

@@ -24,8 +24,9 @@ from .evaluation import check_budget_list, evaluate_run, make_folder
 __all__ = ["matching_config", "compare_runs", "run_labels", "markdown_comparison", "comparison_table",
            "comparison_legend", "collective_comparison_table", "health_lines"]
 
-COLLECTIVE_NOTE = ("Collective certified accuracy (one attack with B poisons against every point at once; "
-                   "a proven bound)")
+#: what the collective figures are (below the table on a terminal, in the heading in Markdown)
+COLLECTIVE_LEGEND = "one attack with B poisons against every point at once; a proven bound"
+COLLECTIVE_NOTE = f"Collective certified accuracy ({COLLECTIVE_LEGEND})"
 
 
 def matching_config(plan) -> Config | None:
@@ -184,13 +185,14 @@ def comparison_legend(report: dict) -> list[str]:
 
 
 def collective_comparison_table(report: dict):
-    """A rich Table of each column's collective certified accuracy, or None without any."""
+    """A rich Table of each column's collective certified accuracy, or None without any (its
+    legend: :data:`COLLECTIVE_LEGEND`)."""
     from rich.table import Table
 
     collective = _collective_figures(report)
     if collective is None:
         return None
-    table = Table(title=COLLECTIVE_NOTE)
+    table = Table(title="collective certified accuracy")
     table.add_column("run: method")
     for b in collective["budgets"]:
         table.add_column(f"B = {b}", justify="right")
