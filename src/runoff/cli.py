@@ -222,7 +222,8 @@ def _add_certify(sub) -> None:
     p.add_argument("--d", type=int, default=1, help="FA: models per bucket (M = k*d); default 1")
     p.add_argument("--spread", type=_int_list, default=None, help="FA: the d shifts, comma-separated; default: the reference spread")
     p.add_argument("--budgets", type=_budget_list, default=None,
-                   help="comma-separated budgets (sorted, each once); default: 0 to the largest certificate")
+                   help="comma-separated budgets (sorted, each once); default: 0 to the largest certificate, "
+                        "or with --collective its budgets")
     p.add_argument("--out", default=None, help="write predictions and certificates to this .npz file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--n-jobs", type=int, default=None,
