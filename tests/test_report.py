@@ -127,3 +127,11 @@ def test_markdown_comparison_drops_b0_and_explains_what_it_shows():
     report["columns"]["r: dpa"]["paper"] = {5: 58.07}
     md = markdown_comparison(report)
     assert "58.50% [paper 58.07%]" in md and "[paper]: the paper's figure for the matching configuration." in md
+
+
+def test_add_collective_needs_the_logits():
+    from runoff.errors import InvalidParameterError
+    from runoff.reporting.evaluation import Evaluation, add_collective
+
+    with pytest.raises(InvalidParameterError, match="keeps no logits"):
+        add_collective(Evaluation(results={}, labels=None, budgets=np.zeros(0), summary={}), [1])

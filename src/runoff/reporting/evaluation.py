@@ -19,7 +19,7 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..certificates import Certification, certify_ensemble
 from ..checks import check_budgets, check_labels, check_methods, methods_for
-from ..errors import RunDirectoryError
+from ..errors import InvalidParameterError, RunDirectoryError
 from ..logits_io import save_certificates
 from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
 from ..training.health import describe as describe_health
@@ -150,7 +150,15 @@ def add_collective(evaluation: Evaluation, budgets, *, time_limit: float | None 
     -------
     dict
         The collective summary (also stored in the evaluation's summary).
+
+    Raises
+    ------
+    InvalidParameterError
+        The evaluation keeps no logits (one put together by hand, as the demo's combined one).
     """
+    if evaluation.scores is None:
+        raise InvalidParameterError("evaluation: it keeps no logits to certify collectively; "
+                                    "make it with evaluate_logits or evaluate_run")
     spread = evaluation.spread if evaluation.d > 1 else None
     summary = collective_summary(evaluation.scores, evaluation.labels, list(evaluation.results),
                                  check_budget_list(budgets), d=evaluation.d, spread=spread, time_limit=time_limit,
