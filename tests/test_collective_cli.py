@@ -34,6 +34,10 @@ def test_certify_json_has_collective_beside_pointwise(logits):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)  # nothing but JSON on stdout, not even the solver's own lines
+    assert summary["budgets"] == [0, 1, 2, 3]  # the pointwise figures at the budgets asked for
+    progress = [line.split(",")[0] for line in proc.stderr.splitlines()]  # the progress, on stderr
+    assert progress == [f"collective {m}: budget {b} ({j}/3)"
+                        for m in ("dpa", "dpa-roe") for j, b in enumerate((1, 2, 3), 1)]
     col = summary["collective"]
     assert col["budgets"] == [1, 2, 3] and set(col["methods"]) == {"dpa", "dpa-roe"}
     for method, row in col["methods"].items():
@@ -43,6 +47,26 @@ def test_certify_json_has_collective_beside_pointwise(logits):
         assert all(row["collective"][b] >= row["pointwise"][b] for b in ("1", "2", "3"))
         assert all(row["lower"][b] <= row["upper"][b] for b in ("1", "2", "3"))
     assert col["methods"]["dpa"]["exact"] and not col["methods"]["dpa-roe"]["exact"]
+
+
+def test_certify_prints_the_pointwise_table_first_then_progress(logits):
+    """Issue 22.4: the terminal stayed blank until every collective MILP was solved."""
+    proc = subprocess.run([sys.executable, "-m", "runoff", "certify", str(logits[0]), "--collective", "1,2,3"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout  # not a terminal: plain progress lines, between the two tables
+    pointwise = out.index("certified accuracy at budget B: predicted correctly")
+    lines = [out.index(f"collective {m}: budget {b} ({j}/3), elapsed ")
+             for m in ("dpa", "dpa-roe") for j, b in enumerate((1, 2, 3), 1)]
+    assert pointwise < lines[0] and lines == sorted(lines) and lines[-1] < out.index("pointwise / collective")
+
+
+def test_certify_collective_calls_progress_before_each_budget(logits):
+    from runoff import certify_collective
+
+    calls = []
+    certify_collective(logits[1], "dpa", [3, 1], labels=logits[2], progress=lambda *a: calls.append(a))
+    assert calls == [(3, 0, 2), (1, 1, 2)]
 
 
 def test_certify_table_and_option_errors(logits, capsys, monkeypatch):
@@ -71,7 +95,9 @@ def test_evaluate_and_report_add_collective(tmp_path, capsys):
     run = tmp_path / "run"
     train_run(run, k=8, epochs=1, progress=False)
     assert main(["evaluate", str(run), "--collective", "1,2"]) == 0
-    assert "pointwise / collective" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (out.index("median cert.") < out.index("collective dpa-roe: budget 2 (2/2)")
+            < out.index("pointwise / collective") < out.index("wrote report.json"))
     report = json.loads((run / "report.json").read_text())
     assert report["collective"]["budgets"] == [1, 2]
     assert "## Collective certified accuracy" in (run / "report.md").read_text()
@@ -79,6 +105,9 @@ def test_evaluate_and_report_add_collective(tmp_path, capsys):
     columns = json.loads(capsys.readouterr().out)["columns"]
     for col in columns.values():
         assert col["collective"]["2"] >= col["certified"]["2"] - 1e-9  # percent, never below pointwise
+    assert main(["report", str(run), "--budgets", "0,2", "--collective", "2"]) == 0
+    out = capsys.readouterr().out  # tables, not Markdown
+    assert "┃ run: method" in out and "┃ B = 2" in out and "collective: one attack with B poisons" in out
 
 
 def test_a_scipy_without_highs_milp_is_refused(monkeypatch, logits):

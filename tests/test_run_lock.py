@@ -189,3 +189,38 @@ def test_two_real_train_processes_on_one_folder(tmp_path):
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
     assert not (run / run_lock.LOCK_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from runoff.training.runs import train_run
+
+    run = tmp_path_factory.mktemp("lock") / "run"
+    train_run(run, dataset="digits", k=4, epochs=1, model="small", progress=False)
+    return run
+
+
+def test_evaluate_writes_its_report_under_the_lock(finished_run, holder_process, capsys):
+    proc = holder_process(finished_run)
+    status = main(["evaluate", str(finished_run)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "dpa-roe" in captured.out  # the table came first
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and f"being written by process {proc.pid}" in errors[0]
+    assert not (finished_run / "report.json").exists()
+    proc.kill()
+    proc.wait()
+    assert main(["evaluate", str(finished_run)]) == 0
+    assert (finished_run / "report.json").is_file()
+
+
+def test_a_report_is_never_written_for_logits_replaced_meanwhile(finished_run):
+    from runoff.reporting.evaluation import evaluate_run, write_run_report
+
+    ev = evaluate_run(finished_run, write=False)
+    folder = RunFolder(finished_run)
+    folder.write_logits(*folder.read_logits())  # as an update that finished meanwhile: a new file
+    with pytest.raises(RunDirectoryError, match="logits changed while they were evaluated"):
+        write_run_report(finished_run, ev)
+    write_run_report(finished_run, evaluate_run(finished_run, write=False))

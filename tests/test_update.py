@@ -270,7 +270,7 @@ def test_cli_update_prints_what_changed_and_rewrites_the_report(tmp_path, digits
     out = capsys.readouterr().out
     assert "models changed (subsets " in out and re.search(r"\d+ checkpoint files? kept untouched", out)
     assert "certificates and report rewritten (dpa)" in out
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    report = json.loads((tmp_path / "run" / "reports" / "dpa" / "report.json").read_text())  # where it was
     assert list(report["methods"]) == ["dpa"] and report["n_test"] == len(digits[3])
     assert main(["update", str(tmp_path / "run"), "--json", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)

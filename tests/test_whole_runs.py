@@ -162,7 +162,7 @@ def test_an_interrupted_update_is_refused_by_every_reader_and_by_train(tmp_path,
     res = update_run(run, progress=False)
     # whole again, and the report the interrupted update removed is written again, same methods
     assert res.reevaluated == ["dpa"]
-    assert list(json.loads((run / "report.json").read_text())["methods"]) == ["dpa"]
+    assert list(json.loads((run / "reports" / "dpa" / "report.json").read_text())["methods"]) == ["dpa"]
     fresh = train_run(tmp_path / "fresh", dataset=src, **OPTS)
     assert np.array_equal(Ensemble.load(run).scores(digits[2][:4, ..., None]),
                           Ensemble.load(tmp_path / "fresh").scores(digits[2][:4, ..., None]))

@@ -229,7 +229,8 @@ def _add_certify(sub) -> None:
     p.add_argument("--d", type=int, default=1, help="FA: models per bucket (M = k*d); default 1")
     p.add_argument("--spread", type=_int_list, default=None, help="FA: the d shifts, comma-separated; default: the reference spread")
     p.add_argument("--budgets", type=_budget_list, default=None,
-                   help="comma-separated budgets (sorted, each once); default: 0 to the largest certificate")
+                   help="comma-separated budgets (sorted, each once); default: 0 to the largest certificate, "
+                        "or with --collective its budgets")
     p.add_argument("--out", default=None, help="write predictions and certificates to this .npz file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--n-jobs", type=int, default=None,
@@ -254,6 +255,26 @@ def _check_collective_options(args) -> None:
         _number_option(args.time_limit, "--time-limit", low=0, strict=True, unit="seconds")
     if args.collective is not None:
         require("scipy", "--collective")
+
+
+def _table_budgets(args):
+    """The pointwise table's budgets: as given; else, with --collective, the clean row and the
+    collective budgets (the ones asked for); else None (evenly spaced, see default_budgets)."""
+    if args.budgets is not None or args.collective is None:
+        return args.budgets
+    return sorted({0, *args.collective})
+
+
+def _collective(ev, args, *, n_jobs=None) -> None:
+    """Add --collective figures to ``ev``, with a progress line per budget while the MILPs run
+    (on stderr with --json, to keep stdout JSON), then print their table (without --json)."""
+    from .reporting.collective import CollectiveProgress
+    from .reporting.evaluation import add_collective
+
+    with CollectiveProgress(sys.stderr if args.json else sys.stdout) as progress:
+        add_collective(ev, args.collective, time_limit=args.time_limit, n_jobs=n_jobs, progress=progress)
+    if not args.json:
+        _print_collective(ev.summary["collective"])
 
 
 def _print_collective(summary: dict) -> None:
@@ -286,28 +307,22 @@ def _cmd_certify(args) -> int:
         _check_out_file(args.out)
     check_logits_file(args.file)  # a run's logits.npz: only of a whole run
     scores, labels = load_logits(args.file)
-    ev = evaluate_logits(scores, labels, methods=args.method, d=args.d, spread=args.spread, budgets=args.budgets,
-                         n_jobs=_n_jobs(args.n_jobs))
-    results, labels, budgets, summary = ev.results, ev.labels, ev.budgets, ev.summary
+    ev = evaluate_logits(scores, labels, methods=args.method, d=args.d, spread=args.spread,
+                         budgets=_table_budgets(args), n_jobs=_n_jobs(args.n_jobs))
+    summary = ev.summary
     summary["file"] = str(args.file)
+    if not args.json:  # the pointwise table now, before the collective MILPs (tens of seconds)
+        n, m, c = summary["n_points"], summary["n_models"], summary["n_classes"]
+        _print_evaluation(summary, f"{args.file}: {n} points, {m} models, {c} classes"
+                                   + (f", d={args.d}" if args.d != 1 else ""))
     if args.collective is not None:
-        from .reporting.collective import collective_summary
-
-        summary["collective"] = collective_summary(scores, labels, list(results), args.collective, d=args.d,
-                                                   spread=args.spread, time_limit=args.time_limit,
-                                                   n_jobs=_n_jobs(args.n_jobs))
-    n, m, c = summary["n_points"], summary["n_models"], summary["n_classes"]
+        _collective(ev, args, n_jobs=_n_jobs(args.n_jobs))
     if args.out:
-        summary["out"] = str(save_certificates(args.out, results, labels=labels, budgets=budgets))
+        summary["out"] = str(save_certificates(args.out, ev.results, labels=ev.labels, budgets=ev.budgets))
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        title = f"{args.file}: {n} points, {m} models, {c} classes" + (f", d={args.d}" if args.d != 1 else "")
-        _print_evaluation(summary, title)
-        if "collective" in summary:
-            _print_collective(summary["collective"])
-        if args.out:
-            print(f"wrote {summary['out']}")
+    elif args.out:
+        print(f"wrote {summary['out']}")
     return 0
 
 
@@ -688,12 +703,19 @@ def _add_evaluate(sub) -> None:
         help="certify a trained run and write its report (table, JSON, Markdown, plot)",
         description=(
             "Certify the run's logits with the methods that fit it (dpa,dpa-roe for d = 1; fa,fa-roe for "
-            "d > 1) and write certificates.npz, report.json, report.md and certified_accuracy.png into it."
+            "d > 1), print the table and write certificates.npz, report.json, report.md and "
+            "certified_accuracy.png into the run folder (another --method set: into RUN/reports/METHODS/, "
+            "e.g. reports/fa/; --out: into DIR). A run folder that cannot be written gets a warning after "
+            "the table, and exit status 0."
         ),
     )
     p.add_argument("run", help="run folder written by runoff train")
     p.add_argument("--method", "-m", type=_method_list, default=None, help=f"{_METHOD_HELP}; default: by the run's d")
-    p.add_argument("--budgets", type=_budget_list, default=None, help="comma-separated budgets (sorted, each once)")
+    p.add_argument("--budgets", type=_budget_list, default=None,
+                   help="comma-separated budgets (sorted, each once); default: evenly spaced, or with --collective "
+                        "its budgets")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write the report files into DIR instead of the run folder (e.g. for a read-only run)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_collective_options(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -705,24 +727,40 @@ def _cmd_evaluate(args) -> int:
 
     require_matplotlib("runoff evaluate (its plot)")
     _check_collective_options(args)
-    run = Path(args.run)
-    if run.is_dir() and not os.access(run, os.W_OK | os.X_OK):
-        raise InvalidParameterError(f"{args.run}: cannot write the report into this run folder (permission denied)")
-    ev = evaluate_run(args.run, methods=args.method, budgets=args.budgets, collective=args.collective,
-                      time_limit=args.time_limit)
-    if args.json:
-        print(json.dumps(ev.summary, indent=2))
-    else:
-        s = ev.summary
+    if args.out:
+        _check_out_folder(args.out)
+    ev = evaluate_run(args.run, methods=args.method, budgets=_table_budgets(args), write=False)
+    s = ev.summary
+    if not args.json:  # the pointwise table now, before the collective MILPs (tens of seconds)
         _print_evaluation(s, f"{args.run}: {s['dataset']}, k={s['k']}, d={s['d']}, {s['n_test']} test points")
-        if "collective" in s:
-            _print_collective(s["collective"])
         if "base_models" in s:
             from .training.health import describe
 
             print(describe(s["base_models"]))
-        print(f"wrote report.json, report.md, certificates.npz, certified_accuracy.png in {args.run}")
+    if args.collective is not None:
+        _collective(ev, args)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    _write_evaluation(args, ev)
     return 0
+
+
+def _write_evaluation(args, ev) -> None:
+    """Write the report where it belongs (--out, the run, or RUN/reports/METHODS/); a run folder
+    that cannot be written gets a warning (the table is out already): use --out."""
+    from .reporting.evaluation import write_run_report
+    from .run_folder import RunFolder
+
+    target = args.out or RunFolder(args.run).report_dir(ev.results, ev.d)
+    if not args.out:
+        try:
+            _check_out_folder(target)
+        except InvalidParameterError:
+            _warn(f"cannot write the report into {args.run} (read-only); use --out DIR")
+            return
+    folder = write_run_report(args.run, ev, out_dir=target)
+    if not args.json:
+        print(f"wrote report.json, report.md, certificates.npz, certified_accuracy.png in {folder}")
 
 
 def _add_demo(sub) -> None:
@@ -960,7 +998,7 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from .reporting.comparison import compare_runs, markdown_comparison
+    from .reporting.comparison import compare_runs
 
     _check_collective_options(args)
     if args.out:
@@ -970,10 +1008,37 @@ def _cmd_report(args) -> int:
         _check_out_folder(args.out)
     report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets, collective=args.collective,
                           time_limit=args.time_limit)
-    print(json.dumps(report, indent=2) if args.json else markdown_comparison(report))
-    if args.out and not args.json:
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_comparison(report)
+    if args.out:
         print(f"wrote report.md, report.json, certified_accuracy.png, certificates_hist.png in {args.out}")
     return 0
+
+
+def _print_comparison(report: dict) -> None:
+    """The report as rich tables (its Markdown goes to report.md), with a legend of what is shown."""
+    from rich.console import Console
+
+    from .reporting.comparison import (
+        COLLECTIVE_LEGEND,
+        collective_comparison_table,
+        comparison_legend,
+        comparison_table,
+        health_lines,
+    )
+
+    console = Console()
+    console.print(comparison_table(report))
+    console.print(" ".join(comparison_legend(report)), soft_wrap=True)
+    collective = collective_comparison_table(report)
+    if collective is not None:
+        console.print(collective)
+        console.print(f"collective: {COLLECTIVE_LEGEND}", soft_wrap=True)
+    health = health_lines(report)
+    if health:
+        console.print("Base models:\n" + "\n".join(health), soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------- parser and main
@@ -1047,6 +1112,14 @@ def _error(message: str) -> None:
     try:
         print(f"runoff: error: {one_line(message)}", file=sys.stderr)
     except (OSError, ValueError):  # stderr closed too: nothing left to tell
+        pass
+
+
+def _warn(message: str) -> None:
+    """One line ``runoff: warning: ...`` on stderr: something not done, the command goes on."""
+    try:
+        print(f"runoff: warning: {one_line(message)}", file=sys.stderr)
+    except (OSError, ValueError):
         pass
 
 

@@ -12,6 +12,10 @@ A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff r
       models.json          each base model's training loss and accuracy, and flagged models
       certificates.npz     predictions and certificates per method (runoff evaluate)
       report.json  report.md  certified_accuracy.png    (runoff evaluate)
+      reports/METHODS/     the same four files for another method set than the run's own
+                           (dpa,dpa-roe for d = 1; fa,fa-roe for d > 1), so that
+                           `runoff evaluate RUN --method fa` keeps the run's report;
+                           METHODS is the set joined by "+", e.g. reports/fa/, reports/dpa+fa/
       v1/ ... vV/          DPA* only: one complete run per seed version; the top folder's
                            plan lists them and its logits are their sum
       unfinished.json      only while training or an update is unfinished: which, and how
@@ -36,14 +40,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import run_lock
 from .atomic import atomic_write, atomic_write_text
-from .errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
+from .checks import METHODS, methods_for
 from .data.partition import PLAN_FILE, PartitionPlan
+from .errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
 
 __all__ = [
     "RunFolder",
@@ -60,6 +66,7 @@ __all__ = [
     "LOGIT_SOURCES_FILE",
     "UNFINISHED_FILE",
     "check_logits_file",
+    "REPORTS_DIR",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -75,6 +82,8 @@ LOGIT_SOURCES_FILE = "logit-sources.json"
 #: Present while training or an update of the run is unfinished (see :meth:`RunFolder.check_whole`)
 UNFINISHED_FILE = "unfinished.json"
 _UNFINISHED_FORMAT = "runoff-unfinished"
+#: Reports of method sets other than the run's own, one folder per set
+REPORTS_DIR = "reports"
 #: Where ``runoff update`` keeps the old logits while it runs (removed when it is done)
 UPDATE_CACHE_DIR = "update-cache"
 _SUBSETS_FORMAT = "runoff-subsets"
@@ -122,6 +131,23 @@ class RunFolder:
         names = {"json": REPORT_JSON, "md": REPORT_MD, "accuracy_plot": ACCURACY_PLOT,
                  "histogram_plot": HISTOGRAM_PLOT}
         return self.path / names[kind]
+
+    def report_dir(self, methods, d: int) -> Path:
+        """Where ``runoff evaluate`` writes the report of ``methods`` on a run with ``d``
+        models per bucket: the run folder itself for the run's own methods
+        (:func:`runoff.checks.methods_for`, in any order), ``reports/METHODS/`` for any other
+        set (canonical names in the order of :data:`runoff.METHODS`, joined by "+"), so that
+        one method set's report never replaces another's."""
+        chosen = set(methods)
+        if chosen == set(methods_for(d)):
+            return self.path
+        return self.path / REPORTS_DIR / "+".join(m for m in METHODS if m in chosen)
+
+    def report_dirs(self) -> list[Path]:
+        """The folders that hold a report (``report.json``): the run folder, then those under
+        ``reports/`` by name."""
+        others = sorted(p for p in (self.path / REPORTS_DIR).glob("*") if p.is_dir())
+        return [d for d in [self.path, *others] if (d / REPORT_JSON).is_file()]
 
     def version(self, v: int) -> "RunFolder":
         """DPA*: the run folder of seed version ``v`` (1-based)."""
@@ -359,6 +385,15 @@ class RunFolder:
                                   f"got {scores.shape}, {labels.shape}")
         return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
 
+    def logits_stamp(self) -> tuple | None:
+        """Identity of the logits file as it is now (inode, modification time, size), or None
+        when there is none: every write replaces the file, so a new stamp means new logits."""
+        try:
+            st = self.logits_path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def write_logits(self, scores, labels) -> Path:
         """Write ``scores`` (as float32) and ``labels`` (as int64), atomically."""
         return save_logits(self.logits_path, scores, labels)
@@ -432,12 +467,16 @@ class RunFolder:
                 *(self.report_path(kind) for kind in kinds)]
 
     def remove_outputs(self) -> list[str]:
-        """Delete :meth:`output_paths` that exist (when the models change); their names."""
+        """Delete :meth:`output_paths` that exist, and the reports of other method sets
+        (:data:`REPORTS_DIR`), when the models change; their names."""
         removed = []
         for path in self.output_paths():
             if path.is_file():
                 path.unlink()
                 removed.append(path.name)
+        if (self.path / REPORTS_DIR).is_dir():
+            shutil.rmtree(self.path / REPORTS_DIR)
+            removed.append(REPORTS_DIR)
         return removed
 
     def write_text(self, kind: str, text: str) -> Path:

@@ -634,7 +634,7 @@ def _read_bound(res, n_units, n_points):
 
 def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1, spread=None,
                        time_limit: float | None = None, n_jobs: int | None = None,
-                       chunk_size: int | None = None) -> CollectiveCertification:
+                       chunk_size: int | None = None, progress=None) -> CollectiveCertification:
     """Bound how many test points one poisoning attack with B poisons can change.
 
     Parameters
@@ -662,6 +662,11 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         Candidate points per MILP (default 40). The bounds of the chunks are summed: small
         MILPs are often solved to optimality, and the sum of their optima is usually a tighter
         bound than the dual bound of one large MILP stopped early.
+    progress : callable, optional
+        Called as ``progress(budget, index, n_budgets)`` before the MILPs of each budget are
+        solved (``index`` counts from 0, in the order of ``budgets``), so that a caller can
+        show how far a long call has come. It runs while the solver's native output is
+        silenced (see below): write to a stream of your own, not to file descriptor 1.
 
     Returns
     -------
@@ -690,7 +695,8 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
     _require_highs()
     with _native_stdout_silenced():
-        return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk)
+        return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk,
+                        progress=progress)
 
 
 @contextlib.contextmanager
@@ -753,7 +759,7 @@ class _Instance:
         return np.flatnonzero(self.counted & (self.pw_cert < budget))
 
 
-def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk):
+def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None):
     n, m, _ = scores.shape
     cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
     pred, pw_cert = cert.predictions, cert.certificates
@@ -767,7 +773,7 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     # the time limit is shared equally among all the MILPs of the call
     per_solve = None if time_limit is None or n_solves == 0 else time_limit / n_solves
     upper, chunked, fallback, pointwise, found = _bound_budgets(inst, terms, plans, time_limit=per_solve,
-                                                                n_jobs=n_jobs)
+                                                                n_jobs=n_jobs, progress=progress)
     attacks = _best_attacks(inst, budgets, found)
     lower = np.array([a.count for a in attacks], dtype=np.int64)
     _min_over_larger_budgets(upper, budgets)
@@ -824,9 +830,10 @@ def _chunks(terms, pw_cert, budget, chunk):
     return [live[bounds[i]: bounds[min(i + chunk, live_pts.size)]] for i in range(0, live_pts.size, chunk)]
 
 
-def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs):
+def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None):
     """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found), where
-    ``found[j]`` lists the non-empty unit sets the solver chose for budget ``j``."""
+    ``found[j]`` lists the non-empty unit sets the solver chose for budget ``j``; ``progress``
+    (if any) hears of each budget before its MILPs."""
     n_b = len(plans)
     upper = np.zeros(n_b, dtype=np.int64)
     pointwise = np.zeros(n_b, dtype=np.int64)
@@ -834,6 +841,8 @@ def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs):
     fallback = np.zeros(n_b, dtype=np.int64)
     found = []
     for j, (budget, cand, chunks) in enumerate(plans):
+        if progress is not None:
+            progress(int(budget), j, n_b)
         pointwise[j] = cand.size
         chunked[j] = len(chunks) > 1
         results = _solve_chunks(inst, terms, chunks, budget, time_limit=time_limit, n_jobs=n_jobs)

@@ -21,7 +21,12 @@ from ..run_folder import ACCURACY_PLOT, HISTOGRAM_PLOT, REPORT_JSON, REPORT_MD
 from ..training.health import describe as describe_health
 from .evaluation import check_budget_list, evaluate_run, make_folder
 
-__all__ = ["matching_config", "compare_runs", "run_labels"]
+__all__ = ["matching_config", "compare_runs", "run_labels", "markdown_comparison", "comparison_table",
+           "comparison_legend", "collective_comparison_table", "health_lines"]
+
+#: what the collective figures are (below the table on a terminal, in the heading in Markdown)
+COLLECTIVE_LEGEND = "one attack with B poisons against every point at once; a proven bound"
+COLLECTIVE_NOTE = f"Collective certified accuracy ({COLLECTIVE_LEGEND})"
 
 
 def matching_config(plan) -> Config | None:
@@ -141,34 +146,97 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None, collective=None, time_
 
 def markdown_comparison(report: dict) -> str:
     """Paper-style table: one row per column, budgets across, paper values and ROE gains beside."""
-    budgets = report["budgets"]
-    head = "| run: method | clean | " + " | ".join(f"B <= {b}" if b else "B = 0" for b in budgets) + " |"
+    budgets = _shown_budgets(report)
+    head = "| run: method | clean | " + " | ".join(f"B <= {b}" for b in budgets) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(budgets)]
     for key, col in report["columns"].items():
-        cells = []
-        for b in budgets:
-            cell = f"{col['certified'][b]:.2f}%"
-            if "roe_gain" in col:
-                cell += f" ({col['roe_gain'][b]:+.2f})"
-            if "paper" in col and b in col["paper"]:
-                cell += f" [paper {col['paper'][b]:.2f}%]"
-            cells.append(cell)
-        lines.append(f"| {key} | {col['clean']:.2f}% | " + " | ".join(cells) + " |")
-    note = ("\nCertified accuracy at budget B; (+x.xx): points gained by ROE over the same ensemble's "
-            "plurality vote; [paper]: the paper's figure for the matching configuration.\n")
-    health = [f"- {name}: {describe_health(h)}" for name, h in report.get("base_models", {}).items() if h]
-    note += _collective_rows(report)
+        lines.append(f"| {key} | {col['clean']:.2f}% | " + " | ".join(_cell(col, b) for b in budgets) + " |")
+    note = "\n" + " ".join(comparison_legend(report)) + "\n" + _collective_rows(report)
+    health = health_lines(report)
     return "\n".join(lines) + "\n" + note + ("\nBase models:\n" + "\n".join(health) + "\n" if health else "")
+
+
+def comparison_table(report: dict):
+    """The table of :func:`markdown_comparison` as a rich Table, for a terminal."""
+    from rich.table import Table
+
+    budgets = _shown_budgets(report)
+    table = Table()
+    table.add_column("run: method")
+    table.add_column("clean", justify="right")
+    for b in budgets:
+        table.add_column(f"B <= {b}", justify="right")
+    for key, col in report["columns"].items():
+        table.add_row(key, f"{col['clean']:.2f}%", *(_cell(col, b) for b in budgets))
+    return table
+
+
+def comparison_legend(report: dict) -> list[str]:
+    """What the cells of the table mean: a sentence for each kind of figure that it shows."""
+    budgets = _shown_budgets(report)
+    cols = report["columns"].values()
+    legend = ["Certified accuracy at budget B;"]
+    if any("roe_gain" in col for col in cols):
+        legend.append("(+x.xx): points gained by ROE over the same ensemble's plurality vote;")
+    if any(b in col.get("paper", {}) for col in cols for b in budgets):
+        legend.append("[paper]: the paper's figure for the matching configuration;")
+    legend[-1] = legend[-1][:-1] + "."
+    return legend
+
+
+def collective_comparison_table(report: dict):
+    """A rich Table of each column's collective certified accuracy, or None without any (its
+    legend: :data:`COLLECTIVE_LEGEND`)."""
+    from rich.table import Table
+
+    collective = _collective_figures(report)
+    if collective is None:
+        return None
+    table = Table(title="collective certified accuracy")
+    table.add_column("run: method")
+    for b in collective["budgets"]:
+        table.add_column(f"B = {b}", justify="right")
+    for key, row in collective["rows"].items():
+        table.add_row(key, *(f"{row[b]:.2f}%" for b in collective["budgets"]))
+    return table
+
+
+def health_lines(report: dict) -> list[str]:
+    """A line for each run with flagged base models (``- run: ...``)."""
+    return [f"- {name}: {describe_health(h)}" for name, h in report.get("base_models", {}).items() if h]
+
+
+def _collective_figures(report: dict) -> dict | None:
+    """``{"budgets": [...], "rows": {column: {B: percent}}}`` of the columns with collective
+    figures, or None."""
+    cols = {key: col for key, col in report["columns"].items() if "collective" in col}
+    if not cols:
+        return None
+    budgets = sorted({b for col in cols.values() for b in col["collective"]})
+    return {"budgets": budgets, "rows": {key: col["collective"] for key, col in cols.items()}}
+
+
+def _shown_budgets(report: dict) -> list[int]:
+    """The budgets of the table's columns: B = 0 is the clean column already."""
+    return [b for b in report["budgets"] if b != 0]
+
+
+def _cell(col: dict, b: int) -> str:
+    cell = f"{col['certified'][b]:.2f}%"
+    if "roe_gain" in col:
+        cell += f" ({col['roe_gain'][b]:+.2f})"
+    if "paper" in col and b in col["paper"]:
+        cell += f" [paper {col['paper'][b]:.2f}%]"
+    return cell
 
 
 def _collective_rows(report: dict) -> str:
     """Markdown rows of collective certified accuracy, when the report has them."""
-    cols = {key: col for key, col in report["columns"].items() if "collective" in col}
-    if not cols:
+    collective = _collective_figures(report)
+    if collective is None:
         return ""
-    budgets = sorted({b for col in cols.values() for b in col["collective"]})
+    budgets = collective["budgets"]
     lines = ["| run: method | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
-    for key, col in cols.items():
-        lines.append(f"| {key} | " + " | ".join(f"{col['collective'][b]:.2f}%" for b in budgets) + " |")
-    return ("\nCollective certified accuracy (one attack with B poisons against every point at once; a proven "
-            "bound):\n\n" + "\n".join(lines) + "\n")
+    for key, row in collective["rows"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{row[b]:.2f}%" for b in budgets) + " |")
+    return f"\n{COLLECTIVE_NOTE}:\n\n" + "\n".join(lines) + "\n"

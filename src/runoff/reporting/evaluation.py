@@ -3,11 +3,15 @@
 ``evaluate_run`` reads a run directory's ``plan.json`` (k, d, spread) and ``logits.npz``,
 certifies the methods that fit the ensemble (DPA ones for d = 1, FA ones for d > 1) and
 writes ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accuracy.png``.
+The steps can also be taken one at a time (what ``runoff evaluate`` does, to print each
+table as soon as it is known): ``evaluate_run(..., write=False)``, :func:`add_collective`,
+:func:`write_run_report`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..certificates import Certification, certify_ensemble
 from ..checks import check_budgets, check_labels, check_methods, methods_for
-from ..errors import RunDirectoryError
+from ..errors import InvalidParameterError, RunDirectoryError
 from ..logits_io import save_certificates
 from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
 from ..training.health import describe as describe_health
@@ -30,8 +34,7 @@ from .tables import (
 )
 
 __all__ = ["Evaluation", "methods_for", "evaluate_logits", "evaluate_run", "write_report", "check_budget_list",
-           "make_folder", "base_model_health"]
-
+           "make_folder", "base_model_health", "add_collective", "write_run_report"]
 
 
 @dataclass
@@ -42,6 +45,13 @@ class Evaluation:
     labels: np.ndarray
     budgets: np.ndarray
     summary: dict
+    #: the logits certified, and the FA parameters, for :func:`add_collective`
+    scores: np.ndarray | None = None
+    d: int = 1
+    spread: list[int] | None = None
+    #: a run's logits file as it was read (:meth:`~runoff.run_folder.RunFolder.logits_stamp`), so
+    #: that a report is never written for logits an update has replaced meanwhile
+    logits_stamp: tuple | None = None
 
 
 def write_report(out_dir, evaluation: Evaluation, *, title: str, extra: dict | None = None) -> Path:
@@ -123,7 +133,42 @@ def evaluate_logits(scores, labels=None, *, methods=None, d: int = 1, spread=Non
     budgets = check_budget_list(budgets) if budgets is not None else default_budgets(results, labels)
     summary = summarize(results, labels, budgets)
     summary.update(n_points=int(n), n_models=int(m), n_classes=int(c), d=int(d))
-    return Evaluation(results=results, labels=labels, budgets=budgets, summary=summary)
+    return Evaluation(results=results, labels=labels, budgets=budgets, summary=summary, scores=scores, d=int(d),
+                      spread=None if spread is None else list(spread))
+
+
+def add_collective(evaluation: Evaluation, budgets, *, time_limit: float | None = None, n_jobs: int | None = None,
+                   progress=None) -> dict:
+    """Add collective certified accuracy at ``budgets`` to ``evaluation.summary["collective"]``.
+
+    Parameters
+    ----------
+    evaluation : Evaluation
+        From :func:`evaluate_logits` or :func:`evaluate_run` (which keep the logits).
+    budgets : sequence of int
+        Sorted and de-duplicated here.
+    time_limit, n_jobs, progress
+        As :func:`runoff.reporting.collective.collective_summary` (``time_limit`` per method).
+
+    Returns
+    -------
+    dict
+        The collective summary (also stored in the evaluation's summary).
+
+    Raises
+    ------
+    InvalidParameterError
+        The evaluation keeps no logits (one put together by hand, as the demo's combined one).
+    """
+    if evaluation.scores is None:
+        raise InvalidParameterError("evaluation: it keeps no logits to certify collectively; "
+                                    "make it with evaluate_logits or evaluate_run")
+    spread = evaluation.spread if evaluation.d > 1 else None
+    summary = collective_summary(evaluation.scores, evaluation.labels, list(evaluation.results),
+                                 check_budget_list(budgets), d=evaluation.d, spread=spread, time_limit=time_limit,
+                                 n_jobs=n_jobs, progress=progress)
+    evaluation.summary["collective"] = summary
+    return summary
 
 
 def base_model_health(folder) -> dict | None:
@@ -151,8 +196,8 @@ def base_model_health(folder) -> dict | None:
 
 
 def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = None, write: bool = True,
-                 collective=None, time_limit: float | None = None) -> Evaluation:
-    """Certify the logits of a run directory and (by default) write its report there.
+                 collective=None, time_limit: float | None = None, out_dir=None) -> Evaluation:
+    """Certify the logits of a run directory and (by default) write its report.
 
     Parameters
     ----------
@@ -161,26 +206,40 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     methods, budgets, n_jobs
         As :func:`evaluate_logits` (d and spread are the run's).
     write : bool, default True
-        Write ``certificates.npz``, ``report.json``, ``report.md`` and ``certified_accuracy.png``
-        into ``run_dir`` (needs matplotlib, checked before anything is computed or written).
+        Write the report (:func:`write_run_report`: ``certificates.npz``, ``report.json``,
+        ``report.md`` and ``certified_accuracy.png``); matplotlib is checked before anything
+        is computed or written.
     collective : sequence of int, optional
         Budgets at which to add collective certified accuracy (:func:`runoff.certify_collective`,
         one attack against all points; needs SciPy) to the summary, report and plot.
     time_limit : float, optional
         Solver seconds per method for ``collective``.
+    out_dir : path-like, optional
+        Where to write the report (default: :meth:`~runoff.run_folder.RunFolder.report_dir`,
+        the run folder for the run's own methods).
 
     Returns
     -------
     Evaluation
     """
-    from ..run_folder import RunFolder
-
     if write:
         require_matplotlib("writing the report's plot")
-    run_dir = Path(run_dir)
+    evaluation = _evaluate_run_logits(Path(run_dir), methods=methods, budgets=budgets, n_jobs=n_jobs)
+    if collective is not None:  # one attack against every point at once (runoff.certify_collective)
+        add_collective(evaluation, collective, time_limit=time_limit, n_jobs=n_jobs)
+    if write:
+        write_run_report(run_dir, evaluation, out_dir=out_dir)
+    return evaluation
+
+
+def _evaluate_run_logits(run_dir: Path, *, methods, budgets, n_jobs) -> Evaluation:
+    """The pointwise evaluation of a run's logits, with the run's facts in its summary."""
+    from ..run_folder import RunFolder
+
     folder = RunFolder(run_dir)
     folder.require_plan()
     plan = folder.read_plan()
+    stamp = folder.logits_stamp()
     scores, labels = folder.read_logits()
     if scores.shape[1] != plan.n_models or scores.shape[2] != plan.n_classes:
         raise RunDirectoryError(
@@ -190,14 +249,54 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     evaluation = evaluate_logits(scores, labels, methods=methods, d=plan.d, spread=list(plan.spread),
                                  budgets=budgets, n_jobs=n_jobs)
     evaluation.summary.update(dataset=plan.dataset, k=plan.k, n_test=int(scores.shape[0]), hash=plan.hash)
+    evaluation.logits_stamp = stamp
     health = base_model_health(folder)
     if health is not None:
         evaluation.summary["base_models"] = health
-    if collective is not None:  # one attack against every point at once (runoff.certify_collective)
-        evaluation.summary["collective"] = collective_summary(
-            scores, labels, list(evaluation.results), check_budget_list(collective), d=plan.d,
-            spread=list(plan.spread) if plan.d > 1 else None, time_limit=time_limit, n_jobs=n_jobs)
-    if write:
-        title = f"{plan.dataset}: k={plan.k}" + (f", d={plan.d}" if plan.d > 1 else "")
-        write_report(run_dir, evaluation, title=title)
     return evaluation
+
+
+def write_run_report(run_dir, evaluation: Evaluation, *, out_dir=None) -> Path:
+    """Write the report of a run's evaluation (from :func:`evaluate_run`); the folder written.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run folder evaluated.
+    evaluation : Evaluation
+    out_dir : path-like, optional
+        The folder to write into. Default: the run folder for the run's own methods
+        (dpa,dpa-roe for d = 1, fa,fa-roe for d > 1), ``reports/METHODS/`` inside it for
+        any other set (:meth:`~runoff.run_folder.RunFolder.report_dir`), so that one set's
+        report never replaces another's.
+
+    Raises
+    ------
+    RunDirectoryError
+        The folder is a file, or cannot be created; or the run's logits changed since they
+        were evaluated (an update finished meanwhile).
+    RunLockedError
+        The report goes into the run folder, and another process is writing into it.
+    OSError
+        A file cannot be written (e.g. a read-only run folder).
+    """
+    from ..run_folder import RunFolder
+
+    s = evaluation.summary
+    folder = RunFolder(run_dir)
+    if out_dir is None:
+        out_dir = folder.report_dir(evaluation.results, evaluation.d)
+    title = f"{s['dataset']}: k={s['k']}" + (f", d={s['d']}" if s["d"] > 1 else "")
+    if not _inside(Path(out_dir), folder.path):
+        return write_report(out_dir, evaluation, title=title)
+    with folder.writing("runoff evaluate"):  # one writer per run folder
+        if evaluation.logits_stamp is not None and folder.logits_stamp() != evaluation.logits_stamp:
+            raise RunDirectoryError(f"{run_dir}: the run's logits changed while they were evaluated (an update "
+                                    "finished meanwhile); evaluate it again")
+        return write_report(out_dir, evaluation, title=title)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it."""
+    a, b = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return a == b or b in a.parents

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["TrainingProgress", "DEFAULT_INTERVAL", "clock"]
+__all__ = ["TrainingProgress", "DEFAULT_INTERVAL", "clock", "is_terminal"]
 
 #: Seconds between two plain progress lines (``--progress-interval``).
 DEFAULT_INTERVAL = 30.0
@@ -56,7 +56,7 @@ class TrainingProgress:
         self.stream = sys.stdout if stream is None else stream
         self.total, self.n_models, self.samples = int(total), n_models, samples
         self.interval = float(interval)
-        self.mode = "off" if not enabled else ("bar" if _is_terminal(self.stream) else "lines")
+        self.mode = "off" if not enabled else ("bar" if is_terminal(self.stream) else "lines")
         self._prefix = f"{label}: " if label else ""
         self._done = self._first = 0
         self._models = 0
@@ -129,7 +129,8 @@ class TrainingProgress:
             pass
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal (False for a closed stream or one without isatty)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..checks import check_int
 from ..errors import InvalidParameterError, RunDirectoryError
-from ..run_folder import RunFolder
+from ..run_folder import REPORT_JSON, RunFolder
 from .backends import TrainingJob, resolve_backend
 from .logit_sources import reusable_columns
 from .runs import RunResult, _check_run_options, _layout, finish_run
@@ -55,7 +56,8 @@ class UpdateResult(RunResult):
         Models whose test logits were kept from before (their checkpoint file and the test
         set unchanged: :mod:`runoff.training.logit_sources`), not computed again.
     reevaluated : list of str
-        Methods whose certificates and report were computed again (the run had a report).
+        Methods whose certificates and report were computed again (every report the run had:
+        its own and those of other method sets under ``reports/``).
     """
 
     changed: list = field(default_factory=list)
@@ -160,17 +162,17 @@ def update_run(
     folder.require_plan()
     options = {name: value for name, value in locals().items() if name in _PER_VERSION}
     with folder.writing("runoff update"):  # one writer; readers see the run before or after
-        methods = _report_methods(folder)
+        reports = _reports(folder)
         old = folder.read_plan()
         if (old.training or {}).get("versions"):
             with backend.session():
                 return _reevaluate(_update_dpa_star(folder, old, backend=backend, download=download, label=label,
-                                                    methods=methods, **options), methods)
-        return _update_one(folder, old, methods, backend=backend, started=t0, download=download, label=label,
+                                                    reports=reports, **options), reports)
+        return _update_one(folder, old, reports, backend=backend, started=t0, download=download, label=label,
                            **options)
 
 
-def _update_one(folder: RunFolder, old, methods, *, backend, started, dataset, data_root, image_size, download,
+def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, data_root, image_size, download,
                 device, progress, progress_interval, on_nan, checkpoint_every, checkpoint_min_interval, label, k, d,
                 hash, recipe, epochs) -> UpdateResult:
     """:func:`update_run` of one run folder (not DPA*), under its lock."""
@@ -189,7 +191,7 @@ def _update_one(folder: RunFolder, old, methods, *, backend, started, dataset, d
         earlier = reusable_columns(folder.previous_logits(), chunks, test.images, test.labels, new.n_models)
         if new != old:  # outputs of the old models must not outlive them if this call stops half-way
             # readers refuse the run until it is whole again (the methods: a rerun rewrites the report)
-            folder.mark_unfinished("update", n_models=new.n_models, methods=methods)
+            folder.mark_unfinished("update", n_models=new.n_models, reports=_recorded(folder, reports))
             folder.set_logits_aside()  # (their columns of unchanged models stay usable, even after a stop)
             folder.remove_outputs()
             folder.write_plan(new)
@@ -210,7 +212,7 @@ def _update_one(folder: RunFolder, old, methods, *, backend, started, dataset, d
                        retrained=sorted(j for c in done[True] for j in c.ids), kept_files=len(done[False]),
                        n_train_before=old.n_train, n_train_after=new.n_train, upgraded=upgraded,
                        kept_logits=sorted(j for c in trained.chunks if c.kept_logits for j in c.ids))
-    return _reevaluate(res, methods)
+    return _reevaluate(res, reports)
 
 
 def run_recipe(run_dir):
@@ -225,38 +227,44 @@ def run_recipe(run_dir):
     return _run_training(folder, plan)[0]
 
 
-def _report_methods(folder: RunFolder) -> list[str]:
-    """Methods of the run's report (``runoff evaluate``), which an update computes again (or,
-    after an interrupted update removed the report, those its unfinished record kept);
-    matplotlib is checked now, before anything is trained."""
+def _reports(folder: RunFolder) -> list[tuple[Path, list[str]]]:
+    """Each report of the run (``runoff evaluate``: the run's own, and those of other method
+    sets under ``reports/``) as (folder, methods), which an update computes again; after an
+    interrupted update removed them, those its unfinished record kept. matplotlib is checked
+    now, before anything is trained."""
     import json
 
-    path = folder.report_path("json")
-    record = folder.read_unfinished() or {}
-    if path.is_file():
+    reports = []
+    for where in folder.report_dirs():
         try:
-            methods = list(json.loads(path.read_text())["methods"])
+            reports.append((where, list(json.loads((where / REPORT_JSON).read_text())["methods"])))
         except (OSError, ValueError, KeyError, TypeError):
-            return []  # an unreadable report is rewritten by the next `runoff evaluate`
-    elif record.get("operation") == "update" and isinstance(record.get("methods"), list):
-        methods = [str(m) for m in record["methods"]]
-    else:
-        return []
-    if not methods:
-        return []
-    from ..reporting.tables import require_matplotlib
+            continue  # an unreadable report is rewritten by the next `runoff evaluate`
+    record = folder.read_unfinished() or {}
+    if not reports and record.get("operation") == "update":
+        try:
+            reports = [(folder.path / where, [str(m) for m in methods]) for where, methods in record.get("reports", [])]
+        except (TypeError, ValueError):
+            reports = []
+    if reports:
+        from ..reporting.tables import require_matplotlib
 
-    require_matplotlib("rewriting the run's report after the update")
-    return methods
+        require_matplotlib("rewriting the run's report after the update")
+    return reports
 
 
-def _reevaluate(res: UpdateResult, methods: list[str]) -> UpdateResult:
-    """Certify the updated logits and rewrite the report with the methods it had."""
-    if methods:
-        from ..reporting.evaluation import evaluate_run
+def _recorded(folder: RunFolder, reports) -> list:
+    """``reports`` for the unfinished record: folders relative to the run, as JSON."""
+    return [[str(Path(where).relative_to(folder.path)), list(methods)] for where, methods in reports]
 
-        evaluate_run(res.run_dir, methods=methods)
-        res.reevaluated = list(methods)
+
+def _reevaluate(res: UpdateResult, reports: list[tuple[Path, list[str]]]) -> UpdateResult:
+    """Certify the updated logits and rewrite each report, where it was, with the methods it had."""
+    from ..reporting.evaluation import evaluate_run
+
+    for where, methods in reports:
+        evaluate_run(res.run_dir, methods=methods, out_dir=where)
+        res.reevaluated.extend(m for m in methods if m not in res.reevaluated)
     return res
 
 
@@ -265,7 +273,7 @@ _PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "pro
                 "checkpoint_every", "checkpoint_min_interval", "k", "d", "hash", "recipe", "epochs")
 
 
-def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, methods, **options) -> UpdateResult:
+def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, reports, **options) -> UpdateResult:
     """DPA*: update every version folder (the same partitions, other seeds), then the top
     folder's plan and merged logits (see :func:`runoff.training.runs.train_dpa_star`)."""
     from .runs import merge_versions
@@ -277,7 +285,7 @@ def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, 
             raise RunDirectoryError(f"{folder.version(v).path}: version {v} of this DPA* run has no plan.json; "
                                     "finish training it with `runoff train` first")
     # the merged logits stand until every version is updated: readers refuse the run meanwhile
-    folder.mark_unfinished("update", n_models=versions * top.n_models, methods=methods)
+    folder.mark_unfinished("update", n_models=versions * top.n_models, reports=_recorded(folder, reports))
     results = [update_run(folder.version(v).path, backend=backend, download=download and v == 1,
                           label=f"{label or 'update'} v{v}/{versions}", **options) for v in range(1, versions + 1)]
     new_top = replace(results[0].plan, training=top.training)
