@@ -69,6 +69,9 @@ class TrainingJob:
         chunk's models (``runoff update``, :func:`runoff.training.logit_sources.reusable_columns`);
         a backend uses them instead of computing the chunk's logits when it restores the chunk
         complete from a file of that digest (:func:`~runoff.training.logit_sources.kept_logits`).
+    recipe_origin : str or None
+        Where the recipe came from, for the progress display's first line ("runoff's recipe
+        for digits", "the run's recipe"; :func:`runoff.training.trainer.recipe_origin`).
     """
 
     plan: Any
@@ -88,6 +91,7 @@ class TrainingJob:
     restart_stale: bool = False
     fingerprints: list | None = None
     earlier_logits: dict | None = None
+    recipe_origin: str | None = None
 
     def earlier(self, ids):
         """The chunk's entry of :attr:`earlier_logits`, or None."""
