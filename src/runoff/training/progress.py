@@ -96,7 +96,8 @@ class TrainingProgress:
         self._number = {i: n for n, i in enumerate((i for i, c in enumerate(self.chunks) if c.trains), 1)}
         self.total = sum(c.steps for c in training)
         self.n_models = sum(len(c.ids) for c in training)
-        self.samples = sum(c.samples for c in training)
+        # samples of the steps left (a resumed chunk's restored epochs are not this call's)
+        self.samples = sum(c.samples * (c.steps - c.done) // c.steps for c in training)
         self.restored = sum(c.done for c in training)
         self.recipe = recipe
         self.interval = float(interval)
@@ -179,7 +180,7 @@ class TrainingProgress:
         """The bar's status while the chunk at position ``index`` trains ("chunk 2/5")."""
         return f"chunk {self._number.get(index, 0)}/{len(self._number)}"
 
-# ------------------------------------------------------------------ plain lines
+    # ------------------------------------------------------------------ plain lines
     def _speed(self) -> str:
         """Training samples per second of this call's steps so far ("" before any)."""
         elapsed = time.monotonic() - self._start
