@@ -22,7 +22,7 @@ from runoff.cli import main  # noqa: E402
 from runoff.run_folder import RunFolder  # noqa: E402
 from runoff.training import trainer  # noqa: E402
 from runoff.training.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
-from runoff.training.progress import TrainingProgress  # noqa: E402
+from runoff.training.progress import ChunkWork, TrainingProgress  # noqa: E402
 from runoff.training.runs import train_run  # noqa: E402
 from runoff.training.trainer import Recipe  # noqa: E402
 
@@ -37,17 +37,24 @@ class _Terminal(io.StringIO):
         return True
 
 
+def _work(*sizes, steps=20):
+    """ChunkWork of chunks of ``sizes`` models, ``steps`` steps and 10 samples per step each."""
+    first = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [ChunkWork(ids=list(range(f, f + n)), steps=steps, samples=10 * steps) for f, n in zip(first, sizes)]
+
+
 def test_plain_lines_off_a_terminal_bar_on_one_nothing_when_disabled():
     log = io.StringIO()
-    with TrainingProgress(40, n_models=4, samples=400, interval=0.0, label="FA", stream=log) as bar:
+    with TrainingProgress(_work(2, 2), recipe="small, 2 epochs: the recipe given", interval=0.0, label="FA",
+                          stream=log) as bar:
         for done in range(1, 21):
-            bar.update(done)
-        bar.chunk_finished([0, 1], 0, 2)
+            bar.update(done, bar.status(0))
+        bar.chunk_finished(0)
         for done in range(21, 41):
             bar.update(done)
-        bar.chunk_finished([2, 3], 1, 2)
+        bar.chunk_finished(1)
     lines = log.getvalue().splitlines()
-    assert lines[0] == "FA: training 4 models, 40 steps"
+    assert lines[0] == "FA: training 4 models (small, 2 epochs: the recipe given), 40 steps"
     assert "FA: chunk 1/2 finished (models 0-1); 2/4 models done" in lines
     assert lines[-2] == "FA: chunk 2/2 finished (models 2-3); 4/4 models done"
     status = [line[len("FA: "):] for line in lines if "steps (" in line]
@@ -55,36 +62,79 @@ def test_plain_lines_off_a_terminal_bar_on_one_nothing_when_disabled():
     assert status[-1].startswith("4/4 models, 40/40 steps (100%)")
 
     quiet = io.StringIO()  # a long interval: the first line, chunk lines and the last line only
-    with TrainingProgress(10, n_models=1, interval=3600, stream=quiet) as bar:
+    with TrainingProgress(_work(1, steps=10), interval=3600, stream=quiet) as bar:
         for done in range(1, 11):
             bar.update(done)
-        bar.chunk_finished([0], 0, 1)
+        bar.chunk_finished(0)
     assert len(quiet.getvalue().splitlines()) == 3
 
     off = io.StringIO()
-    with TrainingProgress(10, enabled=False, stream=off) as bar:
+    with TrainingProgress(_work(1), enabled=False, stream=off) as bar:
         bar.update(10)
-        bar.chunk_finished([0], 0, 1)
+        bar.chunk_finished(0)
     assert off.getvalue() == ""
 
+
+def test_a_terminal_gets_the_first_lines_and_a_bar_with_samples_per_second():
     tty = _Terminal()
-    with TrainingProgress(10, n_models=1, interval=0.0, stream=tty) as bar:
+    with TrainingProgress(_work(1, steps=10), recipe="nin, 200 epochs: the default recipe", interval=0.0,
+                          stream=tty) as bar:
         assert bar.mode == "bar"
-        bar.update(10)
-    assert "steps (" not in tty.getvalue()
+        for done in range(1, 11):
+            time.sleep(0.002)
+            bar.update(done, bar.status(0))
+    text = tty.getvalue()
+    assert text.startswith("training 1 model (nin, 200 epochs: the default recipe), 10 steps\n")
+    assert re.search(r"10/10\S* [\d,]+ samples/s", re.sub(r"\x1b\[[\d;?]*[a-zA-Z]", "", text)), text[-300:]
+    assert "steps (" not in text  # a bar, not plain lines
+
+
+def test_only_the_chunks_a_call_trains_are_counted_and_numbered():
+    """Finished chunks are kept and empty ones have no step: neither is shown as training, nor
+    numbered; steps restored from a checkpoint are done from the start."""
+    chunks = [ChunkWork([0], 0), ChunkWork([1, 2], 30, done=30, samples=300, finished=True),
+              ChunkWork([3, 4], 30, done=10, samples=300), ChunkWork([5], 0), ChunkWork([6], 10, samples=100)]
+    log = io.StringIO()
+    with TrainingProgress(chunks, interval=3600, stream=log) as bar:
+        for i, c in enumerate(chunks):
+            if c.trains:
+                assert bar.status(i) == {2: "chunk 1/2", 4: "chunk 2/2"}[i]
+            bar.chunk_finished(i)
+        bar.update(bar.completed({2: 30, 4: 10}))
+    lines = log.getvalue().splitlines()
+    assert STATUS.match(lines[-1]) and lines[-1].startswith("3/3 models, 40/40 steps (100%)")
+    assert lines[:-1] == [
+        "training 3 models, 40 steps",
+        "resumed from checkpoints: 10 of 40 steps already done",
+        "2 models kept: finished before, not trained again",
+        "2 models with an empty subset: no step to train",
+        "chunk 1/2 finished (models 3-4); 2/3 models done",
+        "chunk 2/2 finished (models 6-6); 3/3 models done",
+    ]
+    assert bar.completed({}) == 10  # what the checkpoints held, before any chunk reports
+
+
+def test_a_call_with_nothing_to_train_says_so_and_shows_no_progress():
+    for stream in (io.StringIO(), _Terminal()):
+        with TrainingProgress([ChunkWork([0, 1], 30, done=30, finished=True), ChunkWork([2], 30, done=30, finished=True)],
+                              label="update", interval=0.0, stream=stream) as bar:
+            bar.update(60, "chunk 1/1")
+            bar.chunk_finished(0)
+            bar.chunk_finished(1)
+        assert stream.getvalue() == "update: nothing to train: all 3 models finished before (kept)\n"
 
 
 def test_resumed_steps_do_not_count_as_this_calls_speed():
     log = io.StringIO()
-    with TrainingProgress(100, n_models=1, samples=1000, interval=0.0, stream=log) as bar:
-        bar.resumed(90)
+    with TrainingProgress([ChunkWork([0], 100, done=90, samples=1000)], interval=0.0, stream=log) as bar:
         bar.update(90)
         time.sleep(0.05)
         bar.update(95)
     line = [s for s in log.getvalue().splitlines() if s.startswith("0/1 models, 95/100")][0]
     rate = float(re.search(r"([\d,]+) samples/s", line).group(1).replace(",", ""))
-    # 5 of the 10 steps left ran in >= 0.05 s: at most 500 samples in 0.05 s, not 950
-    assert rate <= 500 / 0.05 + 1e-9
+    # the 10 steps left hold 100 of its 1000 samples (its last epoch): 5 of them ran 50 samples
+    # in >= 0.05 s, not 950 (all restored steps counted) nor 500 (all its epochs' samples)
+    assert rate <= 50 / 0.05 + 1e-9
 
 
 def test_train_piped_to_a_file_prints_progress_before_it_ends(tmp_path):
@@ -102,9 +152,101 @@ def test_train_piped_to_a_file_prints_progress_before_it_ends(tmp_path):
         assert proc.wait(timeout=300) == 0, log.read_text()
     assert seen_while_running, log.read_text()
     text = log.read_text().splitlines()
-    assert text[0] == "training 10 models, 120 steps"
+    assert text[0] == "training 10 models (small, 12 epochs: runoff's recipe for digits, with --epochs), 120 steps"
     assert "chunk 1/1 finished (models 0-9); 10/10 models done" in text
     assert "\x1b[" not in log.read_text()  # no terminal control codes in a log
+
+
+def _progress_lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()  # pytest's capture is not a terminal: plain lines
+
+
+def test_a_rerun_of_a_finished_run_says_nothing_is_to_train(tmp_path, capsys):
+    res = train_run(tmp_path / "run", k=6, recipe=RECIPE, chunk_size=2, progress_interval=3600)
+    steps = sum(trainer.chunk_steps(res.plan, ids, RECIPE) for ids in ([0, 1], [2, 3], [4, 5]))
+    first = _progress_lines(capsys)
+    assert first[0] == f"training 6 models (small, 2 epochs: the recipe given), {steps} steps"
+    assert [line.split(" finished")[0] for line in first if " finished (" in line] == [
+        "chunk 1/3", "chunk 2/3", "chunk 3/3"]
+    again = train_run(tmp_path / "run", k=6, recipe=RECIPE, chunk_size=2, progress_interval=0.0)
+    assert again.summary.already_done == 6
+    assert _progress_lines(capsys) == ["nothing to train: all 6 models finished before (kept)"]
+
+
+def test_a_resumed_run_says_what_it_restored_and_counts_only_what_it_trains(tmp_path, capsys, monkeypatch):
+    saved, original = [], trainer.save_checkpoint
+
+    def stop_after_three(path, obj):  # chunk 1 finished (2 epochs), chunk 2 half (1 of 2)
+        original(path, obj)
+        saved.append(path)
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", stop_after_three)
+    opts = dict(k=6, recipe=RECIPE, chunk_size=2, checkpoint_min_interval=0, progress_interval=3600)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path / "run", **opts)
+    monkeypatch.setattr(trainer, "save_checkpoint", original)
+    capsys.readouterr()
+    res = train_run(tmp_path / "run", **opts)
+    steps = [trainer.chunk_steps(res.plan, ids, RECIPE) for ids in ([0, 1], [2, 3], [4, 5])]
+    lines = _progress_lines(capsys)
+    assert lines[:3] == [
+        f"training 4 models (small, 2 epochs: the recipe given), {steps[1] + steps[2]} steps",
+        f"resumed from checkpoints: {steps[1] // 2} of {steps[1] + steps[2]} steps already done",
+        "2 models kept: finished before, not trained again"]
+    assert [line for line in lines if " finished (" in line] == [
+        "chunk 1/2 finished (models 2-3); 2/4 models done", "chunk 2/2 finished (models 4-5); 4/4 models done"]
+    assert lines[-1].startswith(f"4/4 models, {steps[1] + steps[2]}/{steps[1] + steps[2]} steps (100%)")
+    assert (res.summary.trained, res.summary.resumed, res.summary.already_done) == (4, 2, 2)
+
+
+def test_models_with_empty_subsets_are_not_numbered_as_training_chunks(tmp_path, capsys):
+    from runoff.data import load_dataset
+
+    train, test = load_dataset("digits")
+    data = tmp_path / "few.npz"
+    np.savez(data, x_train=train.images[:12, ..., 0], y_train=train.labels[:12], x_test=test.images[:20, ..., 0],
+             y_test=test.labels[:20])
+    res = train_run(tmp_path / "run", dataset=f"npz:{data}", k=12, recipe=RECIPE, chunk_size=1,
+                    progress_interval=3600)
+    empty = [j for j, s in enumerate(res.plan.subsets) if len(s) == 0]
+    real = [j for j in range(12) if j not in empty]
+    assert empty  # (hashing 12 samples into 12 subsets leaves some empty)
+    lines = _progress_lines(capsys)
+    assert lines[0].startswith(f"training {len(real)} models (small, 2 epochs: the recipe given), ")
+    assert f"{len(empty)} models with an empty subset: no step to train" in lines
+    finished = [line for line in lines if " finished (" in line]
+    assert finished == [f"chunk {n}/{len(real)} finished (models {j}-{j}); {n}/{len(real)} models done"
+                        for n, j in enumerate(real, 1)]
+
+
+def test_the_first_line_says_where_the_recipe_came_from():
+    origin = trainer.recipe_origin
+    assert origin("digits") == "runoff's recipe for digits"
+    assert origin("cifar10", changed=["--epochs"]) == "the published recipe for cifar10, with --epochs"
+    assert origin("fashion-mnist") == "the published MNIST recipe"
+    assert origin("folder:photos", hint="--model, --epochs to change") == (
+        "the default recipe for folder: data; --model, --epochs to change")
+    assert origin("npz:x.npz", changed=["--recipe r.toml", "--lr"], hint="ignored when changed") == (
+        "the default recipe for npz: data, with --recipe r.toml, --lr")
+
+
+def test_cli_first_line_names_the_recipe_options_given(tmp_path, capsys):
+    assert main(["train", "--k", "4", "--epochs", "1", "--lr", "0.05", "--out", str(tmp_path / "run")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("training 4 models (small, 1 epoch: runoff's recipe for digits, with --epochs, --lr), ")
+
+
+def test_peek_checkpoint_reads_the_fields_without_the_tensors(tmp_path):
+    from runoff.training.checkpoints import PEEKED, load_checkpoint, peek_checkpoint
+
+    train_run(tmp_path / "run", k=4, recipe=RECIPE, chunk_size=2, progress=False)
+    for path in sorted(RunFolder(tmp_path / "run").checkpoint_dir.iterdir()):
+        full = load_checkpoint(path)
+        assert peek_checkpoint(path) == {key: full[key] for key in PEEKED}
+    assert peek_checkpoint(tmp_path / "run" / "plan.json") is None
+    assert peek_checkpoint(tmp_path / "missing.pt") is None
 
 
 # ---------------------------------------------------------------------------- model health

@@ -202,10 +202,14 @@ def test_ray_progress_in_a_log_has_a_line_per_chunk(tmp_path, local_cluster, cap
     kw = dict(dataset="digits", k=3, d=2, epochs=2, progress=True, progress_interval=0.0)
     train_run(tmp_path / "ray", backend=RayBackend(workers=2), label="FA", **CHUNKS3, **kw)
     lines = capsys.readouterr().out.splitlines()  # pytest's capture is not a terminal: plain lines
-    steps = int(re.fullmatch(r"FA: training 6 models, (\d+) steps", lines[0]).group(1))
+    steps = int(re.fullmatch(r"FA: training 6 models \(small, 2 epochs: runoff's recipe for digits, with epochs=2\), "
+                             r"(\d+) steps", lines[0]).group(1))
     finished = sorted(line for line in lines if " finished (models " in line)
     assert [line.split(" finished")[0] for line in finished] == ["FA: chunk 1/2", "FA: chunk 2/2"]
     assert lines[-1].startswith(f"FA: 6/6 models, {steps}/{steps} steps (100%)")
+    # a rerun has nothing to train: no progress, as with the local backend
+    train_run(tmp_path / "ray", backend=RayBackend(workers=2), label="FA", **CHUNKS3, **kw)
+    assert capsys.readouterr().out.splitlines() == ["FA: nothing to train: all 6 models finished before (kept)"]
 
 
 def test_ray_backend_options_are_checked():

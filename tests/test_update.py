@@ -73,14 +73,16 @@ def subset_contents(x, y, plan) -> list:
     return [sorted((int(ys[i]), xs[i].tobytes()) for i in sub) for sub in plan.subsets]
 
 
-def test_update_equals_training_from_scratch_and_keeps_untouched_files(tmp_path, digits):
+def test_update_equals_training_from_scratch_and_keeps_untouched_files(tmp_path, digits, capsys):
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     train_run(tmp_path / "run", dataset=src, **OPTS)
     before = stamps(tmp_path / "run")
     x2, y2 = changed_data(digits)
     write_npz(tmp_path / "data.npz", x2, y2, digits)
+    capsys.readouterr()
 
-    res = update_run(tmp_path / "run", progress=False)
+    res = update_run(tmp_path / "run", progress_interval=3600)  # plain progress lines (not a terminal)
+    _only_the_retrained_chunks_are_shown(capsys.readouterr().out.splitlines(), res)
 
     fresh = train_run(tmp_path / "fresh", dataset=write_npz(tmp_path / "fresh.npz", x2, y2, digits), **OPTS)
     a, b = states(tmp_path / "run"), states(tmp_path / "fresh")
@@ -111,17 +113,34 @@ def test_update_equals_training_from_scratch_and_keeps_untouched_files(tmp_path,
         digits[2][:5, ..., None]))
 
 
+def _only_the_retrained_chunks_are_shown(lines, res) -> None:
+    """An update's progress counts and numbers the chunks it retrains, not those it keeps."""
+    chunks = [res.retrained[i:i + CHUNK] for i in range(0, len(res.retrained), CHUNK)]
+    steps = sum(trainer.chunk_steps(res.plan, ids, trainer.Recipe.from_dict(res.plan.training["recipe"]))
+                for ids in chunks)
+    assert lines[:2] == [f"update: training {len(res.retrained)} models (nin, {EPOCHS} epochs: the run's recipe), "
+                         f"{steps} steps",
+                         f"update: {K - len(res.retrained)} models kept: finished before, not trained again"]
+    assert [line for line in lines if " finished (" in line] == [
+        f"update: chunk {n}/{len(chunks)} finished (models {ids[0]}-{ids[-1]}); {n * CHUNK}/{len(res.retrained)} "
+        "models done" for n, ids in enumerate(chunks, 1)]
+    assert lines[-1].startswith(f"update: {len(res.retrained)}/{len(res.retrained)} models, {steps}/{steps} steps")
+
+
 def _dataset(x, y):
     from runoff.data.datasets import Dataset
 
     return Dataset(images=x[..., None], labels=y.astype(np.int64), n_classes=10, name="t/train")
 
 
-def test_update_without_changes_retrains_and_rewrites_nothing(tmp_path, digits):
+def test_update_without_changes_retrains_and_rewrites_nothing(tmp_path, digits, capsys):
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     first = train_run(tmp_path / "run", dataset=src, **OPTS)
     before = stamps(tmp_path / "run")
-    res = update_run(tmp_path / "run", progress=False)
+    capsys.readouterr()
+    res = update_run(tmp_path / "run", progress_interval=0.0)
+    # no training progress: one line says there is nothing to train
+    assert capsys.readouterr().out == f"update: nothing to train: all {K} models finished before (kept)\n"
     assert res.changed == [] and res.retrained == [] and res.kept_files == K // CHUNK
     assert stamps(tmp_path / "run") == before
     assert np.array_equal(res.scores, first.scores)

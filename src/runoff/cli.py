@@ -545,7 +545,8 @@ def _cmd_train(args) -> int:
                   **({"recipe": recipe} if recipe is not None else {"epochs": args.epochs}),
                   progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
                   checkpoint_min_interval=args.checkpoint_interval, backend=backend, on_nan=args.on_nan,
-                  progress_interval=args.progress_interval, image_size=args.image_size, download=args.download)
+                  progress_interval=args.progress_interval, image_size=args.image_size, download=args.download,
+                  recipe_origin=_recipe_origin(args, cfg["dataset"]))
     try:
         # with --json, standard output carries the JSON alone: progress goes to standard error
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
@@ -570,6 +571,20 @@ def _train_recipe(args, dataset: str):
 
     recipe = _recipe_from_options(args, lambda: recipe_for(dataset))
     return recipe if recipe is None or args.epochs is None else with_epochs(recipe, args.epochs)
+
+
+def _recipe_origin(args, dataset: str) -> str:
+    """Where the recipe comes from, for the progress display's first line: the data set's,
+    with the recipe options given, or with a hint on how to change it."""
+    from .training.trainer import recipe_origin
+
+    changed = [f"--recipe {args.recipe}"] if args.recipe is not None else []
+    changed += [f"--{name.replace('_', '-')}" for name in _RECIPE_OPTIONS if getattr(args, name) is not None]
+    return recipe_origin(dataset, changed=changed, hint="--model, --epochs to change")
+
+
+#: runoff train's options that change a recipe field
+_RECIPE_OPTIONS = ("model", "epochs", "batch_size", "lr", "weight_decay", "augment", "precision", "compile")
 
 
 def _recipe_from_options(args, base):

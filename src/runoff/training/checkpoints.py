@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import re
+import zipfile
 from pathlib import Path
 
 from ..atomic import atomic_write
@@ -42,6 +44,7 @@ __all__ = [
     "chunk_key",
     "checkpoint_matches",
     "checkpoint_digest",
+    "peek_checkpoint",
 ]
 
 _MAGIC = b"RUNOFFCK1\n"
@@ -148,6 +151,58 @@ def checkpoint_digest(path) -> str | None:
     if len(head) < len(_MAGIC) + 32 or not head.startswith(_MAGIC):
         return None
     return head[len(_MAGIC):].hex()
+
+
+#: The fields :func:`peek_checkpoint` reads.
+PEEKED = ("version", "epoch", "plan_key", "chunk_key", "model_ids")
+
+
+def peek_checkpoint(path) -> dict | None:
+    """A checkpoint's :data:`PEEKED` fields, read without its tensors and unchecked; None when
+    there is no such file or it cannot be read so.
+
+    For a progress display's plan only (which chunks a call will train, and from which
+    epoch): loading the whole file, checksum and all, stays :func:`load_checkpoint`'s job, and
+    a run of large models must not read every file twice. The payload is ``torch.save``'s zip
+    archive after the header; its pickle (``data.pkl``) holds the fields, and its tensors are
+    separate records that are not read.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_MAGIC)) != _MAGIC:
+                return None
+            with zipfile.ZipFile(f) as archive:  # (zip readers allow bytes before the archive)
+                name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+                obj = _FieldsOnly(io.BytesIO(archive.read(name))).load()
+    except (OSError, StopIteration, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError,
+            TypeError, AttributeError, IndexError, KeyError):
+        return None
+    return {key: obj.get(key) for key in PEEKED} if isinstance(obj, dict) else None
+
+
+class _Placeholder:
+    """Stands for whatever :class:`_FieldsOnly` does not build (tensors, storages, generator states)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _FieldsOnly(pickle.Unpickler):
+    """Unpickles a checkpoint's dict with placeholders for tensors: reads no tensor data and
+    runs no code but :class:`collections.OrderedDict`'s."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            from collections import OrderedDict
+
+            return OrderedDict
+        return _Placeholder
+
+    def persistent_load(self, pid):
+        return None
 
 
 def checkpoint_path(checkpoint_dir, ids) -> Path:

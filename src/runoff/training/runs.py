@@ -79,6 +79,7 @@ def train_run(
     image_size=None,
     download: bool = False,
     model=None,
+    recipe_origin: str | None = None,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -152,6 +153,9 @@ def train_run(
         models at once through ``torch.func.vmap`` when the module has no buffers, else one
         at a time on real rows only); the recipe records its name
         (:mod:`runoff.training.factories`).
+    recipe_origin : str, optional
+        Where the recipe came from, for the progress display's first line (default: said from
+        ``recipe``, ``epochs`` and ``model``: :func:`runoff.training.trainer.recipe_origin`).
 
     Returns
     -------
@@ -182,6 +186,7 @@ def train_run(
     _check_run_options(seed_version=seed_version, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
                        checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
                        progress_interval=progress_interval)
+    origin = recipe_origin or _recipe_origin(dataset, recipe=recipe, epochs=epochs, model=model)
     folder = RunFolder(run_dir)
     # Everything is checked, and the cluster reached, before the first file is written: a
     # command that fails leaves nothing behind that would block the corrected one.
@@ -210,7 +215,7 @@ def train_run(
                               label=label, on_nan=on_nan, progress_interval=float(progress_interval),
                               fingerprints=fingerprints,
                               earlier_logits=_earlier_logits(folder, fresh, chunks, test, plan),
-                              on_chunk_done=None if whole else ModelsDone(folder))
+                              on_chunk_done=None if whole else ModelsDone(folder), recipe_origin=origin)
             trained = backend.train(job)
             result = finish_run(folder, backend, job, trained, started=t0)
             folder.mark_finished()
@@ -227,6 +232,18 @@ class ModelsDone:
     def __call__(self, ids) -> None:
         self.done.update(ids)
         self.folder.models_done(len(self.done))
+
+
+def _recipe_origin(dataset, *, recipe, epochs, model) -> str:
+    """Where ``train_run``'s recipe comes from, said from its arguments (the progress display's)."""
+    from .trainer import recipe_origin
+
+    changed = [] if epochs is None else [f"epochs={epochs}"]
+    if model is not None:
+        changed.append(f"model={_model_name(model)}")
+    if recipe is not None:
+        return "the recipe given" + "".join(f", with {c}" for c in changed)
+    return recipe_origin(dataset, changed=changed)
 
 
 def _earlier_logits(folder: RunFolder, fresh: bool, chunks, test, plan):

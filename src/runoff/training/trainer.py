@@ -92,6 +92,8 @@ __all__ = [
     "PRECISIONS",
     "chunk_steps",
     "chunks_progress",
+    "training_work",
+    "recipe_origin",
     "chunk_logits",
     "collect_logits",
     "model_logits",
@@ -238,6 +240,28 @@ def recipe_for(dataset: str, *, epochs: int | None = None) -> Recipe:
     """
     base = RECIPES.get(dataset, _PAPER)
     return base if epochs is None else with_epochs(base, epochs)
+
+
+def recipe_origin(dataset: str, *, changed=(), hint: str | None = None) -> str:
+    """Where the recipe of a run on ``dataset`` comes from, for people (the progress display's
+    first line): :func:`recipe_for`'s recipe, and what ``changed`` it (option names, a recipe
+    file, "epochs=20"), or ``hint`` on how to change it when nothing did.
+
+    >>> recipe_origin("folder:photos", hint="--model, --epochs to change")
+    'the default recipe for folder: data; --model, --epochs to change'
+    """
+    if dataset == "digits":
+        base = "runoff's recipe for digits"
+    elif dataset == "fashion-mnist":
+        base = "the published MNIST recipe"
+    elif dataset in PAPER_RECIPES:
+        base = f"the published recipe for {dataset}"
+    else:  # one's own data (folder:, npz:): the paper's optimiser without augmentation
+        base = f"the default recipe for {dataset.split(':', 1)[0]}: data" if ":" in dataset else "the default recipe"
+    changed = list(changed)
+    if changed:
+        return f"{base}, with {', '.join(changed)}"
+    return f"{base}; {hint}" if hint else base
 
 
 def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
@@ -510,15 +534,43 @@ def _steps_per_epoch(sizes, batch_size: int) -> int:
 
 
 def chunks_progress(plan: PartitionPlan, chunks, recipe: Recipe, *, enabled: bool, label: str | None,
-                    interval: float):
+                    interval: float, checkpoint_dir=None, fingerprints=None, restart_stale: bool = False,
+                    origin: str | None = None):
     """The :class:`~runoff.training.progress.TrainingProgress` of training ``chunks``, whichever
-    backend runs them: their steps, models and training samples (subset sizes times epochs)."""
+    backend runs them: the chunks' work as their checkpoints leave it (:func:`training_work`),
+    and the recipe named with ``origin`` (where it came from) on the first line."""
     from .progress import TrainingProgress
 
-    steps = sum(chunk_steps(plan, ids, recipe) for ids in chunks)
-    samples = sum(len(plan.subsets[j]) for ids in chunks for j in ids) * recipe.epochs
-    return TrainingProgress(steps, n_models=sum(map(len, chunks)), samples=samples, enabled=enabled, label=label,
+    work = training_work(plan, chunks, recipe, checkpoint_dir=checkpoint_dir, fingerprints=fingerprints,
+                         restart_stale=restart_stale) if enabled else []
+    what = f"{recipe.model}, {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}"
+    return TrainingProgress(work, recipe=f"{what}: {origin}" if origin else what, enabled=enabled, label=label,
                             interval=interval)
+
+
+def training_work(plan: PartitionPlan, chunks, recipe: Recipe, *, checkpoint_dir=None, fingerprints=None,
+                  restart_stale: bool = False) -> list:
+    """Each chunk's :class:`~runoff.training.progress.ChunkWork`: its steps, samples, and the
+    epoch its checkpoint holds as :func:`train_chunk` will find it (finished: kept; a file of
+    other data: from scratch with ``restart_stale``), read cheaply
+    (:func:`~runoff.training.checkpoints.peek_checkpoint`) since it only sizes the display."""
+    from .checkpoints import peek_checkpoint
+    from .progress import ChunkWork
+
+    pkey = plan_key(plan) if checkpoint_dir is not None else None
+    work = []
+    for ids in chunks:
+        steps = chunk_steps(plan, ids, recipe)
+        start = 0
+        if checkpoint_dir is not None:
+            obj = peek_checkpoint(checkpoint_path(checkpoint_dir, ids))
+            ckey = None if fingerprints is None or obj is None else chunk_key(plan, ids, fingerprints)
+            if obj is not None and (not restart_stale or checkpoint_matches(obj, plan_key=pkey, chunk_key=ckey)):
+                start = min(recipe.epochs, max(0, int(obj.get("epoch") or 0)))
+        work.append(ChunkWork(ids=list(ids), steps=steps, done=steps // recipe.epochs * start,
+                              samples=sum(len(plan.subsets[j]) for j in ids) * recipe.epochs,
+                              finished=start >= recipe.epochs))
+    return work
 
 
 def chunk_steps(plan: PartitionPlan, ids, recipe: Recipe) -> int:
@@ -883,44 +935,48 @@ def model_health(chunk: _Chunk, data: TrainingSet) -> dict:
 def trained_chunks(plan: PartitionPlan, data: TrainingSet, chunks, *, recipe: Recipe, seed_version: int,
                    device, checkpoint_dir, checkpoint_every: int, checkpoint_min_interval: float,
                    progress: bool, label: str | None, progress_interval: float | None = None,
-                   on_nan: str = "stop", restart_stale: bool = False):
+                   on_nan: str = "stop", restart_stale: bool = False, recipe_origin: str | None = None):
     """Train ``chunks`` one after another in this process, yielding each :class:`ChunkResult`.
 
     The shared loop of :func:`train_ensemble` and the local backend: one progress display
-    over all chunks; the caller decides what to keep of each trained chunk.
+    over all chunks (:func:`chunks_progress`); the caller decides what to keep of each trained
+    chunk.
     """
     from .progress import DEFAULT_INTERVAL
 
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    steps = [chunk_steps(plan, ids, recipe) for ids in chunks]
     interval = DEFAULT_INTERVAL if progress_interval is None else progress_interval
-    with chunks_progress(plan, chunks, recipe, enabled=progress, label=label, interval=interval) as bar:
+    with chunks_progress(plan, chunks, recipe, enabled=progress, label=label, interval=interval,
+                         checkpoint_dir=checkpoint_dir, fingerprints=data.fingerprints, restart_stale=restart_stale,
+                         origin=recipe_origin) as bar:
+        base = bar.restored  # steps of this call's chunks done so far, counting restored ones
         for i, ids in enumerate(chunks):
-            base = sum(steps[:i])
-            bar.update(base, f"chunk {i + 1}/{len(chunks)}")
+            work = bar.chunks[i] if bar.chunks else None
+            if work is not None and work.trains:
+                bar.update(base, bar.status(i))
             res = train_chunk(
                 plan, data, ids, recipe=recipe, seed_version=seed_version, device=device,
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                 checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan, restart_stale=restart_stale,
-                on_progress=_ChunkProgress(bar, base),
+                on_progress=_ChunkProgress(bar, base, work),
             )
-            bar.chunk_finished(res.ids, i, len(chunks))
+            if work is not None and work.trains:
+                base += work.steps - work.done
+            bar.chunk_finished(i)
             yield res
 
 
 class _ChunkProgress:
-    """``on_progress`` of one chunk on a shared display: the first call reports what its
-    checkpoint had already done (not this call's speed), the others its steps."""
+    """``on_progress`` of one chunk on a shared display: its steps past those its checkpoint
+    had done, on top of ``base``; nothing for a chunk the display does not show as training."""
 
-    def __init__(self, bar, base: int):
-        self.bar, self.base, self.first = bar, base, True
+    def __init__(self, bar, base: int, work):
+        self.bar, self.base, self.work = bar, base, work
 
     def __call__(self, done: int, _total: int) -> None:
-        if self.first:
-            self.bar.resumed(done)
-            self.first = False
-        self.bar.update(self.base + done)
+        if self.work is not None and self.work.trains:
+            self.bar.update(self.base + max(0, done - self.work.done))
 
 
 def train_ensemble(

@@ -199,7 +199,8 @@ def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, d
                           seed_version=seed_version, device=str(device), checkpoint_dir=folder.checkpoint_dir,
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
                           progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
-                          restart_stale=True, fingerprints=new_fps, earlier_logits=earlier)
+                          restart_stale=True, fingerprints=new_fps, earlier_logits=earlier,
+                          recipe_origin="the run's recipe")
         trained = backend.train(job)
     res = finish_run(folder, backend, job, trained, started=t0)
     folder.drop_logits_set_aside()

@@ -72,6 +72,9 @@ class TrainingJob:
     on_chunk_done : callable or None
         Called in the driver with a chunk's model ids once the chunk is trained and its
         logits taken (the run folder counts finished models for readers of an unfinished run).
+    recipe_origin : str or None
+        Where the recipe came from, for the progress display's first line ("runoff's recipe
+        for digits", "the run's recipe"; :func:`runoff.training.trainer.recipe_origin`).
     """
 
     plan: Any
@@ -92,6 +95,7 @@ class TrainingJob:
     fingerprints: list | None = None
     earlier_logits: dict | None = None
     on_chunk_done: Any = None
+    recipe_origin: str | None = None
 
     def earlier(self, ids):
         """The chunk's entry of :attr:`earlier_logits`, or None."""

@@ -37,7 +37,7 @@ class LocalBackend:
                                   checkpoint_min_interval=job.checkpoint_min_interval,
                                   progress=job.progress, label=job.label,
                                   progress_interval=job.progress_interval, on_nan=job.on_nan,
-                                  restart_stale=job.restart_stale):
+                                  restart_stale=job.restart_stale, recipe_origin=job.recipe_origin):
             logits, kept = chunk_test_logits(res, job.plan, job.test.images, earlier=job.earlier(res.ids),
                                              checkpoint_dir=job.checkpoint_dir, epochs=job.recipe.epochs, device=dev)
             out.chunks.append(ChunkLogits(ids=list(res.ids), logits=logits, start_epoch=res.start_epoch,

@@ -304,7 +304,7 @@ class _RayRun:
                     for ref in ready:
                         i = running.pop(ref)
                         if self._collect(ref, i):
-                            bar.chunk_finished(self.job.chunks[i], i, len(self.job.chunks))
+                            bar.chunk_finished(i)
                             self.job.chunk_done(self.job.chunks[i])
                     self._show(bar, len(running))
         except BaseException:
@@ -323,7 +323,9 @@ class _RayRun:
 
         job = self.job
         return chunks_progress(job.plan, job.chunks, job.recipe, enabled=job.progress, label=job.label,
-                               interval=job.progress_interval)
+                               interval=job.progress_interval, checkpoint_dir=job.checkpoint_dir,
+                               fingerprints=job.fingerprints, restart_stale=job.restart_stale,
+                               origin=job.recipe_origin)
 
     def _submit(self, task, shared, i):
         job, ids = self.job, self.job.chunks[i]
@@ -355,8 +357,8 @@ class _RayRun:
         self.attempts, done = self._snapshot()
         for i in self.results:
             done[i] = self.steps[i]
-        models = sum(len(self.job.chunks[i]) for i in self.results)
-        bar.update(sum(done.values()), f"{models}/{self.job.plan.n_models} models, {running} running")
+        # the display counts the chunks this call trains only (not those kept or with nothing to train)
+        bar.update(bar.completed(done), f"{bar.models_done}/{bar.n_models} models, {running} running")
 
     def _snapshot(self):
         """Attempts and steps per chunk; the last known attempts if the tracker cannot answer."""
