@@ -271,7 +271,7 @@ def _poison_model(model: int):
 
 def test_health_is_recorded_checkpointed_and_written(tmp_path):
     res = train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False)
-    health = RunFolder(tmp_path / "run").read_health()
+    health = RunHealth.read(RunFolder(tmp_path / "run"))
     assert health.n_models == 6 and np.all(np.isfinite(health.loss)) and np.all(health.loss > 0)
     assert np.all((health.accuracy >= 0) & (health.accuracy <= 1))
     labels = res.plan.canonical(_digits_train()).labels
@@ -330,7 +330,7 @@ def test_on_nan_skip_trains_on_flags_only_that_model_and_silences_it(tmp_path, m
     # the finished checkpoint holds model 2's NaN weights and still resumes
     again = train_run(tmp_path / "run", k=6, recipe=RECIPE, progress=False, on_nan="skip")
     assert again.summary.trained == 0 and again.health.flags() == {2: DIVERGED}
-    assert RunFolder(tmp_path / "run").read_health().flags() == {2: DIVERGED}
+    assert RunHealth.read(RunFolder(tmp_path / "run")).flags() == {2: DIVERGED}
 
 
 def test_cli_on_nan_json_and_evaluate(tmp_path, monkeypatch, capsys):

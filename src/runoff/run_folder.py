@@ -443,20 +443,26 @@ class RunFolder:
     def models_path(self) -> Path:
         return self.path / MODELS_FILE
 
-    def read_health(self):
-        """The run's :class:`~runoff.training.health.RunHealth`, or None when it has no
-        ``models.json`` (trained before runoff recorded model health, or a DPA* top folder)."""
-        from .training.health import RunHealth
+    def read_models_text(self) -> str | None:
+        """``models.json`` as text, or None when the run has none (trained before runoff recorded
+        model health, or a DPA* top folder). :meth:`runoff.training.health.RunHealth.read`
+        parses it.
 
+        Raises
+        ------
+        RunDirectoryError
+            The file is there but cannot be read.
+        """
         if not self.models_path.is_file():
             return None
         try:
-            return RunHealth.from_json(self.models_path.read_text(), source=str(self.models_path))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise RunDirectoryError(str(exc)) from None
+            return self.models_path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunDirectoryError(f"{self.models_path}: cannot read ({exc})") from None
 
-    def write_health(self, health) -> Path:
-        atomic_write_text(self.models_path, health.to_json())
+    def write_models_text(self, text: str) -> Path:
+        """Write ``models.json`` (:meth:`runoff.training.health.RunHealth.to_json`), atomically."""
+        atomic_write_text(self.models_path, text)
         return self.models_path
 
     # ------------------------------------------------------------------ reports

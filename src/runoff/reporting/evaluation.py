@@ -177,13 +177,13 @@ def base_model_health(folder) -> dict | None:
     flags keyed ``"v2/17"``."""
     from ..training.health import RunHealth
 
-    health = folder.read_health()
+    health = RunHealth.read(folder)
     if health is not None:
         return health.summary()
     from ..run_folder import RunFolder
 
     names = (folder.read_plan_json().get("training") or {}).get("version_dirs") or []
-    parts = [(name, RunFolder(folder.path / name).read_health()) for name in names]
+    parts = [(name, RunHealth.read(RunFolder(folder.path / name))) for name in names]
     if not parts or any(h is None for _, h in parts):
         return None
     offsets = np.cumsum([0] + [h.n_models for _, h in parts])

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from ..errors import RunDirectoryError
+
 __all__ = ["DIVERGED", "AT_CHANCE", "EMPTY_SUBSET", "RunHealth", "MODELS_FORMAT", "describe", "describe_flags"]
 
 #: Flag of a model whose training loss stopped being finite.
@@ -116,6 +118,28 @@ class RunHealth:
                 **({} if self.sizes is None else {"subset_size": [int(v) for v in self.sizes]}),
                 "flagged": self.flagged()}
         return ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()).join(("{\n", "\n}\n"))
+
+    @classmethod
+    def read(cls, folder) -> "RunHealth | None":
+        """The health of run folder ``folder`` (a :class:`~runoff.run_folder.RunFolder`), or None
+        when it has no ``models.json``.
+
+        Raises
+        ------
+        RunDirectoryError
+            An unreadable or malformed file.
+        """
+        text = folder.read_models_text()
+        if text is None:
+            return None
+        try:
+            return cls.from_json(text, source=str(folder.models_path))
+        except ValueError as exc:
+            raise RunDirectoryError(str(exc)) from None
+
+    def write(self, folder) -> None:
+        """Write ``models.json`` into run folder ``folder``."""
+        folder.write_models_text(self.to_json())
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "models.json") -> "RunHealth":

@@ -269,7 +269,7 @@ def finish_run(folder: RunFolder, backend: Backend, job: TrainingJob, trained: T
         from .logit_sources import logit_sources
 
         folder.write_logit_sources(logit_sources(job.checkpoint_dir, job.chunks, test.images, labels))
-    folder.write_health(health)
+    health.write(folder)
     summary = _summarize(trained, backend, plan, job.recipe, seconds=time.perf_counter() - started, health=health)
     return RunResult(run_dir=folder.path, plan=plan, scores=scores, labels=labels, summary=summary, health=health)
 

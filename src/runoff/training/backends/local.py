@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from . import ChunkLogits, TrainedChunks, TrainingJob
+from .base import ChunkLogits, TrainedChunks, TrainingJob
 
 __all__ = ["LocalBackend"]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from ...checks import check_int, check_number
 from ...errors import BackendError, InvalidParameterError, MissingDependencyError
 from ..checkpoints import checkpoint_path, write_checkpoint_bytes
-from . import ChunkLogits, TrainedChunks, TrainingJob
+from .base import ChunkLogits, TrainedChunks, TrainingJob
 
 __all__ = ["RAY_INSTALL_HINT", "RayBackend", "import_ray"]
 
