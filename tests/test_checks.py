@@ -12,7 +12,7 @@ import pytest
 import runoff
 import runoff.data.configs
 from runoff import checks
-from runoff.certificates import api
+from runoff.certificates import api, methods
 from runoff.certificates.vote import margin, run_off_gaps
 from runoff.errors import InvalidLabelsError, InvalidParameterError, RunoffError
 from runoff.spread import (
@@ -110,40 +110,40 @@ def test_check_choice_suggests_close_names():
 
 @pytest.mark.parametrize("spelling, name", [("DPA+ROE", "dpa-roe"), (" fa_roe ", "fa-roe"), ("Fa", "fa"), ("dpa", "dpa")])
 def test_method_spellings(spelling, name):
-    assert checks.check_method(spelling) == name
+    assert methods.check_method(spelling) == name
 
 
 def test_unknown_method_did_you_mean():
     with pytest.raises(InvalidParameterError) as info:
-        checks.check_method("dpa-reo")
+        methods.check_method("dpa-reo")
     assert str(info.value) == "unknown method 'dpa-reo'; did you mean dpa-roe, fa-roe, dpa? choose one of: dpa, dpa-roe, fa, fa-roe"
 
 
 def test_check_methods():
-    assert checks.check_methods(["dpa", "DPA+ROE", "dpa"]) == ["dpa", "dpa-roe"]  # each once, in order
-    assert checks.check_methods("fa-roe", d=4) == ["fa-roe"]  # one name
+    assert methods.check_methods(["dpa", "DPA+ROE", "dpa"]) == ["dpa", "dpa-roe"]  # each once, in order
+    assert methods.check_methods("fa-roe", d=4) == ["fa-roe"]  # one name
     with pytest.raises(InvalidParameterError, match=r"^methods must be one or more of dpa, dpa-roe, fa, fa-roe; got \[\]$"):
-        checks.check_methods([])
+        methods.check_methods([])
     with pytest.raises(InvalidParameterError) as info:
-        checks.check_methods(["fa", "dpa-roe"], d=2)
+        methods.check_methods(["fa", "dpa-roe"], d=2)
     assert str(info.value) == (
         "methods must be FA methods for d=2 models per bucket (fa or fa-roe): dpa-roe assumes one model "
         "per poison and would overstate its certificates; got ['fa', 'dpa-roe']"
     )
     with pytest.raises(InvalidParameterError, match="^d must be an integer >= 1; got 0$"):
-        checks.check_methods(["fa"], d=0)
+        methods.check_methods(["fa"], d=0)
     with pytest.raises(InvalidParameterError, match=r"^method must be a name \(choose one of: .*\); got None$"):
-        checks.check_methods(None)
+        methods.check_methods(None)
 
 
 def test_methods_for_is_the_one_rule():
-    assert checks.methods_for(1) == ("dpa", "dpa-roe")
-    assert checks.methods_for(2) == checks.methods_for(np.int64(32)) == ("fa", "fa-roe")
+    assert methods.methods_for(1) == ("dpa", "dpa-roe")
+    assert methods.methods_for(2) == methods.methods_for(np.int64(32)) == ("fa", "fa-roe")
     with pytest.raises(InvalidParameterError, match="^d must be an integer >= 1; got 0$"):
-        checks.methods_for(0)
+        methods.methods_for(0)
     import runoff.reporting.evaluation
 
-    assert runoff.reporting.evaluation.methods_for is checks.methods_for
+    assert runoff.reporting.evaluation.methods_for is methods.methods_for
 
 
 # ----------------------------------------------------------------------------------------
@@ -314,3 +314,21 @@ def test_reading_pth_without_torch_is_a_missing_dependency(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("reading logits.pth needs PyTorch, which is not installed; install it with: "
                            "pip install 'runoff[train]' (or convert the file to .npz)")
+
+
+def test_one_method_registry_for_validation_dispatch_and_reporting():
+    # every method is known by one entry: its kernel is what runoff.certify runs
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(20, 12, 4))
+    for name, method in methods.REGISTRY.items():
+        kwargs = {"d": 3} if method.fa else {}
+        spread = [0, 4, 8] if method.fa else None
+        direct = method.kernel(scores, None if spread is None else np.array(spread), kwargs.get("d", 1))
+        via = runoff.certify(scores, name.upper().replace("-", "+"), spread=spread, **kwargs)
+        assert via.method == name
+        np.testing.assert_array_equal(via.predictions, direct[0])
+        np.testing.assert_array_equal(via.certificates, direct[1])
+        assert method.roe == name.endswith("-roe") and method.fa == name.startswith("fa")
+        assert methods.REGISTRY[method.plurality].roe is False
+    assert methods.get_method(methods.REGISTRY["fa"]) is methods.REGISTRY["fa"]  # normalised once
+    assert runoff.certificates.METHODS == runoff.METHODS == tuple(methods.REGISTRY)

@@ -25,24 +25,17 @@ import numpy as np
 from .errors import InvalidLabelsError, InvalidParameterError, RunoffError
 
 __all__ = [
-    "METHODS",
     "as_numpy",
     "shown",
     "invalid",
     "check_int",
     "check_number",
     "check_choice",
-    "check_method",
-    "check_methods",
-    "methods_for",
     "check_labels",
     "check_budgets",
     "check_n_jobs",
     "cpu_count",
 ]
-
-#: Aggregation methods of :func:`runoff.certify`: plurality or Run-Off Election over DPA or FA.
-METHODS = ("dpa", "dpa-roe", "fa", "fa-roe")
 
 _SHOWN_CHARS = 80
 
@@ -158,46 +151,6 @@ def check_choice(value, name: str, choices, *, normalize=None, listing: str | No
     close = difflib.get_close_matches(key, choices, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise InvalidParameterError(f"unknown {name} {value!r}; {hint}{listing}")
-
-
-def _method_key(name: str) -> str:
-    return name.strip().lower().replace("+", "-").replace("_", "-")
-
-
-def check_method(method, name: str = "method") -> str:
-    """A method of :data:`METHODS`, in any of its spellings (``"DPA+ROE"``, ``"dpa_roe"``)."""
-    return check_choice(method, name, METHODS, normalize=_method_key)
-
-
-def methods_for(d: int) -> tuple[str, str]:
-    """The methods sound for an ensemble with ``d`` models per bucket: plurality, then ROE.
-
-    ``("dpa", "dpa-roe")`` for ``d == 1`` (DPA, and DPA* on its summed logits);
-    ``("fa", "fa-roe")`` for ``d > 1`` (Finite Aggregation).
-    """
-    return ("dpa", "dpa-roe") if check_int(d, "d", low=1) == 1 else ("fa", "fa-roe")
-
-
-def check_methods(methods, d: int = 1, name: str = "methods") -> list[str]:
-    """Canonical method names for an ensemble with ``d`` models per bucket, each once.
-
-    ``methods`` is one name or a sequence of names. DPA methods are refused when ``d > 1``:
-    they assume one model per poison and would overstate the certificates of an FA ensemble.
-    """
-    d = check_int(d, "d", low=1)
-    given = [methods] if isinstance(methods, str) or not hasattr(methods, "__iter__") else list(methods)
-    if not given:
-        raise invalid(name, f"one or more of {', '.join(METHODS)}", given)
-    names = list(dict.fromkeys(check_method(m) for m in given))
-    dpa = [m for m in names if m.startswith("dpa")]
-    if d > 1 and dpa:
-        raise invalid(
-            name,
-            f"FA methods for d={d} models per bucket ({' or '.join(methods_for(d))}): "
-            f"{', '.join(dpa)} assumes one model per poison and would overstate its certificates",
-            given,
-        )
-    return names
 
 
 def check_labels(labels, n_points: int, n_classes: int | None = None, name: str = "labels") -> np.ndarray:

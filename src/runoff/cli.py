@@ -68,7 +68,7 @@ def _method_list(text: str) -> list[str]:
 
 def _method_name(text: str) -> str:
     """One method name, in any of its spellings; an unknown one gets "did you mean"."""
-    from .checks import check_method
+    from .certificates.methods import check_method
 
     try:
         return check_method(text)

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import run_lock
 from .atomic import atomic_write, atomic_write_text
-from .checks import METHODS, methods_for
+from .certificates.methods import METHODS, methods_for
 from .data.partition import PLAN_FILE, PartitionPlan
 from .errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
 
@@ -135,7 +135,7 @@ class RunFolder:
     def report_dir(self, methods, d: int) -> Path:
         """Where ``runoff evaluate`` writes the report of ``methods`` on a run with ``d``
         models per bucket: the run folder itself for the run's own methods
-        (:func:`runoff.checks.methods_for`, in any order), ``reports/METHODS/`` for any other
+        (:func:`runoff.certificates.methods.methods_for`, in any order), ``reports/METHODS/`` for any other
         set (canonical names in the order of :data:`runoff.METHODS`, joined by "+"), so that
         one method set's report never replaces another's."""
         chosen = set(methods)

@@ -63,7 +63,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .certificates import certified_accuracy as _certified_accuracy
 from .certificates import certify_ensemble
-from .checks import check_choice, check_int, check_n_jobs, invalid, methods_for, shown
+from .certificates.methods import methods_for
+from .checks import check_choice, check_int, check_n_jobs, invalid, shown
 from .spread import model_subsets, reference_spread, validate_spread
 
 __all__ = ["ROW_HASHES", "AGGREGATIONS", "ConstantModel", "PartitionEnsembleClassifier", "row_hashes"]

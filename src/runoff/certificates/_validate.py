@@ -7,17 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import (
-    METHODS,
-    as_numpy,
-    check_budgets,
-    check_int,
-    check_labels,
-    check_method,
-    invalid,
-)
+from ..checks import as_numpy, check_budgets, check_int, check_labels, invalid
 from ..errors import InvalidScoresError
 from ..spread import reference_spread, validate_spread
+from .methods import METHODS, Method, check_method
 
 __all__ = ["METHODS", "as_numpy", "check_method", "check_scores", "check_fa", "check_labels", "check_budgets",
            "check_predictions"]
@@ -50,11 +43,11 @@ def check_scores(scores) -> np.ndarray:
     return arr
 
 
-def check_fa(method: str, n_models: int, d, spread) -> tuple[int, np.ndarray | None]:
+def check_fa(method: Method, n_models: int, d, spread) -> tuple[int, np.ndarray | None]:
     """Validate ``d`` and ``spread`` for the method; return (d, spread array or None)."""
     d = check_int(d, "d", low=1)
-    if not method.startswith("fa"):
-        dpa_only = (f"{{}} for method {method!r} (d and spread apply to the FA methods only; "
+    if not method.fa:
+        dpa_only = (f"{{}} for method {method.name!r} (d and spread apply to the FA methods only; "
                     "for DPA*, sum the versions' logits first)")
         if d != 1:
             raise invalid("d", dpa_only.format(1), d)

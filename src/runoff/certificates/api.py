@@ -9,8 +9,7 @@ import numpy as np
 
 from ..checks import check_n_jobs
 from . import _validate
-from .dpa import certify_dpa, certify_dpa_roe
-from .fa import certify_fa, certify_fa_roe
+from .methods import Method, get_method
 
 __all__ = ["Certification", "certify", "certify_ensemble", "certified_accuracy"]
 
@@ -49,16 +48,12 @@ class Certification:
         return certified_accuracy(self.predictions, self.certificates, labels, budgets)
 
 
-def _compute(scores: np.ndarray, method: str, d: int, spread, n_jobs: int) -> tuple[np.ndarray, np.ndarray]:
+def _compute(scores: np.ndarray, method: Method, d: int, spread, n_jobs: int) -> tuple[np.ndarray, np.ndarray]:
     n, m, c = scores.shape
-    if method == "dpa":
-        fn = certify_dpa
-    elif method == "dpa-roe":
-        fn = certify_dpa_roe
-    elif method == "fa":
-        fn = lambda s: certify_fa(s, spread, d)  # noqa: E731
-    else:
-        fn = lambda s: certify_fa_roe(s, spread, d)  # noqa: E731
+
+    def fn(s):
+        return method.kernel(s, spread, d)
+
     step = max(1, _CHUNK_VALUES // (m * c))
     chunks = [slice(i, min(n, i + step)) for i in range(0, n, step)]
     pred = np.empty(n, dtype=np.int64)
@@ -84,9 +79,10 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
     ----------
     scores : array-like of shape (N, M, C)
         Logits of M base models on N test points over C classes (numpy or torch).
-    method : {"dpa", "dpa-roe", "fa", "fa-roe"}
+    method : {"dpa", "dpa-roe", "fa", "fa-roe"} or Method
         Plurality vote ("dpa", "fa") or Run-Off Election ("-roe") over a DPA ensemble (one
-        model per partition) or a Finite Aggregation ensemble (M = k*d models).
+        model per partition) or a Finite Aggregation ensemble (M = k*d models); any spelling
+        (``"DPA+ROE"``), or an entry of :data:`runoff.certificates.methods.REGISTRY`.
     d : int, default 1
         FA only: models per bucket; must divide M.
     spread : sequence of int, optional
@@ -107,13 +103,13 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
     InvalidScoresError, InvalidParameterError
         Wrong shape, non-finite logits, unknown method, bad ``d``, ``spread`` or ``n_jobs``.
     """
-    method = _validate.check_method(method)
+    method = get_method(method)  # the one place a method string is normalised
     arr = _validate.check_scores(scores)
     d, shifts = _validate.check_fa(method, arr.shape[1], d, spread)
     jobs = check_n_jobs(n_jobs)
     pred, cert = _compute(arr, method, d, shifts, jobs)
     return Certification(
-        method=method,
+        method=method.name,
         predictions=pred,
         certificates=cert,
         d=d,
@@ -126,9 +122,11 @@ def certify_ensemble(scores, method: str, *, d: int = 1, spread=None, n_jobs: in
 
     For callers that hold one ensemble (a run, a fitted estimator) and certify it with
     several methods: DPA methods take neither option, FA methods take both. Whether a DPA
-    method is sound for ``d > 1`` is the caller's check (:func:`runoff.checks.check_methods`).
+    method is sound for ``d > 1`` is the caller's check
+    (:func:`runoff.certificates.methods.check_methods`).
     """
-    if _validate.check_method(method).startswith("fa"):
+    method = get_method(method)
+    if method.fa:
         return certify(scores, method, d=d, spread=spread, n_jobs=n_jobs)
     return certify(scores, method, n_jobs=n_jobs)
 

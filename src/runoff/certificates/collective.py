@@ -65,6 +65,7 @@ from ..spread import models_of_buckets
 from . import _validate
 from .api import certify
 from .fa import greedy_certificate
+from .methods import Method, get_method
 from .vote import (
     class_major,
     gaps,
@@ -683,7 +684,7 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     MissingDependencyError
         SciPy is not installed (``pip install 'runoff[collective]'``).
     """
-    method = _validate.check_method(method)
+    method = get_method(method)
     arr = _validate.check_scores(scores)
     n, m, n_classes = arr.shape
     d, shifts = _validate.check_fa(method, m, d, spread)
@@ -733,8 +734,8 @@ def _require_highs() -> None:
             f"{getattr(scipy, '__version__', '?')} lacks; install SciPy >= 1.9: pip install 'runoff[collective]'")
 
 
-def _units(method, m, d, shifts):
-    if not method.startswith("fa"):
+def _units(method: Method, m, d, shifts):
+    if not method.fa:
         return np.eye(m, dtype=np.int8)
     u = np.zeros((m, m), dtype=np.int8)
     u[np.arange(m)[:, None], models_of_buckets(np.arange(m), shifts, m)] = 1
@@ -763,7 +764,7 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     n, m, _ = scores.shape
     cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
     pred, pw_cert = cert.predictions, cert.certificates
-    inst = _Instance(scores=scores, roe=method.endswith("roe"), fa=method.startswith("fa"),
+    inst = _Instance(scores=scores, roe=method.roe, fa=method.fa,
                      units=_units(method, m, d, shifts), pred=pred, pw_cert=pw_cert,
                      counted=np.ones(n, dtype=bool) if labels is None else pred == labels)
     pts = inst.candidates(int(budgets.max()))
@@ -778,7 +779,7 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     lower = np.array([a.count for a in attacks], dtype=np.int64)
     _min_over_larger_budgets(upper, budgets)
     return CollectiveCertification(
-        method=method,
+        method=method.name,
         budgets=budgets,
         upper=upper,
         lower=lower,
@@ -787,7 +788,7 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
         fallback=fallback,
         pointwise=pointwise,
         attacks=tuple(attacks),
-        exact=method in EXACT_METHODS,
+        exact=method.name in EXACT_METHODS,
         n_points=n,
         n_correct=None if labels is None else int(inst.counted.sum()),
         predictions=pred,

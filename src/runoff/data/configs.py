@@ -172,7 +172,7 @@ class Config:
 
     @property
     def methods(self) -> tuple[str, str]:
-        from ..checks import methods_for
+        from ..certificates.methods import methods_for
 
         return methods_for(self.d if self.kind == "fa" else 1)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..certificates import certified_accuracy
+from ..certificates.methods import REGISTRY
 from ..data.configs import CONFIGS, Config
 from ..errors import RunDirectoryError
 from ..run_folder import ACCURACY_PLOT, HISTOGRAM_PLOT, REPORT_JSON, REPORT_MD
@@ -126,8 +127,8 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None, collective=None, time_
                    "certified": {int(b): float(a) for b, a in zip(budgets, acc)}}
             if cfg is not None and method in cfg.reference:
                 col["paper"] = {int(b): v for b, v in zip(cfg.budgets, cfg.reference[method]["values"])}
-            base = method.replace("-roe", "")
-            if method.endswith("-roe") and base in ev.results:
+            base = REGISTRY[method].plurality  # ROE beside the plurality vote of the same ensemble
+            if REGISTRY[method].roe and base in ev.results:
                 b_acc = 100 * certified_accuracy(ev.results[base].predictions, ev.results[base].certificates, labels, budgets)
                 col["roe_gain"] = {int(b): float(a - c) for b, a, c in zip(budgets, acc, b_acc)}
             if "collective" in ev.summary:

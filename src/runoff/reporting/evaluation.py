@@ -19,7 +19,8 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..certificates import Certification, certify_ensemble
-from ..checks import check_budgets, check_labels, check_methods, methods_for
+from ..certificates.methods import check_methods, methods_for
+from ..checks import check_budgets, check_labels
 from ..errors import InvalidParameterError, RunDirectoryError
 from ..logits_io import save_certificates
 from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD

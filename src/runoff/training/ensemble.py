@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..certificates import Certification, certify_ensemble
-from ..checks import check_methods, methods_for
+from ..certificates.methods import check_methods, methods_for
 from ..data.partition import PartitionPlan
 from ..errors import (
     CheckpointError,
