@@ -131,3 +131,31 @@ def test_trainer_recipes_are_the_published_ones(dataset):
     assert [recipe.lr_at(e) for e in range(200)] == pytest.approx(_published_lrs(), rel=1e-12)
     _size, flip = PUBLISHED_CROP[dataset]
     assert (recipe.augment, recipe.crop_padding, recipe.init) == ("crop-flip" if flip else "crop", 4, "pytorch")
+
+
+def test_training_settings_are_the_librarys_rule():
+    """The rule `runoff train --config` applies, for Python callers too, in their own words."""
+    import pytest
+
+    from runoff.data.configs import check_data_options, training_settings
+    from runoff.errors import InvalidParameterError
+
+    assert training_settings("cifar10-k50-fa-d16") == {"dataset": "cifar10", "k": 50, "d": 16, "versions": None}
+    assert training_settings("cifar10-k50-dpastar-d16")["versions"] == 16
+    assert training_settings(k=5) == {"dataset": "digits", "k": 5, "d": 1, "versions": None}
+    assert training_settings("cifar10-k50", k=50, dataset="cifar10")["k"] == 50  # agreeing is fine
+    with pytest.raises(InvalidParameterError, match=r"^k=4 contradicts config='cifar10-k50' \(dataset cifar10"):
+        training_settings("cifar10-k50", k=4)
+    with pytest.raises(InvalidParameterError, match=r"^--k 4 contradicts --config cifar10-k50"):
+        training_settings("cifar10-k50", k=4, names={"k": "--k", "config": "--config"})
+    with pytest.raises(InvalidParameterError, match="give k .* or config NAME"):
+        training_settings()
+    with pytest.raises(InvalidParameterError, match="versions .DPA\\*. and d .FA. cannot be combined"):
+        training_settings(k=3, d=2, versions=2)
+    with pytest.raises(InvalidParameterError, match="seed_version picks one seed version"):
+        training_settings(k=3, versions=2, seed_version=2)
+    with pytest.raises(InvalidParameterError, match="image_size applies to folder: data sets, not to digits"):
+        check_data_options("digits", image_size=(8, 8))
+    with pytest.raises(InvalidParameterError, match="download fetches"):
+        check_data_options("npz:x.npz", download=True)
+    check_data_options("folder:/x", image_size=(8, 8))

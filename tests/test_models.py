@@ -303,3 +303,22 @@ def test_activation_floats_walks_the_residual_blocks(size):
         # two blocks of two convolutions (4 maps each) and a sum; a projection (4 maps) in stages 2-4
         expected += 2 * (2 * 4 + 1) * c * s * s + (4 * c * s * s if stage else 0)
     assert activation_floats(spec, (size, size)) == expected
+
+
+def test_the_architecture_catalog_is_in_the_library():
+    import pytest
+
+    from runoff.errors import InvalidParameterError
+    from runoff.training.models import ARCHITECTURES, MODEL_NOTES, architecture_catalog
+
+    cat = architecture_catalog("28x28x1", 10)
+    assert cat["image_shape"] == [28, 28, 1] and list(cat["models"]) == list(ARCHITECTURES)
+    assert architecture_catalog((28, 28, 1), 10) == cat
+    assert all(row["about"] == MODEL_NOTES[name] and row["parameters"] > 0 for name, row in cat["models"].items())
+    # more classes, more parameters in the last layer
+    assert architecture_catalog("28x28x1", 20)["models"]["mlp"]["parameters"] > cat["models"]["mlp"]["parameters"]
+    for bad in ("3x3", "axbxc", "0x4x1"):
+        with pytest.raises(InvalidParameterError, match="^image_shape must be HxWxC"):
+            architecture_catalog(bad)
+    with pytest.raises(InvalidParameterError, match="^classes must be an integer >= 1"):
+        architecture_catalog("8x8x1", 0)

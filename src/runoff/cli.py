@@ -485,50 +485,31 @@ def _backend(args):
                       gpus_per_task=args.gpus_per_task, max_retries=3 if args.max_retries is None else args.max_retries)
 
 
-def _train_settings(args) -> dict:
-    """dataset, k, d, versions from --config and the explicit options (which must agree with it)."""
-    given = {"dataset": args.dataset, "k": args.k, "d": args.d, "versions": args.versions}
-    if args.config:
-        from .data.configs import get_config
+#: The command line's name of each setting of :func:`runoff.data.configs.training_settings`
+_OPTION_NAMES = {"config": "--config", "dataset": "--dataset", "k": "--k", "d": "--d", "versions": "--versions",
+                 "seed_version": "--version", "download": "--download", "image_size": "--image-size"}
 
-        cfg = get_config(args.config)
-        chosen = {"dataset": cfg.dataset, "k": cfg.k, "d": cfg.d if cfg.kind == "fa" else 1,
-                  "versions": cfg.d if cfg.kind == "dpa*" else None}
-        clash = [f"--{k} {v}" for k, v in given.items() if v is not None and v != chosen[k]]
-        if clash:
-            raise InvalidParameterError(f"{' '.join(clash)} contradicts --config {cfg.name} "
-                                        f"(dataset {cfg.dataset}, k={cfg.k}, d={cfg.d}, {cfg.kind})")
-    else:
-        if args.k is None:
-            raise InvalidParameterError("give --k (number of partitions) or --config NAME")
-        chosen = {"dataset": args.dataset or "digits", "k": args.k, "d": 1 if args.d is None else args.d,
-                  "versions": args.versions}
+
+def _train_settings(args) -> dict:
+    """dataset, k, d, versions from --config and the explicit options (the library's rule)."""
+    from .data.configs import training_settings
+
+    chosen = training_settings(args.config, dataset=args.dataset, k=args.k, d=args.d, versions=args.versions,
+                               seed_version=args.version, names=_OPTION_NAMES)
     _check_data_options(args, chosen["dataset"])
-    if chosen["versions"] is not None and chosen["d"] != 1:
-        raise InvalidParameterError("--versions (DPA*) and --d (FA) cannot be combined")
-    if chosen["versions"] is not None and args.version != 1:
-        raise InvalidParameterError("--version picks one seed version; DPA* (--versions) trains 1..V")
     return chosen
 
 
 def _check_data_options(args, dataset: str) -> None:
-    """--download and --image-size fit the data set."""
-    if args.download:
-        from .data.download import DOWNLOADABLE
+    from .data.configs import check_data_options
 
-        if dataset not in DOWNLOADABLE:
-            raise InvalidParameterError(f"--download fetches {', '.join(DOWNLOADABLE)}; not {dataset}")
-    if args.image_size is not None and not dataset.startswith("folder:"):
-        raise InvalidParameterError(f"--image-size applies to folder: data sets, not to {dataset}")
+    check_data_options(dataset, download=args.download, image_size=args.image_size, names=_OPTION_NAMES)
 
 
 def _require_training(command: str, dataset: str | None) -> None:
-    """PyTorch, and scikit-learn for the embedded digits, before anything is written."""
-    require("torch", command)
-    if dataset == "digits":
-        require("sklearn", f"{command} (the digits data set)")
-    if dataset in ("gtsrb",) or (dataset or "").startswith("folder:"):
-        require("PIL", f"{command} (reading image files)")
+    from .training.runs import require_training
+
+    require_training(dataset, command)
 
 
 def _cmd_train(args) -> int:
@@ -936,30 +917,15 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-_MODEL_NOTES = {
-    "nin": "Network in Network (RotNet's), the paper's base model: 9 conv layers with BatchNorm",
-    "small": "a small CNN (3 conv layers with BatchNorm, 16-32 channels): fast on a CPU, runoff's digits model",
-    "mlp": "a multilayer perceptron on the flattened image (hidden layers of 256 and 128 units, ReLU)",
-    "resnet18": "ResNet-18 for small images (conv3x3 stem, no max-pool, 8 residual blocks of 64-512 channels)",
-}
-
-
 def _cmd_models(args) -> int:
     require("torch", "runoff models")
-    from .training.models import ARCHITECTURES, architecture, parameter_count
+    from .training.models import architecture_catalog
 
-    try:
-        h, w, c = (int(v) for v in args.image_shape.lower().split("x"))
-    except ValueError:
-        raise InvalidParameterError(f"--image-shape must be HxWxC, e.g. 32x32x3; got {args.image_shape!r}") from None
-    _at_least(args.classes, "--classes", 1)
-    rows = {name: {"parameters": parameter_count(architecture(name, in_channels=c, n_classes=args.classes,
-                                                            image_size=(h, w))),
-                   "about": _MODEL_NOTES.get(name, "")} for name in ARCHITECTURES}
+    catalog = architecture_catalog(args.image_shape, args.classes)
     if args.json:
-        print(json.dumps({"image_shape": [h, w, c], "classes": args.classes, "models": rows}, indent=2))
+        print(json.dumps(catalog, indent=2))
         return 0
-    for name, row in rows.items():
+    for name, row in catalog["models"].items():
         print(f"{name:8s} {row['parameters']:>10,} parameters   {row['about']}")
     print("your own: --model package.module:function, a factory(in_shape, n_classes) returning a torch.nn.Module")
     return 0

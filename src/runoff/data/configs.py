@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..checks import check_choice
+from ..errors import InvalidParameterError
 
-__all__ = ["Config", "CONFIGS", "PAPER_RECIPES", "INIT_DESCRIPTIONS", "describe_recipe", "get_config"]
+__all__ = ["Config", "CONFIGS", "PAPER_RECIPES", "INIT_DESCRIPTIONS", "describe_recipe", "get_config",
+           "training_settings", "check_data_options"]
 
 _CLASSES = {"mnist": 10, "cifar10": 10, "gtsrb": 43}
 _SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3), "gtsrb": (48, 48, 3)}
@@ -253,3 +255,81 @@ CONFIGS: dict[str, Config] = _build()
 def get_config(name: str) -> Config:
     """The configuration called ``name``; an unknown name gets the close ones ("did you mean")."""
     return CONFIGS[check_choice(name, "configuration", CONFIGS, listing="`runoff configs` lists them")]
+
+
+#: How the settings are named in messages: the keywords of :func:`training_settings`.
+_KEYWORDS = {"config": "config", "dataset": "dataset", "k": "k", "d": "d", "versions": "versions",
+             "seed_version": "seed_version", "download": "download", "image_size": "image_size"}
+
+
+def _given(name: str, value) -> str:
+    """``--k 5`` for an option, ``k=5`` for a keyword."""
+    return f"{name} {value}" if name.startswith("-") else f"{name}={value!r}"
+
+
+def training_settings(config: str | None = None, *, dataset: str | None = None, k: int | None = None,
+                      d: int | None = None, versions: int | None = None, seed_version: int = 1,
+                      names: dict | None = None) -> dict:
+    """What to train: ``dataset``, ``k``, ``d`` and ``versions`` (DPA*), from a named
+    configuration of the paper and the explicit settings, which must agree with it.
+
+    Parameters
+    ----------
+    config : str, optional
+        A name of :data:`CONFIGS` (``"cifar10-k50-fa-d16"``); without it ``k`` is needed and
+        ``dataset`` defaults to ``"digits"``.
+    dataset, k, d, versions : optional
+        Explicit settings (None: not given).
+    seed_version : int, default 1
+        One seed version; DPA* (``versions``) trains 1..V itself.
+    names : dict, optional
+        How to name each setting in messages (the command line passes its options:
+        ``{"k": "--k", ...}``); default the keywords.
+
+    Returns
+    -------
+    dict
+        ``{"dataset": str, "k": int, "d": int, "versions": int or None}``.
+
+    Raises
+    ------
+    InvalidParameterError
+        A setting that contradicts the configuration, no k and no configuration, or DPA*
+        combined with FA or with one seed version.
+    """
+    n = {**_KEYWORDS, **(names or {})}
+    given = {"dataset": dataset, "k": k, "d": d, "versions": versions}
+    if config:
+        cfg = get_config(config)
+        chosen = {"dataset": cfg.dataset, "k": cfg.k, "d": cfg.d if cfg.kind == "fa" else 1,
+                  "versions": cfg.d if cfg.kind == "dpa*" else None}
+        clash = [_given(n[key], v) for key, v in given.items() if v is not None and v != chosen[key]]
+        if clash:
+            raise InvalidParameterError(f"{' '.join(clash)} contradicts {_given(n['config'], cfg.name)} "
+                                        f"(dataset {cfg.dataset}, k={cfg.k}, d={cfg.d}, {cfg.kind})")
+    else:
+        if k is None:
+            raise InvalidParameterError(f"give {n['k']} (number of partitions) or {n['config']} NAME")
+        chosen = {"dataset": dataset or "digits", "k": k, "d": 1 if d is None else d, "versions": versions}
+    if chosen["versions"] is not None and chosen["d"] != 1:
+        raise InvalidParameterError(f"{n['versions']} (DPA*) and {n['d']} (FA) cannot be combined")
+    if chosen["versions"] is not None and seed_version != 1:
+        raise InvalidParameterError(f"{n['seed_version']} picks one seed version; DPA* ({n['versions']}) trains 1..V")
+    return chosen
+
+
+def check_data_options(dataset: str, *, download: bool = False, image_size=None, names: dict | None = None) -> None:
+    """``download`` and ``image_size`` fit ``dataset``: torchvision fetches only the paper's
+    data sets, and only ``folder:`` data sets are resized.
+
+    Raises
+    ------
+    InvalidParameterError
+    """
+    from .download import DOWNLOADABLE
+
+    n = {**_KEYWORDS, **(names or {})}
+    if download and dataset not in DOWNLOADABLE:
+        raise InvalidParameterError(f"{n['download']} fetches {', '.join(DOWNLOADABLE)}; not {dataset}")
+    if image_size is not None and not dataset.startswith("folder:"):
+        raise InvalidParameterError(f"{n['image_size']} applies to folder: data sets, not to {dataset}")

@@ -68,13 +68,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_choice
+from ..checks import check_choice, check_int, invalid
 from ..errors import InvalidParameterError
 
 __all__ = ["ARCHITECTURES", "INIT_RULES", "architecture", "build_model", "BatchedNet", "kaiming_uniform_bound",
-           "activation_floats", "parameter_count"]
+           "activation_floats", "parameter_count", "MODEL_NOTES", "architecture_catalog"]
 
 ARCHITECTURES = ("nin", "small", "mlp", "resnet18")
+#: One line on each architecture (``runoff models``).
+MODEL_NOTES = {
+    "nin": "Network in Network (RotNet's), the paper's base model: 9 conv layers with BatchNorm",
+    "small": "a small CNN (3 conv layers with BatchNorm, 16-32 channels): fast on a CPU, runoff's digits model",
+    "mlp": "a multilayer perceptron on the flattened image (hidden layers of 256 and 128 units, ReLU)",
+    "resnet18": "ResNet-18 for small images (conv3x3 stem, no max-pool, 8 residual blocks of 64-512 channels)",
+}
 
 #: Initialisation rules of :meth:`BatchedNet.init_` (see the module docstring).
 INIT_RULES = ("pytorch", "rotnet")
@@ -224,6 +231,35 @@ def _freeze(layer) -> tuple:
     if layer[0] == "residual":
         return ("residual", tuple(_freeze(x) for x in layer[1]), tuple(_freeze(x) for x in layer[2]))
     return tuple(layer)
+
+
+def architecture_catalog(image_shape="32x32x3", n_classes: int = 10) -> dict:
+    """Each architecture's parameter count for an image shape, with a line about it.
+
+    Parameters
+    ----------
+    image_shape : str or (int, int, int), default "32x32x3"
+        ``"HxWxC"`` or ``(H, W, C)``.
+    n_classes : int, default 10
+
+    Returns
+    -------
+    dict
+        ``{"image_shape": [H, W, C], "classes": n_classes, "models": {name: {"parameters": int,
+        "about": str}}}``.
+    """
+    try:
+        parts = image_shape.lower().split("x") if isinstance(image_shape, str) else list(image_shape)
+        h, w, c = (int(v) for v in parts)
+    except (ValueError, TypeError, AttributeError):
+        raise invalid("image_shape", "HxWxC, e.g. 32x32x3", image_shape) from None
+    if min(h, w, c) < 1:
+        raise invalid("image_shape", "HxWxC with sizes >= 1, e.g. 32x32x3", image_shape)
+    n_classes = check_int(n_classes, "classes", low=1)
+    models = {name: {"parameters": parameter_count(architecture(name, in_channels=c, n_classes=n_classes,
+                                                                image_size=(h, w))),
+                     "about": MODEL_NOTES.get(name, "")} for name in ARCHITECTURES}
+    return {"image_shape": [h, w, c], "classes": n_classes, "models": models}
 
 
 def parameter_count(spec) -> int:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_choice, check_int, check_number
-from ..errors import InvalidParameterError, RunDirectoryError, RunUnfinishedError
+from ..errors import InvalidParameterError, RunDirectoryError, RunUnfinishedError, require
 from ..run_folder import RunFolder
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
 from .health import RunHealth
 from .summary import TrainingSummary
 
-__all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions"]
+__all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions", "require_training"]
 
 
 @dataclass
@@ -182,6 +182,7 @@ def train_run(
         A checkpoint in ``run_dir`` is corrupt.
     """
     t0 = time.perf_counter()
+    require_training(dataset)
     backend = resolve_backend(backend)
     _check_run_options(seed_version=seed_version, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
                        checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
@@ -244,6 +245,17 @@ def _recipe_origin(dataset, *, recipe, epochs, model) -> str:
     if recipe is not None:
         return "the recipe given" + "".join(f", with {c}" for c in changed)
     return recipe_origin(dataset, changed=changed)
+
+
+def require_training(dataset: str | None, purpose: str = "train_run") -> None:
+    """What training on ``dataset`` needs, or a one-line :class:`~runoff.errors.MissingDependencyError`
+    saying how to install it: PyTorch, scikit-learn for the embedded digits, Pillow for image
+    files (GTSRB, ``folder:``). Checked before anything is read or written."""
+    require("torch", purpose)
+    if dataset == "digits":
+        require("sklearn", f"{purpose} (the digits data set)")
+    if dataset in ("gtsrb",) or (dataset or "").startswith("folder:"):
+        require("PIL", f"{purpose} (reading image files)")
 
 
 def _earlier_logits(folder: RunFolder, fresh: bool, chunks, test, plan):
