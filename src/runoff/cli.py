@@ -26,6 +26,7 @@ from . import __version__
 from .data.datasets import DATASETS
 from .data.partition import IMAGE_HASHES
 from .errors import InvalidParameterError, RunoffError, one_line, require
+from .writable import check_output_file, check_output_folder
 from .training.backends import BACKENDS
 
 _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
@@ -163,54 +164,12 @@ def _check_device(device: str, *, ray: bool = False) -> None:
                                     f"(cuda:0 to cuda:{count - 1})")
 
 
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or its closest ancestor that exists (as absolute paths)."""
-    path = Path(os.path.abspath(path))
-    while not os.path.lexists(path) and path.parent != path:
-        path = path.parent
-    return path
-
-
 def _check_out_folder(out, option: str = "--out") -> None:
-    """``out`` is a writable folder, or can be created as one; nothing is left behind."""
-    path = Path(out)
-    if path.exists():
-        if not path.is_dir():
-            raise InvalidParameterError(f"{option} {out}: exists and is not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise InvalidParameterError(f"{option} {out}: cannot write into this folder (permission denied)")
-        return
-    base = _nearest_existing(path)
-    if not base.is_dir():
-        raise InvalidParameterError(f"{option} {out}: cannot create a folder there: {base} is a file, not a folder")
-    # create (and remove) the first missing folder: the only sure test (read-only file systems, /proc, ...)
-    first = Path(os.path.abspath(path))
-    while first.parent != base:
-        first = first.parent
-    try:
-        first.mkdir()
-    except FileExistsError:  # another command created it meanwhile: writable, as far as we can tell
-        return
-    except OSError as exc:
-        raise InvalidParameterError(f"{option} {out}: cannot create this folder ({exc.strerror or exc})") from None
-    with contextlib.suppress(OSError):  # another command may be writing into it already
-        first.rmdir()
+    check_output_folder(out, option)
 
 
 def _check_out_file(out, option: str = "--out") -> None:
-    """``out`` (written as ``out`` or ``out.npz``) can be created in an existing, writable folder."""
-    path = Path(out)
-    target = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
-    if target.is_dir():
-        raise InvalidParameterError(f"{option} {out}: is a folder; give a file name, e.g. {target / 'certificates.npz'}")
-    folder = target.parent
-    if not folder.is_dir():
-        base = _nearest_existing(folder)
-        if base.exists() and not base.is_dir():
-            raise InvalidParameterError(f"{option} {out}: {base} is a file, not a folder")
-        raise InvalidParameterError(f"{option} {out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InvalidParameterError(f"{option} {out}: cannot write into {folder} (permission denied)")
+    check_output_file(out, option)
 
 
 def _add_certify(sub) -> None:
