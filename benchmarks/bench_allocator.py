@@ -10,8 +10,9 @@ Workloads (Fashion-MNIST as an ``npz:`` data set when the Debian package
   ``--full``: 6,000, k = 120);
 * ``scores``: ``Ensemble.scores`` of the ``small`` run's models on 2,000 test images, timed
   inside the process (loading excluded);
-* ``epochs``: the ``small`` run for ``--epochs-check`` epochs, its resident set sampled from
-  /proc: the largest value in each quarter of the run shows whether it grows.
+* ``epochs``: a ``small`` run (default 6,000 images, k = 10) for ``--epochs-check`` epochs,
+  glibc's default and runoff's tuning only, its resident set sampled from /proc: the
+  largest value in each quarter of the run shows whether it grows.
 
 Variants: ``default`` (``RUNOFF_NO_ALLOCATOR_TUNING=1``: glibc as it comes), ``mallopt``
 (runoff's tuning, the default), ``jemalloc`` and ``tcmalloc`` (the Debian libraries
@@ -43,9 +44,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 LIBS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
         "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
 SIZES = {  # workload: (training images, k, test images)
-    "small": (12_000, 20, 1_000), "nin": (1_200, 24, 200),
+    "small": (12_000, 20, 1_000), "nin": (1_200, 24, 200), "epochs": (6_000, 10, 1_000),
 }
-FULL = {"small": (60_000, 100, 10_000), "nin": (6_000, 120, 200)}
+FULL = {"small": (60_000, 100, 10_000), "nin": (6_000, 120, 200), "epochs": (60_000, 100, 10_000)}
 SCORES_IMAGES = 2_000
 
 _SCORES = """
@@ -177,7 +178,9 @@ def main() -> None:
 
 def run_workload(workload: str, variants: list[str], sizes: dict, args, tmp: Path) -> None:
     base = "nin" if workload == "nin" else "small"
-    n_train, k, n_test = sizes[base]
+    n_train, k, n_test = sizes["small" if workload == "scores" else workload]
+    if workload == "epochs":
+        variants = [v for v in variants if v in ("default", "mallopt")]
     if workload == "scores":
         n_test = max(n_test, SCORES_IMAGES)
     data = tmp / f"{workload}.npz"
