@@ -153,6 +153,24 @@ def test_driver_writes_final_checkpoints_a_task_returns(tmp_path, monkeypatch):
     assert writes == [path, path]
 
 
+def test_ray_tasks_tune_the_allocator_unless_switched_off(tmp_path, local_cluster, monkeypatch):
+    # every task's process keeps freed tensor memory, as the CLI does; each task says so in
+    # its result, which the driver hands to _keep
+    import runoff.training.backends.ray as rb
+    from runoff.allocator import ALLOCATOR_ENV, glibc_version
+
+    told = []
+    keep = rb._keep
+    monkeypatch.setattr(rb, "_keep", lambda out, ckdir: (told.append(out["allocator"]), keep(out, ckdir)))
+    train_run(tmp_path / "run", backend=RayBackend(workers=2), dataset="digits", k=4, epochs=1, chunk_size=2,
+              progress=False)
+    expected = "tuned" if glibc_version() else "no glibc"
+    assert told == [expected, expected]
+    # a worker started with the variable set leaves its allocator alone
+    off = ray.remote(rb._task_setup).options(runtime_env={"env_vars": {ALLOCATOR_ENV: "1"}})
+    assert ray.get(off.remote(1)) == "disabled"
+
+
 def test_chunk_logits_land_in_their_models_columns():
     from types import SimpleNamespace
 

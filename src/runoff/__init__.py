@@ -5,6 +5,7 @@ certificate for every prediction: the number of training samples an attacker cou
 remove without changing it. Importing runoff never imports torch.
 """
 
+from .allocator import AllocatorTuning, tune_allocator
 from .certificates import (
     METHODS,
     Certification,
@@ -42,6 +43,8 @@ __all__ = [
     "certified_accuracy",
     "certify_collective",
     "CollectiveCertification",
+    "tune_allocator",
+    "AllocatorTuning",
     "RunoffError",
     "RunoffWarning",
     "CompileFallbackWarning",

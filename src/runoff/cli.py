@@ -368,7 +368,7 @@ def _add_train(sub) -> None:
     _add_training_options(p)
     _add_recipe_options(p)
     _add_backend_options(p)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, tunes_allocator=True)
 
 
 def _add_data_options(p, dataset_help: str) -> None:
@@ -599,7 +599,7 @@ def _add_update(sub) -> None:
     _add_training_options(p)
     _add_recipe_options(p)
     _add_backend_options(p)
-    p.set_defaults(func=_cmd_update)
+    p.set_defaults(func=_cmd_update, tunes_allocator=True)
 
 
 def _cmd_update(args) -> int:
@@ -731,7 +731,7 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="output folder; default runs/demo")
     _add_training_options(p)
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, tunes_allocator=True)
 
 
 def _cmd_demo(args) -> int:
@@ -786,7 +786,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default cpu")
     p.add_argument("--out", default=None, help="write predictions and certificates to this .npz file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, tunes_allocator=True)
 
 
 def _cmd_predict(args) -> int:
@@ -1114,6 +1114,14 @@ def _debug_env() -> bool:
     return os.environ.get("RUNOFF_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _tune_allocator() -> None:
+    """Keep freed tensor memory in this process (the commands that run torch): on a CPU,
+    glibc's default hands every large tensor back to the kernel and faults it in again."""
+    from .allocator import tune_allocator
+
+    tune_allocator()
+
+
 def main(argv=None) -> int:
     """Run the ``runoff`` command line; returns the exit status.
 
@@ -1130,6 +1138,8 @@ def main(argv=None) -> int:
         _error(_usage_message(exc, parser, argv))
         return 1
     debug = args.debug or _debug_env()
+    if getattr(args, "tunes_allocator", False):
+        _tune_allocator()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_printer(warnings.showwarning)

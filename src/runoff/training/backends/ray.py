@@ -238,12 +238,10 @@ class _TaskSpec:
 
 def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker):
     """Ray task: train (or resume, or just load) one chunk and return its test logits."""
-    import torch
-
     from ..logit_sources import chunk_test_logits
     from ..trainer import train_chunk
 
-    torch.set_num_threads(max(1, spec.threads))
+    allocator = _task_setup(spec.threads)
     tracker.start.remote(spec.index)
     last = 0.0
 
@@ -263,7 +261,19 @@ def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker)
                                      epochs=spec.recipe.epochs, device=spec.device)
     final = checkpoint_path(spec.checkpoint_dir, spec.ids).read_bytes() if res.trained else None
     return {"ids": spec.ids, "start_epoch": res.start_epoch, "logits": logits, "checkpoint": final,
-            "health": res.health, "kept_logits": kept}
+            "health": res.health, "kept_logits": kept, "allocator": allocator}
+
+
+def _task_setup(threads: int) -> str:
+    """A task's process: ``threads`` torch threads, freed tensor memory kept for reuse
+    (:func:`runoff.tune_allocator`, as the CLI does; off where the worker's environment
+    sets ``RUNOFF_NO_ALLOCATOR_TUNING=1``). Returns the tuning's reason ("tuned", ...)."""
+    import torch
+
+    from ...allocator import tune_allocator
+
+    torch.set_num_threads(max(1, threads))
+    return tune_allocator().reason
 
 
 # ---------------------------------------------------------------------------- the driver
