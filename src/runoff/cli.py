@@ -20,7 +20,6 @@ import os
 import re
 import sys
 import warnings
-from pathlib import Path
 
 from . import __version__
 from .data.datasets import DATASETS
