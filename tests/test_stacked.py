@@ -303,3 +303,25 @@ def test_bad_calls():
         net(x, torch.ones(B, E + 1))
     with pytest.raises(InvalidParameterError, match="input must have shape"):
         net(torch.zeros(B, E, 5, 6), torch.ones(B, E))
+
+
+def test_both_model_stacks_provide_the_protocol_the_trainer_uses():
+    import torch
+
+    from runoff.training.models import BatchedNet, architecture
+    from runoff.training.stack import ModelStack
+    from runoff.training.stacked import StackedModule
+
+    batched = BatchedNet(architecture("small", in_channels=1, n_classes=3, image_size=(8, 8)), 2)
+    stacked = StackedModule(lambda in_shape, n: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, n)), 2,
+                            in_shape=(1, 8, 8), n_classes=3)
+    for stack in (batched, stacked):
+        assert isinstance(stack, ModelStack) and stack.n_models == 2
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        assert stack.init_(gens) is stack
+        state = stack.model_state(1)
+        stack.load_model_state(0, state)
+        for key, value in stack.model_state(0).items():
+            assert torch.equal(value, state[key])
+        assert isinstance(stack.extract(0), torch.nn.Module)
+    assert not isinstance(torch.nn.Linear(2, 2), ModelStack)

@@ -74,6 +74,7 @@ from .layout import (  # noqa: F401 - the layout's names, as trainer gave them b
     run_chunks,
 )
 from .models import BatchedNet, architecture, sum_rows
+from .stack import ModelStack
 from .recipe import (  # noqa: F401 - the recipe's names, as trainer gave them before recipe.py
     AUGMENTATIONS,
     PRECISIONS,
@@ -247,7 +248,7 @@ def _sgd_step(params, grads, bufs, lr, active, recipe: Recipe) -> None:
         p.sub_(torch.where(a, lr.view(view) * g, 0.0))
 
 
-def chunk_module(plan: PartitionPlan, recipe: Recipe, n_models: int):
+def chunk_module(plan: PartitionPlan, recipe: Recipe, n_models: int) -> ModelStack:
     """The uninitialised module of ``n_models`` models of the recipe's architecture:
     :class:`~runoff.training.models.BatchedNet` for a registry name,
     :class:`~runoff.training.stacked.StackedModule` for a factory (``"module:function"``)."""
