@@ -20,8 +20,7 @@ STAGES = {"errors": 0, "atomic": 0, "checks": 0, "spread": 1, "logits_io": 1, "r
           "certificates": 2, "run_folder": 3, "training": 4, "reporting": 5, "sklearn": 6, "demo": 6, "cli": 7,
           "__main__": 8}
 #: Upward imports still to remove (issue 24): ``runoff update`` rewrites the run's reports.
-KNOWN_UPWARD = {("runoff.training.update", "runoff.reporting.evaluation"),
-                ("runoff.training.update", "runoff.reporting.tables")}
+KNOWN_UPWARD = {("runoff.training.update", "runoff.reporting.evaluation")}
 
 
 def _modules() -> dict[str, tuple[Path, str]]:

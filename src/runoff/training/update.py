@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..checks import check_int
-from ..errors import InvalidParameterError, RunDirectoryError
+from ..errors import InvalidParameterError, RunDirectoryError, require
 from ..run_folder import REPORT_JSON, RunFolder
 from .backends import TrainingJob, resolve_backend
 from .logit_sources import reusable_columns
@@ -248,9 +248,7 @@ def _reports(folder: RunFolder) -> list[tuple[Path, list[str]]]:
         except (TypeError, ValueError):
             reports = []
     if reports:
-        from ..reporting.tables import require_matplotlib
-
-        require_matplotlib("rewriting the run's report after the update")
+        require("matplotlib", "rewriting the run's report after the update")
     return reports
 
 
