@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -26,16 +27,7 @@ from runoff.training.runs import train_dpa_star, train_run
 from runoff.training.update import update_run
 
 from test_cli_errors import one_error_line
-from test_update import changed_data, interrupt_update, write_npz
-
-K, EPOCHS, CHUNK = 6, 2, 2
-OPTS = dict(k=K, epochs=EPOCHS, chunk_size=CHUNK, progress=False)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train, test = load_dataset("digits")
-    return train.images[:240, ..., 0], train.labels[:240], test.images[:40, ..., 0], test.labels[:40]
+from test_update import CHUNK, K, OPTS, changed_data, digits, interrupt_update, write_npz  # noqa: F401 - digits: a fixture
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +41,28 @@ def upsampled():
     return up(train.images[:400]), train.labels[:400], up(test.images[:30]), test.labels[:30]
 
 
-def interrupt_training(run, monkeypatch, **kwargs) -> None:
-    """A train_run that dies right after saving its first chunk."""
+@contextlib.contextmanager
+def killed_at_chunk(monkeypatch, n: int, *, after_training: bool = False):
+    """The ``with`` block's training dies at its ``n``-th chunk (1-based): before training it,
+    or ``after_training`` it (its checkpoint saved, its logits not taken)."""
     real = trainer.train_chunk
+    calls = []
 
-    def dies_after_training(*args, **kw):
+    def dies(*args, **kw):
+        calls.append(1)
+        if len(calls) == n and not after_training:
+            raise RuntimeError("killed")
         res = real(*args, **kw)
-        raise RuntimeError("killed")
+        if len(calls) == n:
+            raise RuntimeError("killed")
+        return res
 
-    monkeypatch.setattr(trainer, "train_chunk", dies_after_training)
-    with pytest.raises(RuntimeError, match="killed"):
-        train_run(run, **kwargs)
-    monkeypatch.setattr(trainer, "train_chunk", real)
+    monkeypatch.setattr(trainer, "train_chunk", dies)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            yield
+    finally:
+        monkeypatch.setattr(trainer, "train_chunk", real)
 
 
 def readers_refuse(run: Path, capsys, expected: str) -> None:
@@ -81,7 +83,8 @@ def readers_refuse(run: Path, capsys, expected: str) -> None:
 def test_an_interrupted_training_is_refused_by_every_reader_until_resumed(tmp_path, digits, monkeypatch, capsys):
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     run = tmp_path / "run"
-    interrupt_training(run, monkeypatch, dataset=src, **OPTS)
+    with killed_at_chunk(monkeypatch, 1, after_training=True):
+        train_run(run, dataset=src, **OPTS)
     expected = (r"training is unfinished \(0 of 6 models\): rerun the same `runoff train` command to resume")
     readers_refuse(run, capsys, expected)
     res = train_run(run, dataset=src, **OPTS)  # the same command resumes and finishes it
@@ -95,19 +98,8 @@ def test_an_interrupted_training_is_refused_by_every_reader_until_resumed(tmp_pa
 def test_the_count_of_finished_models_grows_with_each_chunk(tmp_path, digits, monkeypatch):
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     run = tmp_path / "run"
-    real = trainer.train_chunk
-    calls = []
-
-    def dies_at_the_third_chunk(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("killed")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(trainer, "train_chunk", dies_at_the_third_chunk)
-    with pytest.raises(RuntimeError):
+    with killed_at_chunk(monkeypatch, 3):
         train_run(run, dataset=src, **OPTS)
-    monkeypatch.setattr(trainer, "train_chunk", real)
     with pytest.raises(RunUnfinishedError, match=r"training is unfinished \(4 of 6 models\)"):
         RunFolder(run).check_whole()
 
@@ -126,19 +118,8 @@ def test_a_run_without_logits_and_without_a_record_is_unfinished(tmp_path, digit
 def test_an_interrupted_dpa_star_run_counts_its_versions(tmp_path, digits, monkeypatch):
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     run = tmp_path / "star"
-    real = trainer.train_chunk
-    calls = []
-
-    def dies_in_the_second_version(*args, **kw):
-        calls.append(1)
-        if len(calls) == K // CHUNK + 1:
-            raise RuntimeError("killed")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(trainer, "train_chunk", dies_in_the_second_version)
-    with pytest.raises(RuntimeError):
+    with killed_at_chunk(monkeypatch, K // CHUNK + 1):  # the first chunk of the second version
         train_dpa_star(run, versions=2, dataset=src, **OPTS)
-    monkeypatch.setattr(trainer, "train_chunk", real)
     with pytest.raises(RunUnfinishedError, match=r"training is unfinished \(6 of 12 models\)"):
         Ensemble.load(run)
     train_dpa_star(run, versions=2, dataset=src, **OPTS)

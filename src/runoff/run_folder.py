@@ -162,8 +162,7 @@ class RunFolder:
 
     def is_new(self) -> bool:
         """No folder, or an empty one (its lock file aside)."""
-        return not self.path.exists() or (
-            self.path.is_dir() and not any(p.name != run_lock.LOCK_FILE for p in self.path.iterdir()))
+        return not self.path.exists() or (self.path.is_dir() and not self.entries())
 
     def entries(self) -> list[str]:
         """Names in the folder, its lock file aside (sorted)."""
@@ -194,16 +193,17 @@ class RunFolder:
         """Record that ``operation`` ("train" or "update") is changing the run's models; readers
         refuse the run until :meth:`mark_finished`. ``extra``: JSON fields the writer wants back
         when it is rerun (an update's report methods)."""
-        obj = {"format": _UNFINISHED_FORMAT, "operation": operation, "n_models": int(n_models),
-               "models_done": int(models_done), **extra}
-        atomic_write_text(self.unfinished_path, json.dumps(obj) + "\n")
+        self._write_unfinished({"format": _UNFINISHED_FORMAT, "operation": operation, "n_models": int(n_models),
+                                "models_done": int(models_done), **extra})
 
     def models_done(self, n: int) -> None:
         """Update the unfinished record's count of finished models (after each chunk)."""
         obj = self.read_unfinished()
         if obj is not None:
-            obj["models_done"] = int(n)
-            atomic_write_text(self.unfinished_path, json.dumps(obj) + "\n")
+            self._write_unfinished({**obj, "models_done": int(n)})
+
+    def _write_unfinished(self, obj: dict) -> None:
+        atomic_write_text(self.unfinished_path, json.dumps(obj) + "\n")
 
     def mark_finished(self) -> None:
         """The run is whole again: its logits match its models."""
@@ -222,6 +222,17 @@ class RunFolder:
         if not isinstance(obj, dict) or obj.get("operation") not in ("train", "update"):
             return {"operation": "train"}
         return obj
+
+    def is_finished(self) -> bool:
+        """A run is here, whole: a plan, and nothing unfinished (:meth:`check_whole`)."""
+        return self.has_plan() and self.unfinished_message() is None
+
+    def refuse_unfinished_update(self) -> None:
+        """Raise :class:`~runoff.errors.RunUnfinishedError` when an update of the run is
+        unfinished: its plan is already the new data's, so only ``runoff update`` may go on."""
+        record = self.read_unfinished()
+        if record is not None and record["operation"] == "update":
+            raise RunUnfinishedError(self.unfinished_message())
 
     def check_whole(self, *, logits: bool = True) -> None:
         """Raise unless the folder holds a whole, finished run (models and logits that match).

@@ -53,6 +53,7 @@ from ..atomic import atomic_write_text
 from ..checks import check_choice, check_int, invalid
 from ..errors import InvalidParameterError, RunDirectoryError, UnevenPlanWarning
 from ..spread import bucket_models, model_subsets, reference_spread, validate_spread
+from .custom import is_custom
 from .dataset import Dataset
 
 __all__ = [
@@ -152,8 +153,7 @@ def default_hash(dataset) -> str:
     subsets empty. ``"pixelsum"`` for the paper's data sets, as the published code partitions
     them.
     """
-    own = isinstance(dataset, str) and dataset.startswith(("folder:", "npz:"))
-    return OWN_DATA_HASH if own else "pixelsum"
+    return OWN_DATA_HASH if is_custom(dataset) else "pixelsum"
 
 
 def uneven_subsets(sizes, *, hash: str | None = None) -> str | None:

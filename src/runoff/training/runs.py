@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_choice, check_int, check_number
-from ..errors import InvalidParameterError, RunDirectoryError, RunUnfinishedError, require
+from ..errors import InvalidParameterError, RunDirectoryError, require
 from ..run_folder import RunFolder
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
 from .health import RunHealth
@@ -202,7 +202,7 @@ def train_run(
             fingerprints, recorded = _check_subsets(folder, plan, train, fresh=fresh)
             chunks = _layout(plan, recipe, device=device, chunk_size=chunk_size,
                              checkpoint_dir=None if fresh else folder.checkpoint_dir)
-            whole = not fresh and folder.unfinished_message() is None  # a rerun of a finished run
+            whole = folder.is_finished()  # a rerun of a finished run
             if fresh:
                 folder.write_plan(plan)
             if not whole:  # readers are told training is unfinished until the logits are written
@@ -388,9 +388,7 @@ def _check_model(recipe, train) -> None:
 def _check_run_folder(folder: RunFolder, plan, train) -> bool:
     """Whether ``folder`` is new (True) or holds this very plan (False); else raise."""
     folder.check_is_folder()
-    record = folder.read_unfinished()
-    if record is not None and record["operation"] == "update":  # its plan is the new data's
-        raise RunUnfinishedError(folder.unfinished_message())
+    folder.refuse_unfinished_update()
     if folder.has_plan():
         old = folder.read_plan()
         if old != plan:
@@ -488,7 +486,7 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
         top = _dpa_star_plan(dataset, k, versions, train_kwargs)
         with folder.writing("runoff train"):
             _check_dpa_star_folder(folder, top, versions)
-            whole = folder.has_plan() and folder.unfinished_message() is None
+            whole = folder.is_finished()
             folder.write_plan(top)
             if not whole:  # until the merged logits are written
                 folder.mark_unfinished("train", n_models=versions * top.n_models)
@@ -520,9 +518,7 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
 def _check_dpa_star_folder(folder: RunFolder, top, versions: int) -> None:
     """Refuse a folder that holds anything but this DPA* run (checked before any training)."""
     folder.check_is_folder()
-    record = folder.read_unfinished()
-    if record is not None and record["operation"] == "update":
-        raise RunUnfinishedError(folder.unfinished_message())
+    folder.refuse_unfinished_update()
     if folder.has_plan():
         old = folder.read_plan()
         if old != top:

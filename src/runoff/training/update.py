@@ -176,7 +176,6 @@ def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, d
                 device, progress, progress_interval, on_nan, checkpoint_every, checkpoint_min_interval, label, k, d,
                 hash, recipe, epochs) -> UpdateResult:
     """:func:`update_run` of one run folder (not DPA*), under its lock."""
-    t0 = started
     run_recipe, seed_version = _run_training(folder, old)
     _refuse_other_run(old, run_recipe, k=k, d=d, hash=hash, recipe=recipe, epochs=epochs)
     old_fps = _recorded_subsets(folder, old)
@@ -202,7 +201,7 @@ def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, d
                           restart_stale=True, fingerprints=new_fps, earlier_logits=earlier,
                           recipe_origin="the run's recipe")
         trained = backend.train(job)
-    res = finish_run(folder, backend, job, trained, started=t0)
+    res = finish_run(folder, backend, job, trained, started=started)
     folder.drop_logits_set_aside()
     folder.write_subsets(new_fps, chunk_keyed=True)  # older files were upgraded or trained again
     folder.mark_finished()  # models, logits and subsets.json agree again
