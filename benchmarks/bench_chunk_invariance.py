@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from runoff.data.datasets import load_dataset
-from runoff.data.partition import make_plan
+from runoff.plan.partition import make_plan
 from runoff.training.trainer import collect_logits, recipe_for, train_ensemble
 
 

@@ -26,7 +26,7 @@ def _worker(args, start, results):
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_train import random_images
 
-    from runoff.data.partition import make_plan
+    from runoff.plan.partition import make_plan
     from runoff.training.trainer import Recipe, train_ensemble
 
     data = random_images(args.models, args.batch, args.steps, args.size, args.channels)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from runoff.reporting.evaluation import evaluate_run
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 from runoff.training.trainer import recipe_for
 
 BUDGETS = (0, 3, 6, 9, 12, 14, 17, 20, 23)  # the demo table's rows

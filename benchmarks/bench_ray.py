@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 from runoff.training.backends.ray import RayBackend
 
 

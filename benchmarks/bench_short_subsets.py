@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from runoff.data.datasets import Dataset
-from runoff.data.partition import make_plan
+from runoff.plan.partition import make_plan
 from runoff.training.trainer import recipe_for, train_ensemble
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from runoff.data.datasets import Dataset, load_dataset
 from runoff.training.models import BatchedNet, architecture
-from runoff.data.partition import make_plan
+from runoff.plan.partition import make_plan
 from runoff.training.trainer import Recipe, draw_epoch, model_seed, recipe_for, train_ensemble
 
 

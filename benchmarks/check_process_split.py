@@ -20,7 +20,7 @@ import numpy as np
 
 def _chunk_in_own_process(run_dir, ids, device, queue):
     from runoff.data.datasets import load_dataset
-    from runoff.data.partition import PartitionPlan
+    from runoff.plan.partition import PartitionPlan
     from runoff.training.trainer import Recipe, chunk_logits, train_chunk
 
     plan = PartitionPlan.load(run_dir)
@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from runoff.training.checkpoints import chunk_layout
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
     from runoff.training.trainer import default_chunk_size, recipe_for
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,7 @@ from math import comb
 
 import numpy as np
 
-from runoff.spread import reference_spread
+from runoff.plan.spread import reference_spread
 
 METHODS = ("dpa", "dpa-roe", "fa", "fa-roe")
 DEFAULT_MAX_ROWS = 2_000_000

@@ -21,7 +21,7 @@ from itertools import combinations
 
 import numpy as np
 
-from runoff.spread import reference_spread
+from runoff.plan.spread import reference_spread
 
 INF = math.inf
 

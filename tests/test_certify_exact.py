@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from reference_certs import reference_certify
 
-from runoff.spread import reference_spread
+from runoff.plan.spread import reference_spread
 
 DPA_METHODS = ("dpa", "dpa-roe")
 FA_METHODS = ("fa", "fa-roe")

@@ -1,5 +1,5 @@
-"""runoff.checks (one set of parameter checks, one message format), the spread's bucket-to-model
-rule in runoff.spread, the run-off gap helpers of the vote module, and n_jobs."""
+"""runoff.param_checks (one set of parameter checks, one message format), the spread's bucket-to-model
+rule in runoff.plan.spread, the run-off gap helpers of the vote module, and n_jobs."""
 
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ import pytest
 
 import runoff
 import runoff.data.configs
-from runoff import checks
+from runoff import param_checks as checks
 from runoff.certificates import api, methods
 from runoff.certificates.vote import margin, run_off_gaps
 from runoff.errors import InvalidLabelsError, InvalidParameterError, RunoffError
-from runoff.spread import (
-    bucket_models,
-    bucket_sums,
-    buckets_of_models,
-    model_subsets,
-    models_of_buckets,
-)
+from runoff.plan.spread import bucket_models, bucket_sums, buckets_of_models, model_subsets, models_of_buckets
 
 # ----------------------------------------------------------------------------------------
 # integers and numbers
@@ -260,9 +254,9 @@ def test_bucket_and_model_maps_are_the_rule_and_inverse(k, d, seed):
 
 def test_reference_spread_checks_k_and_d():
     with pytest.raises(InvalidParameterError, match="^k must be an integer >= 1; got 0$"):
-        runoff.spread.reference_spread(0, 2)
+        runoff.plan.spread.reference_spread(0, 2)
     with pytest.raises(InvalidParameterError, match="^d must be an integer >= 1; got 1.5$"):
-        runoff.spread.reference_spread(3, 1.5)
+        runoff.plan.spread.reference_spread(3, 1.5)
 
 
 # ----------------------------------------------------------------------------------------
@@ -295,7 +289,7 @@ def test_errors_are_exported_and_checks_are_numpy_only():
         assert name in runoff.__all__ and name in runoff.errors.__all__
         assert issubclass(getattr(runoff, name), RunoffError)
     assert issubclass(runoff.MissingDependencyError, ImportError)
-    code = ("import sys, runoff, runoff.checks, runoff.spread, runoff.certificates; "
+    code = ("import sys, runoff, runoff.param_checks, runoff.plan.spread, runoff.certificates; "
             "print(sorted(m for m in ('torch', 'matplotlib', 'ray', 'sklearn', 'joblib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -307,7 +301,7 @@ def test_reading_pth_without_torch_is_a_missing_dependency(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from runoff.errors import MissingDependencyError\n"
-        "from runoff.logits_io import load_logits\n"
+        "from runoff.run.logits import load_logits\n"
         "try:\n    load_logits(sys.argv[1])\n"
         "except MissingDependencyError as exc:\n    print(exc)\n"
     )

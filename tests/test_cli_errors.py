@@ -15,14 +15,14 @@ import pytest
 import runoff
 from runoff.cli import main
 from runoff.data.datasets import Dataset
-from runoff.data.partition import make_plan
+from runoff.plan.partition import make_plan
 from runoff.errors import (
     InvalidParameterError,
     LogitsFileError,
     MissingDependencyError,
     RunoffError,
 )
-from runoff.run_folder import save_logits
+from runoff.run.folder import save_logits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,7 @@ def test_out_in_a_read_only_folder(logits, tmp_path, capsys):
 
 def test_atomic_write_errors_name_the_file_not_its_temporary(tmp_path):
     from runoff.atomic import atomic_write_text
-    from runoff.logits_io import save_certificates
+    from runoff.run.logits import save_certificates
 
     target = tmp_path / "missing" / "f.txt"
     with pytest.raises(FileNotFoundError) as info:
@@ -245,7 +245,7 @@ def test_bfloat16_pth_is_read_as_float32(logits, tmp_path, capsys):
     pth = tmp_path / "bf16.pth"
     bf = torch.from_numpy(scores).bfloat16()
     torch.save({"scores": bf, "labels": torch.from_numpy(labels)}, pth)
-    got, got_labels = runoff.logits_io.load_logits(pth)
+    got, got_labels = runoff.run.logits.load_logits(pth)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, bf.float().numpy())
     np.testing.assert_array_equal(got_labels, labels)
@@ -351,7 +351,7 @@ def test_k_beyond_the_training_set_names_the_option(tmp_path, capsys):
     assert line == ("runoff: error: --k must be an integer in [1, 1437] (the training set has 1437 samples); "
                     "got 5000"), line
     assert not out.exists()
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
 
     with pytest.raises(InvalidParameterError, match=r"^k must be an integer in \[1, 1437\]") as info:
         train_run(out, dataset="digits", k=5000, epochs=1, progress=False)
@@ -410,7 +410,7 @@ def _boom(*args, **kwargs):
 
 def test_unexpected_error_is_one_line_asking_for_a_report(logits, monkeypatch, capsys):
     monkeypatch.delenv("RUNOFF_DEBUG", raising=False)
-    monkeypatch.setattr(runoff.logits_io, "load_logits", _boom)
+    monkeypatch.setattr(runoff.run.logits, "load_logits", _boom)
     assert main(["certify", str(logits[0])]) == 1
     line = one_error_line(capsys)
     assert line == ("runoff: error: RuntimeError: boom second line (internal error; rerun with --debug for "
@@ -427,7 +427,7 @@ def test_debug_shows_the_traceback(logits, monkeypatch, argv, env):
         monkeypatch.delenv("RUNOFF_DEBUG", raising=False)
     else:
         monkeypatch.setenv("RUNOFF_DEBUG", env)
-    monkeypatch.setattr(runoff.logits_io, "load_logits", _boom)
+    monkeypatch.setattr(runoff.run.logits, "load_logits", _boom)
     with pytest.raises(RuntimeError, match="boom"):
         main([a.replace("{f}", str(logits[0])) for a in argv])
 
@@ -449,14 +449,14 @@ def test_os_errors_are_one_line(logits, monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", "/data/logits.npz")
 
     monkeypatch.delenv("RUNOFF_DEBUG", raising=False)
-    monkeypatch.setattr(runoff.logits_io, "load_logits", denied)
+    monkeypatch.setattr(runoff.run.logits, "load_logits", denied)
     assert main(["certify", str(logits[0])]) == 1
     assert one_error_line(capsys) == "runoff: error: /data/logits.npz: Permission denied"
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runoff.logits_io, "load_logits", full)
+    monkeypatch.setattr(runoff.run.logits, "load_logits", full)
     assert main(["certify", str(logits[0])]) == 1
     assert one_error_line(capsys) == "runoff: error: No space left on device"
 

@@ -90,7 +90,7 @@ def test_certify_table_and_option_errors(logits, capsys, monkeypatch):
 def test_evaluate_and_report_add_collective(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
 
     run = tmp_path / "run"
     train_run(run, k=8, epochs=1, progress=False)

@@ -10,8 +10,8 @@ pytest.importorskip("torch")
 import runoff  # noqa: E402
 from runoff.data.configs import get_config  # noqa: E402
 from runoff.reporting.comparison import compare_runs, matching_config  # noqa: E402
-from runoff.run_folder import RunFolder  # noqa: E402
-from runoff.training.runs import train_run  # noqa: E402
+from runoff.run.folder import RunFolder  # noqa: E402
+from runoff.training.train import train_run  # noqa: E402
 
 
 def load_logits(run):
@@ -57,7 +57,7 @@ def test_runs_on_other_test_labels_are_refused(runs, tmp_path):
     import shutil
 
     from runoff.errors import RunDirectoryError
-    from runoff.run_folder import save_logits
+    from runoff.run.folder import save_logits
 
     other = tmp_path / "other"
     shutil.copytree(runs / "dpa", other)
@@ -104,7 +104,7 @@ def test_runs_with_the_same_folder_name_are_told_apart(runs, tmp_path):
     import shutil
 
     from runoff.errors import RunDirectoryError
-    from runoff.run_folder import save_logits
+    from runoff.run.folder import save_logits
 
     twin = tmp_path / "demo3" / "dpa"
     shutil.copytree(runs / "dpa", twin)

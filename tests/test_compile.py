@@ -16,10 +16,10 @@ from test_cli_errors import one_error_line
 import runoff.training.trainer as T
 from runoff.cli import main
 from runoff.data.datasets import load_dataset
-from runoff.data.partition import make_plan
+from runoff.plan.partition import make_plan
 from runoff.errors import CompileFallbackWarning, InvalidParameterError, RunDirectoryError
 from runoff.training import compiling
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 from runoff.training.trainer import Recipe, recipe_for, train_chunk, train_ensemble
 
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet", augment="crop",

@@ -70,7 +70,7 @@ def test_sizes_must_agree_or_be_resized_and_the_hash_sees_the_stored_image(tmp_p
     order = sorted(p for p in written if p.parts[-3] == "train")
     order = sorted(order, key=lambda p: (p.parent.name, p.name))
     assert train.pixel_sums.tolist() == [int(written[p].sum()) for p in order]  # before the resize
-    from runoff.data.partition import hash_samples
+    from runoff.plan.hashing import hash_samples
 
     buckets = hash_samples(train.images, train.labels, n_buckets=7, pixel_sums=train.pixel_sums)
     assert buckets.tolist() == [int(written[p].sum()) % 7 for p in order]

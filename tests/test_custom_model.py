@@ -18,11 +18,11 @@ from torch import nn
 from runoff.cli import main
 from runoff.data.datasets import Dataset, load_dataset
 from runoff.errors import InvalidParameterError
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 from runoff.training.checkpoints import existing_ranges, load_checkpoint
 from runoff.training.ensemble import Ensemble
 from runoff.training.factories import factory_name, is_factory_name, resolve_factory
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 from runoff.training.trainer import Recipe, TrainingSet, draw_epoch, model_seed, train_chunk
 from runoff.training.update import update_run
 
@@ -95,7 +95,7 @@ def plain_training(plan, train, j, recipe, factory):
 
 @pytest.mark.parametrize("factory", [mlp, bn_cnn])
 def test_trainer_equals_a_plain_loop_per_model(digits, factory):
-    from runoff.data.partition import make_plan
+    from runoff.plan.partition import make_plan
 
     train = Dataset(images=digits[0][..., None], labels=digits[1].astype(np.int64), n_classes=10, name="t/train")
     recipe = Recipe(model=factory_name(factory), epochs=3, batch_size=8, lr=0.05, milestones=(2,))

@@ -13,7 +13,7 @@ from reference_certs import reference_certify  # noqa: E402
 
 import runoff  # noqa: E402
 from runoff.demo import run_demo  # noqa: E402
-from runoff.run_folder import RunFolder  # noqa: E402
+from runoff.run.folder import RunFolder  # noqa: E402
 
 
 def load_logits(run):
@@ -53,7 +53,7 @@ def test_demo_certificates_match_engine_and_reference(demo):
     out, ev, _, _ = demo
     for name, cfg, methods in (("dpa", DPA, ("dpa", "dpa-roe")), ("fa", FA, ("fa", "fa-roe"))):
         scores, labels = load_logits(out / name)
-        spread = runoff.spread.reference_spread(cfg["k"], cfg["d"])
+        spread = runoff.plan.spread.reference_spread(cfg["k"], cfg["d"])
         with np.load(out / name / "certificates.npz") as saved:
             for m in methods:
                 kw = {"d": cfg["d"], "spread": spread} if m.startswith("fa") else {}
@@ -74,7 +74,7 @@ def test_demo_certificates_withstand_the_exhaustive_adversary(demo):
     checked = 0
     for name, cfg, methods in (("dpa", DPA, ("dpa", "dpa-roe")), ("fa", FA, ("fa", "fa-roe"))):
         scores, _ = load_logits(out / name)
-        spread = runoff.spread.reference_spread(cfg["k"], cfg["d"])
+        spread = runoff.plan.spread.reference_spread(cfg["k"], cfg["d"])
         for m in methods:
             kw = {"d": cfg["d"], "spread": spread} if m.startswith("fa") else {}
             for i in range(0, scores.shape[0], 24):
@@ -101,20 +101,20 @@ def test_demo_says_what_it_trained(demo):
 
 def test_cli_demo_rerun_says_already_trained_and_labels_the_runs(demo, monkeypatch, capsys):
     import runoff.demo
-    import runoff.training.runs
+    import runoff.training.train
     from runoff.cli import main
 
     out, ev, _, _ = demo
     monkeypatch.setattr(runoff.demo, "DEMO_DPA", DPA)
     monkeypatch.setattr(runoff.demo, "DEMO_FA", FA)
     labels = []
-    train_run = runoff.training.runs.train_run
+    train_run = runoff.training.train.train_run
 
     def spy(*args, **kwargs):
         labels.append(kwargs.get("label"))
         return train_run(*args, **kwargs)
 
-    monkeypatch.setattr(runoff.training.runs, "train_run", spy)
+    monkeypatch.setattr(runoff.training.train, "train_run", spy)
     assert main(["demo", "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "training: DPA already trained, FA already trained; certification and report" in text
@@ -125,7 +125,7 @@ def test_cli_demo_rerun_says_already_trained_and_labels_the_runs(demo, monkeypat
 
 def test_describe_training():
     from runoff.demo import describe_training
-    from runoff.training.summary import TrainingSummary
+    from runoff.training.call_summary import TrainingSummary
 
     def summary(trained, done):
         return TrainingSummary(backend="local", n_models=6, trained=trained, resumed=0, already_done=done,

@@ -10,8 +10,8 @@ pytest.importorskip("torch")
 import runoff  # noqa: E402
 from runoff.errors import InvalidParameterError  # noqa: E402
 from runoff.reporting.evaluation import evaluate_run  # noqa: E402
-from runoff.run_folder import RunFolder  # noqa: E402
-from runoff.training.runs import merge_versions, train_dpa_star  # noqa: E402
+from runoff.run.folder import RunFolder  # noqa: E402
+from runoff.training.train import merge_versions, train_dpa_star  # noqa: E402
 
 
 def load_logits(run):
@@ -74,7 +74,7 @@ def test_bad_versions_and_shapes():
 
 def test_dpa_star_refuses_a_folder_of_another_run_before_training(tmp_path):
     from runoff.errors import RunDirectoryError
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
 
     dpa = tmp_path / "dpa"
     train_run(dpa, k=4, epochs=1, progress=False)

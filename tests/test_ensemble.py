@@ -14,7 +14,7 @@ from runoff.data.datasets import load_dataset  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError, RunDirectoryError  # noqa: E402
 from runoff.reporting.evaluation import evaluate_run  # noqa: E402
 from runoff.training.ensemble import Ensemble  # noqa: E402
-from runoff.training.runs import train_run  # noqa: E402
+from runoff.training.train import train_run  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -215,7 +215,7 @@ def test_cli_predict_without_models_exits_1(dpa_run, tmp_path, capsys):
 # ---------------------------------------------------------------------------- issue 11
 @pytest.fixture(scope="module")
 def star_run(tmp_path_factory):
-    from runoff.training.runs import train_dpa_star
+    from runoff.training.train import train_dpa_star
 
     run = tmp_path_factory.mktemp("ens") / "star"
     train_dpa_star(run, versions=2, dataset="digits", k=3, epochs=1, progress=False)

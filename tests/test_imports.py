@@ -30,12 +30,13 @@ def _modules() -> list[str]:
 
 def test_the_layout_is_grouped_by_stage():
     names = set(_modules())
-    for package in ("runoff.certificates", "runoff.data", "runoff.training", "runoff.training.backends",
-                    "runoff.reporting"):
+    for package in ("runoff.data", "runoff.plan", "runoff.certificates", "runoff.run", "runoff.training",
+                    "runoff.training.backends", "runoff.reporting"):
         assert package in names
     # what moved into the stage packages is gone from the top level (one home per module)
     for old in ("pipeline", "ray_backend", "train", "models", "checkpoints", "ensemble", "partition", "configs",
-                "evaluation", "report", "comparison", "summary"):
+                "evaluation", "report", "comparison", "summary", "spread", "checks", "run_folder", "run_lock",
+                "logits_io"):
         assert f"runoff.{old}" not in names
 
 
@@ -58,7 +59,7 @@ def _heavy_after(code: str) -> list[str]:
 
 @pytest.mark.parametrize("code", [
     "import runoff",
-    "import runoff.data, runoff.spread, runoff.checks, runoff.logits_io, runoff.run_folder",
+    "import runoff.data, runoff.plan.spread, runoff.param_checks, runoff.run.logits, runoff.run.folder",
     "import runoff.training, runoff.training.backends, runoff.reporting",
     "import runoff.reporting.evaluation, runoff.reporting.tables, runoff.reporting.comparison",
     "from runoff.cli import build_parser; build_parser()",

@@ -17,7 +17,8 @@ from runoff.data.datasets import (
     default_data_root,
     load_dataset,
 )
-from runoff.data.partition import hash_samples, make_plan
+from runoff.plan.hashing import hash_samples
+from runoff.plan.partition import make_plan
 from runoff.errors import DataFileError, InvalidParameterError
 
 PIL = pytest.importorskip("PIL")
@@ -324,7 +325,7 @@ def test_gtsrb_hash_uses_original(tmp_path):
 
 
 def test_gtsrb_plan_load_checks_original_hash(tmp_path):
-    from runoff.data.partition import PartitionPlan
+    from runoff.plan.partition import PartitionPlan
 
     write_gtsrb(tmp_path / "data")
     train, _ = load_dataset("gtsrb", root=tmp_path / "data")
@@ -408,7 +409,7 @@ def test_dataset_pixel_sums_validation():
 
 def test_train_run_cifar10_tiny(tmp_path):
     pytest.importorskip("torch")
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
     from runoff.training.trainer import Recipe
 
     write_cifar(tmp_path / "data", per_batch=4)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from runoff.data.datasets import Dataset, load_dataset
-from runoff.data.partition import PartitionPlan, content_order, hash_samples, make_plan
+from runoff.plan.partition import PartitionPlan, make_plan
+from runoff.plan.hashing import content_order, hash_samples
 from runoff.errors import InvalidParameterError, RunDirectoryError, UnevenPlanWarning
 
 

@@ -13,10 +13,10 @@ from test_train import _sequential_reference
 
 from runoff.cli import main
 from runoff.data.datasets import load_dataset
-from runoff.data.partition import make_plan
+from runoff.plan.partition import make_plan
 from runoff.errors import InvalidParameterError
 from runoff.training import models
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 from runoff.training.trainer import Recipe, recipe_for, train_ensemble
 
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet")
@@ -85,7 +85,7 @@ def test_bf16_isolation_resume_and_record(tmp_path, digits):
     edited = x.copy()
     edited[3, 2, 2] ^= 1
     b = train_run(tmp_path / "b", dataset=npz("b.npz", edited), **kw)
-    from runoff.run_folder import RunFolder
+    from runoff.run.folder import RunFolder
 
     fa, fb = RunFolder(tmp_path / "a").read_subsets(4), RunFolder(tmp_path / "b").read_subsets(4)
     changed = [j for j in range(4) if fa[j] != fb[j]]

@@ -19,11 +19,11 @@ from test_cli_errors import one_error_line  # noqa: E402
 
 from runoff import TrainingDivergedError  # noqa: E402
 from runoff.cli import main  # noqa: E402
-from runoff.run_folder import RunFolder  # noqa: E402
+from runoff.run.folder import RunFolder  # noqa: E402
 from runoff.training import trainer  # noqa: E402
-from runoff.training.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
+from runoff.run.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
 from runoff.training.progress import ChunkWork, TrainingProgress  # noqa: E402
-from runoff.training.runs import train_run  # noqa: E402
+from runoff.training.train import train_run  # noqa: E402
 from runoff.training.trainer import Recipe  # noqa: E402
 
 STATUS = re.compile(r"^\d+/\d+ models, \d+/\d+ steps \(\d+%\)(, [\d,]+ samples/s)?, elapsed \d+:\d\d:\d\d"
@@ -373,7 +373,7 @@ def test_run_health_flags_and_models_json():
 
 def test_demo_and_summary_lines_name_flagged_models():
     from runoff.demo import describe_training
-    from runoff.training.summary import TrainingSummary
+    from runoff.training.call_summary import TrainingSummary
 
     s = TrainingSummary(backend="local", n_models=4, trained=4, resumed=0, already_done=0, chunks=1, retries=0,
                         workers=1, seconds=2.0, samples=1000, flagged={"2": DIVERGED})
@@ -387,7 +387,7 @@ def test_demo_and_summary_lines_name_flagged_models():
 def test_a_dpa_star_folder_gathers_its_versions_health(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from runoff.reporting.evaluation import evaluate_run
-    from runoff.training.runs import train_dpa_star
+    from runoff.training.train import train_dpa_star
 
     _after_chunk_init(monkeypatch, _poison_model(1))
     train_dpa_star(tmp_path / "star", versions=2, k=3, recipe=RECIPE, progress=False, on_nan="skip")

@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
-from runoff.data.partition import make_plan  # noqa: E402
+from runoff.plan.partition import make_plan  # noqa: E402
 from runoff.errors import RunDirectoryError  # noqa: E402
 from runoff.training.trainer import (  # noqa: E402
     Recipe,
@@ -223,7 +223,7 @@ def test_a_run_made_before_is_refused_naming_what_changed(tmp_path, name, old, c
     # A run folder written before runoff followed the published scripts (population std, no
     # init rule, lower rates from epochs 60/120/160, MNIST and GTSRB without crops) is never
     # resumed by the new rules: the refusal names every change.
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
 
     train, _ = load_dataset("digits")
     recipe = recipe_for(name)

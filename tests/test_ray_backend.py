@@ -18,9 +18,9 @@ import pytest
 
 from runoff.cli import main
 from runoff.errors import BackendError, InvalidParameterError
-from runoff.run_folder import CHECKPOINT_DIR
+from runoff.run.folder import CHECKPOINT_DIR
 from runoff.training.checkpoints import load_checkpoint
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 
 ray = pytest.importorskip("ray")
 
@@ -175,7 +175,7 @@ def test_chunk_logits_land_in_their_models_columns():
     from types import SimpleNamespace
 
     from runoff.training.backends import ChunkLogits, TrainedChunks
-    from runoff.training.runs import _assemble
+    from runoff.training.train import _assemble
 
     plan = SimpleNamespace(n_models=6, n_classes=2)
     trained = TrainedChunks(chunks=[ChunkLogits(ids=[2, 3], logits=np.ones((4, 2, 2), dtype=np.float32), start_epoch=0),
@@ -242,7 +242,7 @@ def test_ray_backend_options_are_checked():
 
 
 def test_dpa_star_on_ray_equals_local(tmp_path, local_cluster):
-    from runoff.training.runs import train_dpa_star
+    from runoff.training.train import train_dpa_star
 
     kw = dict(dataset="digits", k=4, epochs=2, progress=False)
     local = train_dpa_star(tmp_path / "local", versions=2, **kw)

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from runoff.run_folder import CHECKPOINT_DIR
-from runoff.training.runs import train_run
+from runoff.run.folder import CHECKPOINT_DIR
+from runoff.training.train import train_run
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")

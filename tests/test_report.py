@@ -12,7 +12,7 @@ import runoff
 from runoff.cli import main
 from runoff.reporting.comparison import markdown_comparison
 from runoff.reporting.tables import default_budgets, plot_certified_accuracy, summarize
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 
 
 @pytest.fixture()

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from runoff import run_lock
+from runoff.run import lock as run_lock
 from runoff.cli import main
 from runoff.errors import RunDirectoryError, RunLockedError, StaleLockWarning
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 
 from test_cli_errors import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = """
 import sys, time
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 folder = RunFolder(sys.argv[1])
 with folder.writing("runoff train"):
     if len(sys.argv) > 2:
@@ -193,7 +193,7 @@ def test_two_real_train_processes_on_one_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
 
     run = tmp_path_factory.mktemp("lock") / "run"
     train_run(run, dataset="digits", k=4, epochs=1, model="small", progress=False)

@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
-from runoff.data.partition import hash_samples, make_plan  # noqa: E402
+from runoff.plan.hashing import hash_samples
+from runoff.plan.partition import make_plan  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError  # noqa: E402
 from runoff.training.models import BatchedNet, architecture  # noqa: E402
 from runoff.training.trainer import (  # noqa: E402
@@ -309,7 +310,7 @@ RESUME_SCRIPT = textwrap.dedent(
     import sys, time, torch
     torch.set_num_threads(int(sys.argv[2]))
     import runoff.training.trainer as T
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
 
     save = T.save_checkpoint
 
@@ -328,7 +329,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
-    from runoff.training.runs import train_run
+    from runoff.training.train import train_run
     from runoff.training.trainer import Recipe
 
     epochs = 5

@@ -17,13 +17,14 @@ import torch
 
 from runoff.cli import main
 from runoff.data.datasets import load_dataset
-from runoff.data.partition import content_order, make_plan
+from runoff.plan.hashing import content_order
+from runoff.plan.partition import make_plan
 from runoff.errors import InvalidParameterError, RunDirectoryError
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 from runoff.training import trainer
 from runoff.training.checkpoints import existing_ranges, load_checkpoint, plan_key, save_checkpoint
 from runoff.training.ensemble import Ensemble
-from runoff.training.runs import train_dpa_star, train_run
+from runoff.training.train import train_dpa_star, train_run
 from runoff.training.update import update_run
 
 from test_cli_errors import one_error_line

@@ -11,12 +11,12 @@ import torch
 from test_update import CHUNK, K, OPTS, interrupt_update, write_npz
 
 from runoff.data.datasets import load_dataset
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 from runoff.training import trainer
 from runoff.training.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from runoff.training.ensemble import Ensemble
 from runoff.training.logit_sources import SOURCES_FORMAT, digest_of_test_set
-from runoff.training.runs import train_run
+from runoff.training.train import train_run
 from runoff.training.update import update_run
 
 

@@ -103,7 +103,7 @@ def test_torch_tensors_are_accepted():
 
 
 def test_default_spread_is_the_reference_one():
-    from runoff.spread import reference_spread
+    from runoff.plan.spread import reference_spread
 
     a = runoff.certify(GOOD, "fa", d=3)
     assert a.spread == reference_spread(2, 3)
@@ -114,7 +114,7 @@ def test_default_spread_is_the_reference_one():
 def test_reference_spread_is_pythons_random_sample():
     import random
 
-    assert runoff.spread.reference_spread(50, 16) == random.Random(999999999 + 208).sample(range(800), 16)
+    assert runoff.plan.spread.reference_spread(50, 16) == random.Random(999999999 + 208).sample(range(800), 16)
 
 
 def test_result_shapes_and_types():

@@ -18,12 +18,13 @@ import pytest
 
 from runoff.cli import main
 from runoff.data.datasets import Dataset, load_dataset
-from runoff.data.partition import default_hash, make_plan, uneven_subsets
+from runoff.plan.hashing import default_hash
+from runoff.plan.partition import make_plan, uneven_subsets
 from runoff.errors import RunUnfinishedError, UnevenPlanWarning
-from runoff.run_folder import RunFolder
+from runoff.run.folder import RunFolder
 from runoff.training import trainer
 from runoff.training.ensemble import Ensemble
-from runoff.training.runs import train_dpa_star, train_run
+from runoff.training.train import train_dpa_star, train_run
 from runoff.training.update import update_run
 
 from test_cli_errors import one_error_line

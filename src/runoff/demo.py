@@ -41,7 +41,7 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
     dpa, fa : dict, optional
         ``{"k": ..., "d": ...}`` of each ensemble; default :data:`DEMO_DPA`, :data:`DEMO_FA`.
     on_nan, progress_interval
-        As :func:`runoff.training.runs.train_run`.
+        As :func:`runoff.training.train.train_run`.
 
     Returns
     -------
@@ -64,7 +64,7 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
     require("torch", "runoff demo")
     require("sklearn", "runoff demo (its digits data set)")
     require_matplotlib("runoff demo (its plot)")
-    from .training.runs import train_run
+    from .training.train import train_run
 
     out_dir = make_folder(out_dir, "the demo folder")
     timings, training = {}, {}
@@ -104,7 +104,7 @@ def describe_training(name: str, seconds: float, summary) -> str:
         if summary is not None and (summary.resumed or summary.already_done):
             text += " (resumed)"
     if summary is not None and summary.flagged:
-        from .training.health import describe_flags
+        from .run.health import describe_flags
 
         text += ", " + describe_flags(summary.flagged, noun="model", limit=5)
     return text

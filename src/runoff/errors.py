@@ -48,7 +48,7 @@ class RunoffError(ValueError):
     ----------
     parameter : str or None
         The parameter a ``"{parameter} must be ..."`` message names (set by
-        :func:`runoff.checks.invalid`), so that the command line can name the option that gave
+        :func:`runoff.param_checks.invalid`), so that the command line can name the option that gave
         the value instead (``--k`` for ``k``); None for other errors.
     """
 

@@ -64,13 +64,13 @@ from sklearn.utils.validation import check_is_fitted
 from .certificates import certified_accuracy as _certified_accuracy
 from .certificates import certify_ensemble
 from .certificates.methods import methods_for
-from .checks import check_choice, check_int, check_n_jobs, invalid, shown
-from .spread import model_subsets, reference_spread, validate_spread
+from .param_checks import check_choice, check_int, check_n_jobs, invalid, shown
+from .plan.spread import model_subsets, reference_spread, validate_spread
 
 __all__ = ["ROW_HASHES", "AGGREGATIONS", "ConstantModel", "PartitionEnsembleClassifier", "row_hashes"]
 
 #: How a training row's bucket is chosen: content hashes of a row of features and its label
-#: (:func:`row_hashes`). Not the image hashes of :data:`runoff.data.partition.IMAGE_HASHES`.
+#: (:func:`row_hashes`). Not the image hashes of :data:`runoff.plan.hashing.IMAGE_HASHES`.
 ROW_HASHES = ("sha256",)
 #: Aggregation rules: Run-Off Election or plurality vote.
 AGGREGATIONS = ("roe", "plurality")
@@ -198,7 +198,7 @@ class PartitionEnsembleClassifier(ClassifierMixin, BaseEstimator):
     spread : sequence of int, optional
         The ``d`` distinct shifts in ``[0, k*d)``: a row of bucket ``h`` trains models
         ``(h + s) mod (k*d)``. By default ``[0]`` for ``d = 1`` and the reference spread
-        (:func:`runoff.spread.reference_spread`) for ``d > 1``.
+        (:func:`runoff.plan.spread.reference_spread`) for ``d > 1``.
     classes : array-like, optional
         Every label of the task. Fixes ``classes_`` (``y`` must lie in it) so that the
         certificates also cover poisons that would add or remove a whole class (see the

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..checks import check_n_jobs
-from . import _validate
+from ..param_checks import check_n_jobs
+from . import inputs
 from .methods import Method, get_method
 
 __all__ = ["Certification", "certify", "certify_ensemble", "certified_accuracy"]
@@ -87,10 +87,10 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
         FA only: models per bucket; must divide M.
     spread : sequence of int, optional
         FA only: the d distinct shifts in [0, M); by default the reference pipeline's
-        (:func:`runoff.spread.reference_spread`), so its logit files certify the same.
+        (:func:`runoff.plan.spread.reference_spread`), so its logit files certify the same.
     n_jobs : int, optional
         Threads over chunks of test points, with scikit-learn's meaning: None is 1, -1 is
-        every core, -2 all but one, and so on (:func:`runoff.checks.check_n_jobs`). The
+        every core, -2 all but one, and so on (:func:`runoff.param_checks.check_n_jobs`). The
         result does not depend on it.
 
     Returns
@@ -104,8 +104,8 @@ def certify(scores, method: str, *, d: int = 1, spread=None, n_jobs: int | None 
         Wrong shape, non-finite logits, unknown method, bad ``d``, ``spread`` or ``n_jobs``.
     """
     method = get_method(method)  # the one place a method string is normalised
-    arr = _validate.check_scores(scores)
-    d, shifts = _validate.check_fa(method, arr.shape[1], d, spread)
+    arr = inputs.check_scores(scores)
+    d, shifts = inputs.check_fa(method, arr.shape[1], d, spread)
     jobs = check_n_jobs(n_jobs)
     pred, cert = _compute(arr, method, d, shifts, jobs)
     return Certification(
@@ -145,8 +145,8 @@ def certified_accuracy(predictions, certificates, labels, budgets) -> np.ndarray
     ndarray of shape (B,), float64
         Fraction of points with ``prediction == label`` and ``certificate >= budget``.
     """
-    pred, cert = _validate.check_predictions(predictions, certificates)
-    lab = _validate.check_labels(labels, pred.shape[0])
-    b = _validate.check_budgets(budgets)
+    pred, cert = inputs.check_predictions(predictions, certificates)
+    lab = inputs.check_labels(labels, pred.shape[0])
+    b = inputs.check_budgets(budgets)
     correct = pred == lab
     return (correct[None, :] & (cert[None, :] >= b[:, None])).mean(axis=1)

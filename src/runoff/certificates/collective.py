@@ -8,7 +8,7 @@ points one attack with ``B`` poisons can change, with a mixed-integer linear pro
 solved by HiGHS through :func:`scipy.optimize.milp`.
 
 Threat model (that of the pointwise certificates): a poison lands in one partition (DPA: one
-model) or one bucket (FA: the ``d`` models ``(b + s) mod kd`` of :mod:`runoff.spread`); a
+model) or one bucket (FA: the ``d`` models ``(b + s) mod kd`` of :mod:`runoff.plan.spread`); a
 corrupted model may output anything, on every test point independently.
 
 Formulation (one MILP per chunk of test points and budget; ``S`` the corrupted models)
@@ -59,10 +59,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..checks import check_int, check_n_jobs, check_number, invalid
+from ..param_checks import check_int, check_n_jobs, check_number, invalid
 from ..errors import MissingDependencyError, require
-from ..spread import models_of_buckets
-from . import _validate
+from ..plan.spread import models_of_buckets
+from . import inputs
 from .api import certify
 from .fa import greedy_certificate
 from .methods import Method, get_method
@@ -652,7 +652,7 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     d : int, default 1
         FA only: models per bucket; must divide M.
     spread : sequence of int, optional
-        FA only: the d shifts (default :func:`runoff.spread.reference_spread`).
+        FA only: the d shifts (default :func:`runoff.plan.spread.reference_spread`).
     time_limit : float, optional
         Seconds of solver time for the whole call (> 0), shared equally among the MILPs
         (one per chunk and budget). A MILP stopped by it still gives a proven bound (its dual
@@ -685,11 +685,11 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         SciPy is not installed (``pip install 'runoff[collective]'``).
     """
     method = get_method(method)
-    arr = _validate.check_scores(scores)
+    arr = inputs.check_scores(scores)
     n, m, n_classes = arr.shape
-    d, shifts = _validate.check_fa(method, m, d, spread)
-    b_arr = _validate.check_budgets(budgets)
-    lab = None if labels is None else _validate.check_labels(labels, n, n_classes)
+    d, shifts = inputs.check_fa(method, m, d, spread)
+    b_arr = inputs.check_budgets(budgets)
+    lab = None if labels is None else inputs.check_labels(labels, n, n_classes)
     if time_limit is not None:
         time_limit = check_number(time_limit, "time_limit", low=0, strict=True, unit="seconds")
     jobs = check_n_jobs(n_jobs)

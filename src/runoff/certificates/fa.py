@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spread import bucket_sums
+from ..plan.spread import bucket_sums
 from .vote import (
     class_major,
     gaps,

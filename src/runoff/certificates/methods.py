@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..checks import check_choice, check_int, invalid
+from ..param_checks import check_choice, check_int, invalid
 from .dpa import certify_dpa, certify_dpa_roe
 from .fa import certify_fa, certify_fa_roe
 

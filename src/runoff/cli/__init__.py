@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _usage_message(exc: "_UsageError", parser, argv) -> str:
-    """argparse's complaint, but an unknown command in the words of runoff.checks, with the close ones."""
+    """argparse's complaint, but an unknown command in the words of runoff.param_checks, with the close ones."""
     command = next((a for a in argv if not a.startswith("-")), None)  # runoff's own options take no value
     if exc.prog == parser.prog and command is not None and command not in parser.commands:
-        from ..checks import check_choice
+        from ..param_checks import check_choice
 
         try:
             check_choice(command, "command", parser.commands)

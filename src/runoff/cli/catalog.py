@@ -38,7 +38,7 @@ def _cmd_predict(args) -> int:
     _check_device(args.device)
     if args.out:
         _check_out_file(args.out)
-    from ..logits_io import save_certificates
+    from ..run.logits import save_certificates
     from ..training.ensemble import Ensemble
 
     ens = Ensemble.load(args.run, device=args.device)

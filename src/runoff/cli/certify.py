@@ -49,9 +49,9 @@ def _add_certify(sub) -> None:
 
 
 def _cmd_certify(args) -> int:
-    from ..logits_io import load_logits, save_certificates
+    from ..run.logits import load_logits, save_certificates
     from ..reporting.evaluation import evaluate_logits
-    from ..run_folder import check_logits_file
+    from ..run.folder import check_logits_file
 
     _at_least(args.d, "--d", 1)
     _check_collective_options(args)
@@ -115,7 +115,7 @@ def _cmd_evaluate(args) -> int:
     if not args.json:  # the pointwise table now, before the collective MILPs (tens of seconds)
         _print_evaluation(s, f"{args.run}: {s['dataset']}, k={s['k']}, d={s['d']}, {s['n_test']} test points")
         if "base_models" in s:
-            from ..training.health import describe
+            from ..run.health import describe
 
             print(describe(s["base_models"]))
     if args.collective is not None:
@@ -130,7 +130,7 @@ def _write_evaluation(args, ev) -> None:
     """Write the report where it belongs (--out, the run, or RUN/reports/METHODS/); a run folder
     that cannot be written gets a warning (the table is out already): use --out."""
     from ..reporting.evaluation import write_run_report
-    from ..run_folder import RunFolder
+    from ..run.folder import RunFolder
 
     target = args.out or RunFolder(args.run).report_dir(ev.results, ev.d)
     if not args.out:

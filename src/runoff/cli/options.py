@@ -83,7 +83,7 @@ def _dataset_name(text: str) -> str:
 
 def _one_of(what: str, choices, listing: str | None = None):
     """An argparse type accepting one of ``choices``; an unknown name gets "did you mean"."""
-    from ..checks import check_choice
+    from ..param_checks import check_choice
 
     def parse(text: str) -> str:
         try:
@@ -107,8 +107,8 @@ def _number(text: str) -> float:
 
 # ---------------------------------------------------------------------------- option checks
 def _at_least(value, option: str, low, unit: str | None = None, *, integer: bool = True) -> None:
-    """Refuse ``value < low`` (None: the option was not given), in the words of runoff.checks."""
-    from ..checks import check_int
+    """Refuse ``value < low`` (None: the option was not given), in the words of runoff.param_checks."""
+    from ..param_checks import check_int
 
     if value is None:
         return
@@ -119,8 +119,8 @@ def _at_least(value, option: str, low, unit: str | None = None, *, integer: bool
 
 
 def _number_option(value: float, option: str, *, low: float, strict: bool = False, unit: str | None = None) -> None:
-    """runoff.checks.check_number for an option, the value shown as typed (``-1``, not ``-1.0``)."""
-    from ..checks import check_number
+    """runoff.param_checks.check_number for an option, the value shown as typed (``-1``, not ``-1.0``)."""
+    from ..param_checks import check_number
 
     check_number(value, option, low=low, strict=strict, unit=unit, got=f"{value:g}")
 
@@ -320,7 +320,7 @@ def _check_data_options(args, dataset: str) -> None:
 
 
 def _require_training(command: str, dataset: str | None) -> None:
-    from ..training.runs import require_training
+    from ..training.train import require_training
 
     require_training(dataset, command)
 
@@ -357,7 +357,7 @@ def _check_model_option(model) -> None:
     if is_factory_name(model):
         resolve_factory(model, option="--model")
         return
-    from ..checks import check_choice
+    from ..param_checks import check_choice
     from ..training.models import ARCHITECTURES
 
     check_choice(model, "--model", ARCHITECTURES)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 
-from ..data.partition import IMAGE_HASHES
+from ..plan.hashing import IMAGE_HASHES
 
 from .options import (
     _RECIPE_OPTIONS,
@@ -128,7 +128,7 @@ def _interrupted(out) -> None:
 
 
 def _train(args, cfg, common):
-    from ..training.runs import train_dpa_star, train_run
+    from ..training.train import train_dpa_star, train_run
 
     if cfg["versions"] is not None:
         return train_dpa_star(args.out, versions=cfg["versions"], **common)
@@ -166,7 +166,7 @@ def _add_update(sub) -> None:
 def _cmd_update(args) -> int:
     import time
 
-    from ..run_folder import RunFolder
+    from ..run.folder import RunFolder
 
     _at_least(args.k, "--k", 1)
     _at_least(args.d, "--d", 1)

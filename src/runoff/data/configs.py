@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..checks import check_choice
+from ..param_checks import check_choice
 from ..errors import InvalidParameterError
 
 __all__ = ["Config", "CONFIGS", "PAPER_RECIPES", "INIT_DESCRIPTIONS", "describe_recipe", "get_config",
@@ -54,7 +54,7 @@ INIT_DESCRIPTIONS = {
               "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias 0; BatchNorm weight 1, bias 0",
 }
 
-#: How every base model's inputs are normalised (:func:`runoff.data.partition.make_plan`).
+#: How every base model's inputs are normalised (:func:`runoff.plan.partition.make_plan`).
 NORMALISATION = ("pixels / 255, minus the model's subset's per-channel mean, over its per-channel sample "
                  "std (n - 1, as torch.std in the published partition script)")
 
@@ -171,12 +171,6 @@ class Config:
         """:func:`describe_recipe` of :attr:`recipe` (augmentation, schedule, initialisation), and
         the normalisation every run of the configuration gets."""
         return {**describe_recipe(self.recipe, self.image_shape), "normalisation": NORMALISATION}
-
-    @property
-    def methods(self) -> tuple[str, str]:
-        from ..certificates.methods import methods_for
-
-        return methods_for(self.d if self.kind == "fa" else 1)
 
     @property
     def n_models(self) -> int:

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..checks import check_choice
+from ..param_checks import check_choice
 from ..errors import DataFileError, InvalidParameterError
 from .cache import cached_arrays
 from .custom import is_custom, load_custom

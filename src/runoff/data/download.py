@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checks import check_choice
+from ..param_checks import check_choice
 from ..errors import (
     DataFileError,
     InvalidParameterError,

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from ..training.progress import clock, is_terminal
+from ..console import clock, is_terminal
 
 __all__ = ["collective_summary", "collective_table", "collective_markdown", "COLLECTIVE_CAPTION",
            "CollectiveProgress"]

@@ -20,11 +20,11 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..certificates import Certification, certify_ensemble
 from ..certificates.methods import check_methods, methods_for
-from ..checks import check_budgets, check_labels
+from ..param_checks import check_budgets, check_labels
 from ..errors import InvalidParameterError, RunDirectoryError
-from ..logits_io import save_certificates
-from ..run_folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
-from ..training.health import describe as describe_health
+from ..run.logits import save_certificates
+from ..run.folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
+from ..run.health import describe as describe_health
 from .collective import collective_markdown, collective_summary
 from .tables import (
     default_budgets,
@@ -50,7 +50,7 @@ class Evaluation:
     scores: np.ndarray | None = None
     d: int = 1
     spread: list[int] | None = None
-    #: a run's logits file as it was read (:meth:`~runoff.run_folder.RunFolder.logits_stamp`), so
+    #: a run's logits file as it was read (:meth:`~runoff.run.folder.RunFolder.logits_stamp`), so
     #: that a report is never written for logits an update has replaced meanwhile
     logits_stamp: tuple | None = None
 
@@ -173,15 +173,15 @@ def add_collective(evaluation: Evaluation, budgets, *, time_limit: float | None 
 
 
 def base_model_health(folder) -> dict | None:
-    """A run's model health summary (:meth:`~runoff.training.health.RunHealth.summary`), or None
+    """A run's model health summary (:meth:`~runoff.run.health.RunHealth.summary`), or None
     when it was trained before runoff recorded it. A DPA* folder gathers its versions' figures,
     flags keyed ``"v2/17"``."""
-    from ..training.health import RunHealth
+    from ..run.health import RunHealth
 
     health = RunHealth.read(folder)
     if health is not None:
         return health.summary()
-    from ..run_folder import RunFolder
+    from ..run.folder import RunFolder
 
     names = (folder.read_plan_json().get("training") or {}).get("version_dirs") or []
     parts = [(name, RunHealth.read(RunFolder(folder.path / name))) for name in names]
@@ -216,7 +216,7 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
     time_limit : float, optional
         Solver seconds per method for ``collective``.
     out_dir : path-like, optional
-        Where to write the report (default: :meth:`~runoff.run_folder.RunFolder.report_dir`,
+        Where to write the report (default: :meth:`~runoff.run.folder.RunFolder.report_dir`,
         the run folder for the run's own methods).
 
     Returns
@@ -235,7 +235,7 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
 
 def _evaluate_run_logits(run_dir: Path, *, methods, budgets, n_jobs) -> Evaluation:
     """The pointwise evaluation of a run's logits, with the run's facts in its summary."""
-    from ..run_folder import RunFolder
+    from ..run.folder import RunFolder
 
     folder = RunFolder(run_dir)
     folder.require_plan()
@@ -268,7 +268,7 @@ def write_run_report(run_dir, evaluation: Evaluation, *, out_dir=None) -> Path:
     out_dir : path-like, optional
         The folder to write into. Default: the run folder for the run's own methods
         (dpa,dpa-roe for d = 1, fa,fa-roe for d > 1), ``reports/METHODS/`` inside it for
-        any other set (:meth:`~runoff.run_folder.RunFolder.report_dir`), so that one set's
+        any other set (:meth:`~runoff.run.folder.RunFolder.report_dir`), so that one set's
         report never replaces another's.
 
     Raises
@@ -281,7 +281,7 @@ def write_run_report(run_dir, evaluation: Evaluation, *, out_dir=None) -> Path:
     OSError
         A file cannot be written (e.g. a read-only run folder).
     """
-    from ..run_folder import RunFolder
+    from ..run.folder import RunFolder
 
     s = evaluation.summary
     folder = RunFolder(run_dir)

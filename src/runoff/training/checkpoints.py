@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path
 
 from ..atomic import atomic_write
-from ..checks import check_int
+from ..param_checks import check_int
 from ..errors import CheckpointError, InvalidParameterError
 
 __all__ = [
@@ -117,7 +117,7 @@ def chunk_key(plan, ids, fingerprints) -> str:
     ids : sequence of int
         The chunk's model ids.
     fingerprints : sequence of str
-        Every model's subset fingerprint (:func:`runoff.data.partition.subset_fingerprints`).
+        Every model's subset fingerprint (:func:`runoff.plan.hashing.subset_fingerprints`).
     """
     training = plan.training or {}
     obj = {"recipe": training.get("recipe"), "seed_version": training.get("seed_version"),

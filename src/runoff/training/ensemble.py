@@ -1,7 +1,7 @@
 """A trained ensemble as an object: load a run folder, predict and certify new inputs.
 
 :class:`Ensemble` reads a finished run folder (``plan.json`` and the final checkpoints under
-``checkpoints/``, as written by ``runoff train`` / :func:`runoff.training.runs.train_run`) and
+``checkpoints/``, as written by ``runoff train`` / :func:`runoff.training.train.train_run`) and
 evaluates every base model on new images through the same code path that computed the run's
 test logits (:func:`runoff.training.trainer.model_logits`): ``images / 255``, normalised with each
 model's own subset's per-channel mean and std, BatchNorm in evaluation mode. Predictions and
@@ -29,7 +29,7 @@ import numpy as np
 
 from ..certificates import Certification, certify_ensemble
 from ..certificates.methods import check_methods, methods_for
-from ..data.partition import PartitionPlan
+from ..plan.partition import PartitionPlan
 from ..errors import (
     CheckpointError,
     InvalidParameterError,
@@ -37,7 +37,7 @@ from ..errors import (
     one_line,
     require,
 )
-from ..run_folder import PLAN_FILE, RunFolder
+from ..run.folder import PLAN_FILE, RunFolder
 
 __all__ = ["Ensemble", "Inputs", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
@@ -288,7 +288,7 @@ class Ensemble:
                        for plan, models in self._members]
         if len(per_version) == 1:
             return per_version[0]
-        from .runs import merge_versions
+        from .train import merge_versions
 
         return merge_versions(per_version)  # DPA*: the sum, as the run's logits.npz
 
@@ -325,7 +325,7 @@ class Ensemble:
 # ---------------------------------------------------------------------------- loading runs
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
-    from ..run_folder import CHECKPOINT_DIR
+    from ..run.folder import CHECKPOINT_DIR
     from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
     from .trainer import Recipe, _Chunk
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_int
-from ..data.partition import PartitionPlan
+from ..param_checks import check_int
+from ..plan.partition import PartitionPlan
 from .checkpoints import chunk_layout
 from .factories import is_factory_name
 from .models import activation_floats, architecture

@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_choice, check_int, invalid
+from ..param_checks import check_choice, check_int, invalid
 from ..errors import InvalidParameterError
 
 __all__ = ["ARCHITECTURES", "INIT_RULES", "architecture", "build_model", "BatchedNet", "kaiming_uniform_bound",

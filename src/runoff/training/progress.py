@@ -25,16 +25,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-__all__ = ["TrainingProgress", "ChunkWork", "DEFAULT_INTERVAL", "clock", "is_terminal"]
+from ..console import clock, is_terminal
+
+__all__ = ["TrainingProgress", "ChunkWork", "DEFAULT_INTERVAL"]
 
 #: Seconds between two plain progress lines (``--progress-interval``).
 DEFAULT_INTERVAL = 30.0
-
-
-def clock(seconds: float) -> str:
-    """``H:MM:SS``, as rich's columns show time."""
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 @dataclass(frozen=True)
@@ -206,14 +202,6 @@ class TrainingProgress:
             print(f"{self._prefix}{text}", file=self.stream, flush=True)
         except ValueError:  # the stream was closed under us (a test's capture): progress is optional
             pass
-
-
-def is_terminal(stream) -> bool:
-    """Whether ``stream`` is a terminal (False for a closed stream or one without isatty)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def _models(n: int) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..checks import check_choice, check_int, check_number
+from ..param_checks import check_choice, check_int, check_number
 from ..data.configs import PAPER_RECIPES
 from ..errors import InvalidParameterError
 from .factories import is_factory_name

@@ -74,7 +74,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_int
+from ..param_checks import check_choice, check_int
 from ..errors import InvalidParameterError
 
 __all__ = ["STACKED_MODES", "StackedModule"]

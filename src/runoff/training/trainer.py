@@ -4,7 +4,7 @@ All base models of an ensemble (or a chunk of them) are trained in the same step
 batched computation (:class:`runoff.training.models.BatchedNet`: grouped convolutions, per-model
 BatchNorm channels, batched classifier). Each model still has
 
-* its own subset of the training set (from the :class:`~runoff.data.partition.PartitionPlan`),
+* its own subset of the training set (from the :class:`~runoff.plan.partition.PartitionPlan`),
 * its own seed: model ``j`` of ensemble version ``v`` uses ``(j + 1) * v * v`` (the
   reference's rule) for a private ``torch.Generator`` that draws its initial weights and then,
   at the start of every epoch, its batch order and augmentation (:func:`draw_epoch`),
@@ -51,9 +51,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_int
+from ..param_checks import check_choice, check_int
 from ..data.datasets import Dataset
-from ..data.partition import PartitionPlan, subset_fingerprints
+from ..plan.partition import PartitionPlan
+from ..plan.hashing import subset_fingerprints
 from ..errors import CheckpointError, InvalidParameterError, TrainingDivergedError
 from .checkpoints import (  # noqa: F401
     checkpoint_matches,

@@ -1,7 +1,7 @@
 """Update a trained run when its data change: retrain only what the change touches.
 
 A base model's training depends on its seed, the recipe and its own subset's content alone
-(:func:`runoff.data.partition.subset_fingerprints`). When samples are removed (a deletion
+(:func:`runoff.plan.hashing.subset_fingerprints`). When samples are removed (a deletion
 request), added or edited, :func:`update_run` rebuilds the plan on the new data with the
 run's own k, d, spread, hash and recipe, compares each model's subset fingerprint with the
 one ``subsets.json`` recorded, and retrains only the chunks holding a model whose subset
@@ -25,19 +25,19 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..checks import check_int
+from ..param_checks import check_int
 from ..errors import InvalidParameterError, RunDirectoryError, require
-from ..run_folder import REPORT_JSON, RunFolder
+from ..run.folder import REPORT_JSON, RunFolder
 from .backends import TrainingJob, resolve_backend
 from .logit_sources import reusable_columns
-from .runs import RunResult, _check_run_options, _layout, finish_run
+from .train import RunResult, _check_run_options, _layout, finish_run
 
 __all__ = ["UpdateResult", "update_run", "run_recipe"]
 
 
 @dataclass
 class UpdateResult(RunResult):
-    """What :func:`update_run` did, on top of :class:`~runoff.training.runs.RunResult`.
+    """What :func:`update_run` did, on top of :class:`~runoff.training.train.RunResult`.
 
     Attributes
     ----------
@@ -116,17 +116,17 @@ def update_run(
     Parameters
     ----------
     run_dir : path-like
-        A run folder written by :func:`~runoff.training.runs.train_run`, or a DPA* folder of
-        :func:`~runoff.training.runs.train_dpa_star` (every version is updated, then the
+        A run folder written by :func:`~runoff.training.train.train_run`, or a DPA* folder of
+        :func:`~runoff.training.train.train_dpa_star` (every version is updated, then the
         merged logits).
     dataset : str, optional
         The new data (default: the run's own data set name, e.g. the same ``folder:PATH``
         after files in it were deleted, added or edited).
     data_root, image_size, download
-        As :func:`~runoff.training.runs.train_run`; ``image_size`` defaults to the run's own
+        As :func:`~runoff.training.train.train_run`; ``image_size`` defaults to the run's own
         (recorded in its plan when it was trained with one).
     device, backend, progress, progress_interval, on_nan, checkpoint_every, checkpoint_min_interval, label
-        As :func:`~runoff.training.runs.train_run`.
+        As :func:`~runoff.training.train.train_run`.
     k, d, hash, recipe, epochs : optional
         When given they must equal the run's: a change of any of them is not an update.
 
@@ -149,7 +149,7 @@ def update_run(
     Notes
     -----
     From the moment the first model changes until the new logits and ``subsets.json`` are
-    written, the folder is marked unfinished (:meth:`~runoff.run_folder.RunFolder.check_whole`):
+    written, the folder is marked unfinished (:meth:`~runoff.run.folder.RunFolder.check_whole`):
     readers refuse it, and an interrupted update is finished by running it again.
     """
     t0 = time.perf_counter()
@@ -273,9 +273,9 @@ _PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "pro
 
 def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, reports, **options) -> UpdateResult:
     """DPA*: update every version folder (the same partitions, other seeds), then the top
-    folder's plan and merged logits (see :func:`runoff.training.runs.train_dpa_star`)."""
-    from .runs import merge_versions
-    from .summary import TrainingSummary
+    folder's plan and merged logits (see :func:`runoff.training.train.train_dpa_star`)."""
+    from .train import merge_versions
+    from .call_summary import TrainingSummary
 
     versions = int(top.training["versions"])
     for v in range(1, versions + 1):
@@ -341,7 +341,7 @@ def _refuse_other_run(old, run_recipe, *, k, d, hash, recipe, epochs) -> None:
 def _new_plan(old, *, dataset, data_root, image_size, download):
     """The plan of the new data with the run's own k, d, spread, hash and training record."""
     from ..data.datasets import default_data_root, load_dataset
-    from ..data.partition import make_plan
+    from ..plan.partition import make_plan
 
     dataset = old.dataset if dataset is None else dataset
     if image_size is None and (old.training or {}).get("image_size"):

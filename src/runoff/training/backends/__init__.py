@@ -14,7 +14,7 @@ same models.
 
 from __future__ import annotations
 
-from ...checks import check_choice
+from ...param_checks import check_choice
 from ...errors import InvalidParameterError
 from .base import Backend, ChunkLogits, TrainedChunks, TrainingJob
 from .local import LocalBackend

@@ -132,7 +132,7 @@ class TrainedChunks:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What :func:`runoff.training.runs.train_run` needs of a backend."""
+    """What :func:`runoff.training.train.train_run` needs of a backend."""
 
     name: str
 

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...checks import check_int, check_number
+from ...param_checks import check_int, check_number
 from ...errors import BackendError, InvalidParameterError, MissingDependencyError
 from ..checkpoints import checkpoint_path, write_checkpoint_bytes
 from .base import ChunkLogits, TrainedChunks, TrainingJob

@@ -17,7 +17,7 @@ import random
 
 import numpy as np
 
-from .checks import check_int, invalid
+from ..param_checks import check_int, invalid
 
 __all__ = [
     "REFERENCE_SPREAD_SEED",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
-from .errors import LogitsFileError, one_line, require
+from ..atomic import atomic_write
+from ..errors import LogitsFileError, one_line, require
 
 __all__ = ["load_logits", "save_certificates"]
 

@@ -1,15 +1,15 @@
-"""Input checks of the certification functions: the array checks, on top of :mod:`runoff.checks`.
+"""Input checks of the certification functions: the array checks, on top of :mod:`runoff.param_checks`.
 
-Messages follow :mod:`runoff.checks`: ``"{name} must be {what}; got {value}"``.
+Messages follow :mod:`runoff.param_checks`: ``"{name} must be {what}; got {value}"``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..checks import as_numpy, check_budgets, check_int, check_labels, invalid
+from ..param_checks import as_numpy, check_budgets, check_int, check_labels, invalid
 from ..errors import InvalidScoresError
-from ..spread import reference_spread, validate_spread
+from ..plan.spread import reference_spread, validate_spread
 from .methods import METHODS, Method, check_method
 
 __all__ = ["METHODS", "as_numpy", "check_method", "check_scores", "check_fa", "check_labels", "check_budgets",

@@ -121,7 +121,7 @@ class RunHealth:
 
     @classmethod
     def read(cls, folder) -> "RunHealth | None":
-        """The health of run folder ``folder`` (a :class:`~runoff.run_folder.RunFolder`), or None
+        """The health of run folder ``folder`` (a :class:`~runoff.run.folder.RunFolder`), or None
         when it has no ``models.json``.
 
         Raises

@@ -9,7 +9,7 @@ __all__ = ["TrainingSummary"]
 
 @dataclass
 class TrainingSummary:
-    """Counts and time of one call of :func:`runoff.training.runs.train_run`.
+    """Counts and time of one call of :func:`runoff.training.train.train_run`.
 
     Attributes
     ----------
@@ -81,7 +81,7 @@ class TrainingSummary:
                      f"worker{'s' if self.workers != 1 else ''} ({self.backend})")
         parts.append(f"{self.retries} retr{'ies' if self.retries != 1 else 'y'}")
         if self.flagged:
-            from .health import describe_flags
+            from ..run.health import describe_flags
 
             parts.append(describe_flags(self.flagged, noun="model"))
         return f"{'; '.join(parts)}; {self.seconds:.1f} s"

@@ -21,7 +21,7 @@ A run folder is what ``runoff train`` writes and ``runoff evaluate``, ``runoff r
       unfinished.json      only while training or an update is unfinished: which, and how
                            many models are done (readers refuse the run until it is gone)
       .runoff-lock         only while a writer (train, update, evaluate) works in the folder
-                           (:mod:`runoff.run_lock`)
+                           (:mod:`runoff.run.lock`)
 
 A folder written by ``runoff report`` holds the same report files and also
 ``certificates_hist.png``. Every other module asks this one for paths and file contents;
@@ -45,11 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import run_lock
-from .atomic import atomic_write, atomic_write_text
-from .certificates.methods import METHODS, methods_for
-from .data.partition import PLAN_FILE, PartitionPlan
-from .errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
+from . import lock as run_lock
+from ..atomic import atomic_write, atomic_write_text
+from ..certificates.methods import METHODS, methods_for
+from ..plan.partition import PLAN_FILE, PartitionPlan
+from ..errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
 
 __all__ = [
     "RunFolder",
@@ -171,7 +171,7 @@ class RunFolder:
     # ------------------------------------------------------------------ one writer
     def writing(self, command: str):
         """Context manager: hold the folder's lock while ``command`` writes into it
-        (:func:`runoff.run_lock.hold`; created if missing, removed again if left empty).
+        (:func:`runoff.run.lock.hold`; created if missing, removed again if left empty).
 
         Raises
         ------
@@ -304,7 +304,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ plan
     def read_plan(self, *, train=None):
-        """The folder's :class:`~runoff.data.partition.PartitionPlan` (checked against ``train`` if given)."""
+        """The folder's :class:`~runoff.plan.partition.PartitionPlan` (checked against ``train`` if given)."""
         return PartitionPlan.load(self.path, train=train)
 
     def write_plan(self, plan) -> Path:
@@ -324,7 +324,7 @@ class RunFolder:
         return self.path / SUBSETS_FILE
 
     def read_subsets(self, n_models: int | None = None) -> list[str] | None:
-        """Each base model's subset fingerprint (:func:`runoff.data.partition.subset_fingerprints`),
+        """Each base model's subset fingerprint (:func:`runoff.plan.hashing.subset_fingerprints`),
         or None when the run has no ``subsets.json`` (trained before runoff recorded them).
 
         Raises
@@ -382,7 +382,7 @@ class RunFolder:
         LogitsFileError
             Missing or unreadable file, no labels, or inconsistent shapes.
         """
-        from .logits_io import load_logits
+        from .logits import load_logits
 
         self.check_whole()
         if not self.logits_path.is_file():
@@ -456,7 +456,7 @@ class RunFolder:
 
     def read_models_text(self) -> str | None:
         """``models.json`` as text, or None when the run has none (trained before runoff recorded
-        model health, or a DPA* top folder). :meth:`runoff.training.health.RunHealth.read`
+        model health, or a DPA* top folder). :meth:`runoff.run.health.RunHealth.read`
         parses it.
 
         Raises
@@ -472,7 +472,7 @@ class RunFolder:
             raise RunDirectoryError(f"{self.models_path}: cannot read ({exc})") from None
 
     def write_models_text(self, text: str) -> Path:
-        """Write ``models.json`` (:meth:`runoff.training.health.RunHealth.to_json`), atomically."""
+        """Write ``models.json`` (:meth:`runoff.run.health.RunHealth.to_json`), atomically."""
         atomic_write_text(self.models_path, text)
         return self.models_path
 
@@ -522,7 +522,7 @@ def _logits_with_sources(logits_path: Path, sources_path: Path):
     """``(scores, sources)`` when both files are there and readable, else None."""
     if not (logits_path.is_file() and sources_path.is_file()):
         return None
-    from .logits_io import load_logits
+    from .logits import load_logits
 
     try:
         sources = json.loads(sources_path.read_text())

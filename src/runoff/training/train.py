@@ -1,7 +1,7 @@
 """From a data set to test-set logits in one run folder: ``train_run`` and ``train_dpa_star``.
 
 :func:`train_run` checks every option, loads the data set, builds the partition plan, checks
-the run folder (:class:`~runoff.run_folder.RunFolder`: new, or holding this very plan) and
+the run folder (:class:`~runoff.run.folder.RunFolder`: new, or holding this very plan) and
 only then writes; it cuts the models into chunks (:func:`runoff.training.trainer.run_chunks`)
 and hands them to a backend (:mod:`runoff.training.backends`), which returns each chunk's
 test logits. A folder holding anything else is never touched.
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_choice, check_int, check_number
+from ..param_checks import check_choice, check_int, check_number
 from ..errors import InvalidParameterError, RunDirectoryError, require
-from ..run_folder import RunFolder
+from ..run.folder import RunFolder
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
-from .health import RunHealth
-from .summary import TrainingSummary
+from ..run.health import RunHealth
+from .call_summary import TrainingSummary
 
 __all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions", "require_training"]
 
@@ -89,8 +89,8 @@ def train_run(
         Created if missing. If it holds a ``plan.json`` of the same plan (same data, k, d,
         hash, spread, recipe, seed version), the run resumes from its checkpoints; a finished
         run just returns its logits. The folder's lock is held while the call writes into it
-        (:mod:`runoff.run_lock`); until the logits are written, readers are told that
-        training is unfinished (:meth:`~runoff.run_folder.RunFolder.check_whole`).
+        (:mod:`runoff.run.lock`); until the logits are written, readers are told that
+        training is unfinished (:meth:`~runoff.run.folder.RunFolder.check_whole`).
     dataset : str, default "digits"
         Registered data set name (:data:`runoff.data.datasets.DATASETS`), ``"folder:PATH"``
         or ``"npz:FILE"`` (one's own data, :mod:`runoff.data.custom`).
@@ -105,7 +105,7 @@ def train_run(
     hash : {"pixelsum", "sha256"}, optional
         Partition hash. Default: ``"sha256"`` for one's own data (``folder:``, ``npz:``),
         ``"pixelsum"`` (the published partitions) for the paper's data sets
-        (:func:`runoff.data.partition.default_hash`). A plan with empty or very uneven subsets
+        (:func:`runoff.plan.hashing.default_hash`). A plan with empty or very uneven subsets
         warns (:class:`~runoff.errors.UnevenPlanWarning`).
     device : {"cpu", "cuda", "cuda:N"}, default "cpu"
     progress : bool, default True
@@ -332,7 +332,7 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
                   download=False, model=None):
     """Load the data set (fetched first with ``download``) and build the run's plan (no run file is written)."""
     from ..data.datasets import default_data_root, load_dataset
-    from ..data.partition import make_plan
+    from ..plan.partition import make_plan
     from .trainer import recipe_for
 
     name = None if model is None else _model_name(model)

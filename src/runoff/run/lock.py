@@ -4,7 +4,7 @@
 them at once could leave a plan that does not match its models. Each takes the folder's lock
 first (:func:`hold`); a second writer stops at once with :class:`~runoff.errors.RunLockedError`
 naming the holder (process id, host, command, start time). Readers need no lock: they see a
-whole run or are told that it is unfinished (:meth:`runoff.run_folder.RunFolder.check_whole`).
+whole run or are told that it is unfinished (:meth:`runoff.run.folder.RunFolder.check_whole`).
 
 Where the file system supports it (Linux, macOS, most network file systems), the lock is an
 ``flock`` on the lock file: the kernel releases it when its process ends, however it ends, so
@@ -29,7 +29,7 @@ import socket
 import warnings
 from pathlib import Path
 
-from .errors import RunDirectoryError, RunLockedError, StaleLockWarning
+from ..errors import RunDirectoryError, RunLockedError, StaleLockWarning
 
 try:  # POSIX only; elsewhere the process-id rule alone decides
     import fcntl
