@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import runoff
 from runoff import certify, certify_collective
-from runoff.certificates.collective import _replay
+from runoff.certificates.collective.replay import _replay
 from runoff.errors import InvalidLabelsError, InvalidParameterError, MissingDependencyError
 
 from adversary import _assignments, behaviour_ids, behaviours, elect, poison_units

@@ -10,7 +10,7 @@ from ..errors import one_line
 def _collective(ev, args, *, n_jobs=None) -> None:
     """Add --collective figures to ``ev``, with a progress line per budget while the MILPs run
     (on stderr with --json, to keep stdout JSON), then print their table (without --json)."""
-    from ..reporting.collective import CollectiveProgress
+    from ..reporting.collective_table import CollectiveProgress
     from ..reporting.evaluation import add_collective
 
     with CollectiveProgress(sys.stderr if args.json else sys.stdout) as progress:
@@ -22,7 +22,7 @@ def _collective(ev, args, *, n_jobs=None) -> None:
 def _print_collective(summary: dict) -> None:
     from rich.console import Console
 
-    from ..reporting.collective import COLLECTIVE_CAPTION, collective_table
+    from ..reporting.collective_table import COLLECTIVE_CAPTION, collective_table
 
     console = Console()
     console.print(collective_table(summary))

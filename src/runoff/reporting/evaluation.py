@@ -25,7 +25,7 @@ from ..errors import InvalidParameterError, RunDirectoryError
 from ..run.logits import save_certificates
 from ..run.folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
 from ..run.health import describe as describe_health
-from .collective import collective_markdown, collective_summary
+from .collective_table import collective_markdown, collective_summary
 from .tables import (
     default_budgets,
     markdown_table,
@@ -149,7 +149,7 @@ def add_collective(evaluation: Evaluation, budgets, *, time_limit: float | None 
     budgets : sequence of int
         Sorted and de-duplicated here.
     time_limit, n_jobs, progress
-        As :func:`runoff.reporting.collective.collective_summary` (``time_limit`` per method).
+        As :func:`runoff.reporting.collective_table.collective_summary` (``time_limit`` per method).
 
     Returns
     -------

@@ -119,7 +119,7 @@ def plot_certified_accuracy(results: dict[str, Certification], labels, path, *, 
     """Save a PNG of certified accuracy (%) against budget, one curve per method.
 
     Each curve runs from budget 0 to the largest certificate of a correct prediction, at every
-    integer budget. ``collective`` (from :func:`runoff.reporting.collective.collective_summary`)
+    integer budget. ``collective`` (from :func:`runoff.reporting.collective_table.collective_summary`)
     adds each method's collective certified accuracy as markers on a dashed line. Needs
     matplotlib.
     """

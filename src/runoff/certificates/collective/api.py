@@ -1,0 +1,161 @@
+"""The entry point, :func:`runoff.certify_collective`: check the inputs, then bound every
+budget (terms, chunked MILPs, replayed attacks) and gather a :class:`CollectiveCertification`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...param_checks import check_int, check_n_jobs, check_number
+from ...plan.spread import models_of_buckets
+from .. import inputs
+from ..api import certify
+from ..methods import Method, get_method
+from .replay import _best_attacks
+from .results import EXACT_METHODS, CollectiveCertification
+from .solve import _bound_budgets, _native_stdout_silenced, _plan_chunks, _require_highs
+from .terms import _candidate_terms
+
+#: Default number of candidate test points per MILP.
+DEFAULT_CHUNK = 40
+
+
+def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1, spread=None,
+                       time_limit: float | None = None, n_jobs: int | None = None,
+                       chunk_size: int | None = None, progress=None) -> CollectiveCertification:
+    """Bound how many test points one poisoning attack with B poisons can change.
+
+    Parameters
+    ----------
+    scores : array-like of shape (N, M, C)
+        Logits, as :func:`runoff.certify` takes them.
+    method : {"dpa", "dpa-roe", "fa", "fa-roe"}
+    budgets : int or array-like of shape (B,)
+        Numbers of poisoned training samples (integers >= 0).
+    labels : array-like of shape (N,), optional
+        True classes. With labels, only correctly predicted points count, and the bound is on
+        how many of them one attack can make wrong (see
+        :meth:`CollectiveCertification.certified_accuracy`).
+    d : int, default 1
+        FA only: models per bucket; must divide M.
+    spread : sequence of int, optional
+        FA only: the d shifts (default :func:`runoff.plan.spread.reference_spread`).
+    time_limit : float, optional
+        Seconds of solver time for the whole call (> 0), shared equally among the MILPs
+        (one per chunk and budget). A MILP stopped by it still gives a proven bound (its dual
+        bound), only a weaker one. None: no limit.
+    n_jobs : int, optional
+        Threads over chunks, with scikit-learn's meaning (None: 1).
+    chunk_size : int, optional
+        Candidate points per MILP (default 40). The bounds of the chunks are summed: small
+        MILPs are often solved to optimality, and the sum of their optima is usually a tighter
+        bound than the dual bound of one large MILP stopped early.
+    progress : callable, optional
+        Called as ``progress(budget, index, n_budgets)`` before the MILPs of each budget are
+        solved (``index`` counts from 0, in the order of ``budgets``), so that a caller can
+        show how far a long call has come. It runs while the solver's native output is
+        silenced (see below): write to a stream of your own, not to file descriptor 1.
+
+    Returns
+    -------
+    CollectiveCertification
+        Arrays of shape (B,): ``upper`` (proven bound), ``lower`` (achieved by
+        ``attacks[j]``, replayed through the aggregation), ``optimal``, ``chunked``,
+        ``pointwise``.
+
+    Raises
+    ------
+    InvalidScoresError, InvalidParameterError, InvalidLabelsError
+        Bad scores, unknown method, budgets that are not integers >= 0, ``time_limit <= 0``,
+        labels of the wrong length, ``d`` not dividing M.
+    MissingDependencyError
+        SciPy is not installed (``pip install 'runoff[collective]'``).
+    """
+    method = get_method(method)
+    arr = inputs.check_scores(scores)
+    n, m, n_classes = arr.shape
+    d, shifts = inputs.check_fa(method, m, d, spread)
+    b_arr = inputs.check_budgets(budgets)
+    lab = None if labels is None else inputs.check_labels(labels, n, n_classes)
+    if time_limit is not None:
+        time_limit = check_number(time_limit, "time_limit", low=0, strict=True, unit="seconds")
+    jobs = check_n_jobs(n_jobs)
+    chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
+    _require_highs()
+    with _native_stdout_silenced():
+        return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk,
+                        progress=progress)
+
+
+def _units(method: Method, m, d, shifts):
+    if not method.fa:
+        return np.eye(m, dtype=np.int8)
+    u = np.zeros((m, m), dtype=np.int8)
+    u[np.arange(m)[:, None], models_of_buckets(np.arange(m), shifts, m)] = 1
+    return u
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One call's ensemble and pointwise results, shared by the steps of :func:`_compute`."""
+
+    scores: np.ndarray  # (N, M, C)
+    roe: bool
+    fa: bool
+    units: np.ndarray  # (units, M) int8: the models each poisoned unit reaches
+    pred: np.ndarray  # (N,) predictions
+    pw_cert: np.ndarray  # (N,) pointwise certificates
+    counted: np.ndarray  # (N,) bool: the points that count (with labels: correctly predicted)
+
+    def candidates(self, budget):
+        """Counted points whose pointwise certificate is below ``budget``: the only ones an
+        attack with ``budget`` poisons can change."""
+        return np.flatnonzero(self.counted & (self.pw_cert < budget))
+
+
+def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None):
+    n, m, _ = scores.shape
+    cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
+    pred, pw_cert = cert.predictions, cert.certificates
+    inst = _Instance(scores=scores, roe=method.roe, fa=method.fa,
+                     units=_units(method, m, d, shifts), pred=pred, pw_cert=pw_cert,
+                     counted=np.ones(n, dtype=bool) if labels is None else pred == labels)
+    pts = inst.candidates(int(budgets.max()))
+    terms = _candidate_terms(inst, pts) if pts.size else None
+    plans = _plan_chunks(inst, terms, budgets, chunk)
+    n_solves = sum(len(c) for _, _, c in plans)
+    # the time limit is shared equally among all the MILPs of the call
+    per_solve = None if time_limit is None or n_solves == 0 else time_limit / n_solves
+    upper, chunked, fallback, pointwise, found = _bound_budgets(inst, terms, plans, time_limit=per_solve,
+                                                                n_jobs=n_jobs, progress=progress)
+    attacks = _best_attacks(inst, budgets, found)
+    lower = np.array([a.count for a in attacks], dtype=np.int64)
+    _min_over_larger_budgets(upper, budgets)
+    return CollectiveCertification(
+        method=method.name,
+        budgets=budgets,
+        upper=upper,
+        lower=lower,
+        optimal=upper == lower,
+        chunked=chunked,
+        fallback=fallback,
+        pointwise=pointwise,
+        attacks=tuple(attacks),
+        exact=method.name in EXACT_METHODS,
+        n_points=n,
+        n_correct=None if labels is None else int(inst.counted.sum()),
+        predictions=pred,
+        certificates=pw_cert,
+        d=d,
+        spread=None if shifts is None else shifts.tolist(),
+    )
+
+
+def _min_over_larger_budgets(upper, budgets):
+    """In place: a bound for a larger budget bounds a smaller one too."""
+    order = np.argsort(budgets, kind="stable")
+    for pos in range(budgets.size - 2, -1, -1):
+        j, nxt = order[pos], order[pos + 1]
+        upper[j] = min(upper[j], upper[nxt])

@@ -1,0 +1,123 @@
+"""What :func:`runoff.certify_collective` returns: :class:`CollectiveCertification` (bounds,
+achieved counts and attacks, one per budget) and :class:`CollectiveAttack` (one attack,
+replayed).
+
+Plain frozen dataclasses with no solver behind them, so that the replay can build attacks
+and the reports read results without importing the MILP code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...param_checks import invalid
+
+__all__ = ["CollectiveAttack", "CollectiveCertification", "EXACT_METHODS"]
+
+
+#: Methods whose MILP is exact for the threat model (the others are sound relaxations).
+EXACT_METHODS = ("dpa", "fa")
+
+
+@dataclass(frozen=True)
+class CollectiveAttack:
+    """One poisoning attack, confirmed by replaying it through the aggregation.
+
+    Attributes
+    ----------
+    budget : int
+        The budget it was found for; it uses ``len(units) <= budget`` poisons.
+    units : tuple of int
+        Poisoned partitions (DPA) or buckets (FA).
+    models : tuple of int
+        Base models they reach (DPA: the partitions themselves).
+    points : ndarray of shape (P,), int64
+        Test points whose prediction it changes (with labels: correctly predicted ones it
+        makes wrong).
+    new_predictions : ndarray of shape (P,), int64
+        Their predictions under the attack (one choice of the corrupted models' outputs).
+    """
+
+    budget: int
+    units: tuple
+    models: tuple
+    points: np.ndarray
+    new_predictions: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Number of points changed."""
+        return int(self.points.size)
+
+
+@dataclass(frozen=True)
+class CollectiveCertification:
+    """Collective certificates of one method at several budgets.
+
+    Attributes
+    ----------
+    method : str
+    budgets : ndarray of shape (B,), int64
+    upper : ndarray of shape (B,), int64
+        Proven upper bound on the number of points one attack with ``budgets[j]`` poisons can
+        change (with labels: correctly predicted points it can make wrong).
+    lower : ndarray of shape (B,), int64
+        Points the best attack found changes: ``attacks[j].count``.
+    optimal : ndarray of shape (B,), bool
+        ``upper == lower``: the figure is proven optimal for the whole set.
+    chunked : ndarray of shape (B,), bool
+        The bound is a sum over several chunks of points (a bound, which may not be attained
+        even when every chunk was solved to optimality).
+    fallback : ndarray of shape (B,), int64
+        Chunks whose solver gave no bound, counted with the pointwise figure instead.
+    pointwise : ndarray of shape (B,), int64
+        Candidate points: pointwise certificate ``< B`` (with labels: and predicted correctly);
+        ``upper <= pointwise`` always.
+    attacks : tuple of CollectiveAttack, length B
+    exact : bool
+        The formulation is exact for the method (``dpa``, ``fa``); ROE methods use a sound
+        relaxation of the run-off round.
+    n_points : int
+    n_correct : int or None
+        Correctly predicted points, when labels were given.
+    predictions, certificates : ndarray of shape (N,), int64
+        Those of :func:`runoff.certify`.
+    d : int
+    spread : list of int or None
+    """
+
+    method: str
+    budgets: np.ndarray
+    upper: np.ndarray
+    lower: np.ndarray
+    optimal: np.ndarray
+    chunked: np.ndarray
+    fallback: np.ndarray
+    pointwise: np.ndarray
+    attacks: tuple
+    exact: bool
+    n_points: int
+    n_correct: int | None
+    predictions: np.ndarray
+    certificates: np.ndarray
+    d: int = 1
+    spread: list | None = field(default=None)
+
+    def _need_labels(self):
+        if self.n_correct is None:
+            raise invalid("labels", "given to certify_collective for certified accuracy", got="None")
+
+    def certified_accuracy(self) -> np.ndarray:
+        """Collective certified accuracy, (B,): ``(correct points - upper) / N``.
+
+        Needs ``labels`` in :func:`certify_collective`; never below :meth:`pointwise_accuracy`.
+        """
+        self._need_labels()
+        return (self.n_correct - self.upper) / self.n_points
+
+    def pointwise_accuracy(self) -> np.ndarray:
+        """Pointwise certified accuracy, (B,): correct points with certificate ``>= B``, over N."""
+        self._need_labels()
+        return (self.n_correct - self.pointwise) / self.n_points
