@@ -106,3 +106,22 @@ def test_resnet18_trains_end_to_end_and_predicts(tmp_path, capsys):
     scores = np.load(tmp_path / "run" / "logits.npz")["scores"]
     assert scores.shape == (8, 2, 10) and np.isfinite(scores).all()
     np.testing.assert_array_equal(Ensemble.load(tmp_path / "run").scores(test.images[:8]), scores)
+
+
+def test_recipe_with_is_the_command_lines_rule():
+    from runoff.errors import InvalidParameterError
+    from runoff.training.recipe import recipe_for, recipe_with
+
+    calls = []
+
+    def base():
+        calls.append(1)
+        return recipe_for("digits")
+
+    assert recipe_with(base, lr=None, model=None) is None and calls == []  # nothing given: base not built
+    changed = recipe_with(base, lr=0.05, batch_size=8)
+    assert (changed.lr, changed.batch_size, changed.model) == (0.05, 8, recipe_for("digits").model)
+    with pytest.raises(InvalidParameterError, match="--model"):
+        recipe_with(base, names={"model": "--model"}, model="nin2")
+    with pytest.raises(InvalidParameterError, match="unknown recipe field"):
+        recipe_with(base, learning_rate=0.1)

@@ -330,34 +330,10 @@ _RECIPE_OPTIONS = ("model", "epochs", "batch_size", "lr", "weight_decay", "augme
 
 
 def _recipe_from_options(args, base):
-    """``base()`` (a Recipe) with the recipe options and ``--recipe FILE.toml`` applied, or None
-    when none is given (``base`` is then not called)."""
-    given = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "augment": args.augment, "precision": args.precision, "compile": args.compile}
-    given = {k: v for k, v in given.items() if v is not None}
-    if not given and args.recipe is None:
-        return None
-    from dataclasses import replace
+    """``base()`` (a Recipe) with ``--recipe FILE.toml`` and the recipe options applied
+    (:func:`runoff.training.recipe.recipe_with`), or None when none is given."""
+    from ..training.recipe import recipe_with  # (lazy: the recipe's model registry imports torch)
 
-    from ..training.trainer import load_recipe_file
-
-    _check_model_option(args.model)
-    recipe = base()
-    if args.recipe is not None:
-        recipe = load_recipe_file(args.recipe, recipe)
-    return replace(recipe, **given)
-
-
-def _check_model_option(model) -> None:
-    """--model: a registry architecture, or a factory's module:function that imports."""
-    if model is None:
-        return
-    from ..training.factories import is_factory_name, resolve_factory
-
-    if is_factory_name(model):
-        resolve_factory(model, option="--model")
-        return
-    from ..param_checks import check_choice
-    from ..training.models import ARCHITECTURES
-
-    check_choice(model, "--model", ARCHITECTURES)
+    return recipe_with(base, recipe_file=args.recipe, names={"model": "--model"}, model=args.model,
+                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, augment=args.augment,
+                       precision=args.precision, compile=args.compile)

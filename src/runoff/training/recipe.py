@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from ..param_checks import check_choice, check_int, check_number
 from ..data.configs import PAPER_RECIPES
 from ..errors import InvalidParameterError
-from .factories import is_factory_name
+from .factories import is_factory_name, resolve_factory
 from .models import ARCHITECTURES, INIT_RULES
 
 __all__ = ["Recipe", "RECIPES", "AUGMENTATIONS", "PRECISIONS", "RECIPE_FIELDS", "recipe_for", "recipe_origin",
@@ -220,3 +220,54 @@ def load_recipe_file(path, base: Recipe) -> Recipe:
         return replace(base, **fields)
     except (InvalidParameterError, TypeError, ValueError) as exc:
         raise InvalidParameterError(f"{path}: {exc}") from None
+
+
+def check_model(model: str, *, name: str = "model") -> None:
+    """A model a recipe may name: an architecture of :data:`~runoff.training.models.ARCHITECTURES`,
+    or a factory's ``"module:function"`` that imports (:func:`~runoff.training.factories.resolve_factory`).
+
+    Raises
+    ------
+    InvalidParameterError
+        Neither; the message names ``name`` (``"--model"`` on the command line).
+    """
+    if is_factory_name(model):
+        resolve_factory(model, option=name)
+        return
+    check_choice(model, name, ARCHITECTURES)
+
+
+def recipe_with(base, *, recipe_file=None, names=None, **fields) -> Recipe | None:
+    """A recipe changed by a recipe file and single fields, the rule of ``runoff train`` and
+    ``runoff update``'s recipe options: the file's fields over ``base``, then ``fields`` over both.
+
+    Parameters
+    ----------
+    base : Recipe or callable returning a Recipe
+        What is changed (a data set's :func:`recipe_for`, a run's own recipe); a callable is
+        called only when something changes it.
+    recipe_file : path-like, optional
+        A TOML file of recipe fields (:func:`load_recipe_file`).
+    names : dict, optional
+        The name of each field for messages (``{"model": "--model"}`` on the command line).
+    **fields
+        Recipe fields (:data:`RECIPE_FIELDS`); None means not given.
+
+    Returns
+    -------
+    Recipe or None
+        None when neither a file nor a field is given.
+    """
+    names = names or {}
+    given = {key: value for key, value in fields.items() if value is not None}
+    unknown = sorted(set(given) - set(RECIPE_FIELDS))
+    if unknown:
+        raise InvalidParameterError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(RECIPE_FIELDS)}")
+    if not given and recipe_file is None:
+        return None
+    if "model" in given:
+        check_model(given["model"], name=names.get("model", "model"))
+    recipe = base() if callable(base) else base
+    if recipe_file is not None:
+        recipe = load_recipe_file(recipe_file, recipe)
+    return replace(recipe, **given)
