@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import runoff
+import runoff.cli.certify
 from runoff.cli import main
 from runoff.data.datasets import Dataset
 from runoff.plan.partition import make_plan
@@ -410,7 +411,7 @@ def _boom(*args, **kwargs):
 
 def test_unexpected_error_is_one_line_asking_for_a_report(logits, monkeypatch, capsys):
     monkeypatch.delenv("RUNOFF_DEBUG", raising=False)
-    monkeypatch.setattr(runoff.run.logits, "load_logits", _boom)
+    monkeypatch.setattr(runoff.cli.certify, "load_logits", _boom)
     assert main(["certify", str(logits[0])]) == 1
     line = one_error_line(capsys)
     assert line == ("runoff: error: RuntimeError: boom second line (internal error; rerun with --debug for "
@@ -427,7 +428,7 @@ def test_debug_shows_the_traceback(logits, monkeypatch, argv, env):
         monkeypatch.delenv("RUNOFF_DEBUG", raising=False)
     else:
         monkeypatch.setenv("RUNOFF_DEBUG", env)
-    monkeypatch.setattr(runoff.run.logits, "load_logits", _boom)
+    monkeypatch.setattr(runoff.cli.certify, "load_logits", _boom)
     with pytest.raises(RuntimeError, match="boom"):
         main([a.replace("{f}", str(logits[0])) for a in argv])
 
@@ -449,14 +450,14 @@ def test_os_errors_are_one_line(logits, monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", "/data/logits.npz")
 
     monkeypatch.delenv("RUNOFF_DEBUG", raising=False)
-    monkeypatch.setattr(runoff.run.logits, "load_logits", denied)
+    monkeypatch.setattr(runoff.cli.certify, "load_logits", denied)
     assert main(["certify", str(logits[0])]) == 1
     assert one_error_line(capsys) == "runoff: error: /data/logits.npz: Permission denied"
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runoff.run.logits, "load_logits", full)
+    monkeypatch.setattr(runoff.cli.certify, "load_logits", full)
     assert main(["certify", str(logits[0])]) == 1
     assert one_error_line(capsys) == "runoff: error: No space left on device"
 

@@ -12,6 +12,8 @@ from adversary import TooExpensive, find_attack  # noqa: E402
 from reference_certs import reference_certify  # noqa: E402
 
 import runoff  # noqa: E402
+import runoff.cli.train  # noqa: E402
+import runoff.demo  # noqa: E402
 from runoff.demo import run_demo  # noqa: E402
 from runoff.run.folder import RunFolder  # noqa: E402
 
@@ -114,7 +116,7 @@ def test_cli_demo_rerun_says_already_trained_and_labels_the_runs(demo, monkeypat
         labels.append(kwargs.get("label"))
         return train_run(*args, **kwargs)
 
-    monkeypatch.setattr(runoff.training.train, "train_run", spy)
+    monkeypatch.setattr(runoff.demo, "train_run", spy)
     assert main(["demo", "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "training: DPA already trained, FA already trained; certification and report" in text
@@ -143,7 +145,7 @@ def test_cli_demo_interrupted_says_how_to_resume(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runoff.demo, "run_demo", interrupted)
+    monkeypatch.setattr(runoff.cli.train, "run_demo", interrupted)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress"]) == 130
     err = capsys.readouterr().err

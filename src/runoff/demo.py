@@ -15,6 +15,8 @@ import numpy as np
 from .errors import require
 from .reporting.evaluation import Evaluation, evaluate_run, make_folder, write_report
 from .reporting.tables import default_budgets, require_matplotlib, summarize
+from .run.health import describe_flags
+from .training.train import train_run
 
 __all__ = ["DEMO_DPA", "DEMO_FA", "run_demo", "describe_training"]
 
@@ -64,7 +66,6 @@ def run_demo(out_dir="runs/demo", *, device: str = "cpu", progress: bool = True,
     require("torch", "runoff demo")
     require("sklearn", "runoff demo (its digits data set)")
     require_matplotlib("runoff demo (its plot)")
-    from .training.train import train_run
 
     out_dir = make_folder(out_dir, "the demo folder")
     timings, training = {}, {}
@@ -104,7 +105,5 @@ def describe_training(name: str, seconds: float, summary) -> str:
         if summary is not None and (summary.resumed or summary.already_done):
             text += " (resumed)"
     if summary is not None and summary.flagged:
-        from .run.health import describe_flags
-
         text += ", " + describe_flags(summary.flagged, noun="model", limit=5)
     return text

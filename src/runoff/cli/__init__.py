@@ -18,13 +18,14 @@ import sys
 import warnings
 
 from .. import __version__
-from ..errors import InvalidParameterError, RunoffError
+from ..allocator import tune_allocator
+from ..errors import InvalidParameterError, RunoffError, RunoffWarning
+from ..param_checks import check_choice
 from .catalog import _add_configs, _add_models, _add_predict
 from .certify import _add_certify, _add_evaluate, _add_report
 from .options import _DEBUG_HELP
 from .output import _error
 from .train import _add_demo, _add_train, _add_update
-
 
 #: Exit status when stdout is closed early (128 + SIGPIPE), as the shell reports for other tools.
 EXIT_BROKEN_PIPE = 141
@@ -79,8 +80,6 @@ def _usage_message(exc: "_UsageError", parser, argv) -> str:
     """argparse's complaint, but an unknown command in the words of runoff.param_checks, with the close ones."""
     command = next((a for a in argv if not a.startswith("-")), None)  # runoff's own options take no value
     if exc.prog == parser.prog and command is not None and command not in parser.commands:
-        from ..param_checks import check_choice
-
         try:
             check_choice(command, "command", parser.commands)
         except InvalidParameterError as unknown:
@@ -156,7 +155,6 @@ def _debug_env() -> bool:
 def _tune_allocator() -> None:
     """Keep freed tensor memory in this process (the commands that run torch): on a CPU,
     glibc's default hands every large tensor back to the kernel and faults it in again."""
-    from ..allocator import tune_allocator
 
     tune_allocator()
 
@@ -205,7 +203,6 @@ def main(argv=None) -> int:
 def _warning_printer(show):
     """A ``warnings.showwarning`` that prints runoff's own warnings as one line
     ``runoff: warning: ...`` and hands the others to ``show``."""
-    from ..errors import RunoffWarning
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, RunoffWarning):

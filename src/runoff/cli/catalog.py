@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from ..data.configs import CONFIGS
 from ..errors import require
-
+from ..run.logits import save_certificates
+from ..training.ensemble import Ensemble
 from .options import _check_device, _check_out_file, _method_name
 
 
@@ -38,8 +40,6 @@ def _cmd_predict(args) -> int:
     _check_device(args.device)
     if args.out:
         _check_out_file(args.out)
-    from ..run.logits import save_certificates
-    from ..training.ensemble import Ensemble
 
     ens = Ensemble.load(args.run, device=args.device)
     inputs = ens.read_inputs(args.inputs)
@@ -122,7 +122,7 @@ def _add_models(sub) -> None:
 
 def _cmd_models(args) -> int:
     require("torch", "runoff models")
-    from ..training.models import architecture_catalog
+    from ..training.models import architecture_catalog  # (lazy: imports torch)
 
     catalog = architecture_catalog(args.image_shape, args.classes)
     if args.json:
@@ -143,8 +143,6 @@ def _add_configs(sub) -> None:
 
 
 def _cmd_configs(args) -> int:
-    from ..data.configs import CONFIGS
-
     if args.json:
         print(json.dumps({n: {"dataset": c.dataset, "k": c.k, "d": c.d, "kind": c.kind, "models": c.n_models,
                               "budgets": list(c.budgets), "paper": c.reference, "training": c.training}

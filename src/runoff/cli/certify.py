@@ -5,7 +5,19 @@ from __future__ import annotations
 import json
 
 from ..errors import InvalidParameterError
-
+from ..reporting.comparison import (
+    COLLECTIVE_LEGEND,
+    collective_comparison_table,
+    compare_runs,
+    comparison_legend,
+    comparison_table,
+    health_lines,
+)
+from ..reporting.evaluation import evaluate_logits, evaluate_run, write_run_report
+from ..reporting.tables import require_matplotlib
+from ..run.folder import RunFolder, check_logits_file
+from ..run.health import describe
+from ..run.logits import load_logits, save_certificates
 from .options import (
     _METHOD_HELP,
     _add_collective_options,
@@ -49,10 +61,6 @@ def _add_certify(sub) -> None:
 
 
 def _cmd_certify(args) -> int:
-    from ..run.logits import load_logits, save_certificates
-    from ..reporting.evaluation import evaluate_logits
-    from ..run.folder import check_logits_file
-
     _at_least(args.d, "--d", 1)
     _check_collective_options(args)
     if args.out:
@@ -103,9 +111,6 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from ..reporting.evaluation import evaluate_run
-    from ..reporting.tables import require_matplotlib
-
     require_matplotlib("runoff evaluate (its plot)")
     _check_collective_options(args)
     if args.out:
@@ -115,8 +120,6 @@ def _cmd_evaluate(args) -> int:
     if not args.json:  # the pointwise table now, before the collective MILPs (tens of seconds)
         _print_evaluation(s, f"{args.run}: {s['dataset']}, k={s['k']}, d={s['d']}, {s['n_test']} test points")
         if "base_models" in s:
-            from ..run.health import describe
-
             print(describe(s["base_models"]))
     if args.collective is not None:
         _collective(ev, args)
@@ -129,8 +132,6 @@ def _cmd_evaluate(args) -> int:
 def _write_evaluation(args, ev) -> None:
     """Write the report where it belongs (--out, the run, or RUN/reports/METHODS/); a run folder
     that cannot be written gets a warning (the table is out already): use --out."""
-    from ..reporting.evaluation import write_run_report
-    from ..run.folder import RunFolder
 
     target = args.out or RunFolder(args.run).report_dir(ev.results, ev.d)
     if not args.out:
@@ -159,12 +160,8 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from ..reporting.comparison import compare_runs
-
     _check_collective_options(args)
     if args.out:
-        from ..reporting.tables import require_matplotlib
-
         require_matplotlib("runoff report --out (its plots)")
         _check_out_folder(args.out)
     report = compare_runs(args.runs, out_dir=args.out, budgets=args.budgets, collective=args.collective,
@@ -182,13 +179,6 @@ def _print_comparison(report: dict) -> None:
     """The report as rich tables (its Markdown goes to report.md), with a legend of what is shown."""
     from rich.console import Console
 
-    from ..reporting.comparison import (
-        COLLECTIVE_LEGEND,
-        collective_comparison_table,
-        comparison_legend,
-        comparison_table,
-        health_lines,
-    )
 
     console = Console()
     console.print(comparison_table(report))

@@ -7,11 +7,16 @@ import argparse
 import math
 import re
 
+from ..certificates.methods import check_method
+from ..data.configs import check_data_options, training_settings
+from ..data.custom import is_custom, parse_image_size
 from ..data.datasets import DATASETS
 from ..errors import InvalidParameterError, require
-from ..writable import check_output_file, check_output_folder
+from ..param_checks import check_choice, check_int, check_number
 from ..training.backends import BACKENDS
-
+from ..training.backends.ray import RayBackend, import_ray
+from ..training.train import require_training
+from ..writable import check_output_file, check_output_folder
 
 _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
 
@@ -52,7 +57,6 @@ def _method_list(text: str) -> list[str]:
 
 def _method_name(text: str) -> str:
     """One method name, in any of its spellings; an unknown one gets "did you mean"."""
-    from ..certificates.methods import check_method
 
     try:
         return check_method(text)
@@ -61,8 +65,6 @@ def _method_name(text: str) -> str:
 
 
 def _image_size(text: str) -> tuple[int, int]:
-    from ..data.custom import parse_image_size
-
     try:
         return parse_image_size(text)
     except InvalidParameterError:
@@ -71,7 +73,6 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def _dataset_name(text: str) -> str:
     """A registered data set, or one's own: folder:PATH, npz:FILE."""
-    from ..data.custom import is_custom
 
     if is_custom(text):
         if not text.split(":", 1)[1]:
@@ -83,7 +84,6 @@ def _dataset_name(text: str) -> str:
 
 def _one_of(what: str, choices, listing: str | None = None):
     """An argparse type accepting one of ``choices``; an unknown name gets "did you mean"."""
-    from ..param_checks import check_choice
 
     def parse(text: str) -> str:
         try:
@@ -108,7 +108,6 @@ def _number(text: str) -> float:
 # ---------------------------------------------------------------------------- option checks
 def _at_least(value, option: str, low, unit: str | None = None, *, integer: bool = True) -> None:
     """Refuse ``value < low`` (None: the option was not given), in the words of runoff.param_checks."""
-    from ..param_checks import check_int
 
     if value is None:
         return
@@ -120,7 +119,6 @@ def _at_least(value, option: str, low, unit: str | None = None, *, integer: bool
 
 def _number_option(value: float, option: str, *, low: float, strict: bool = False, unit: str | None = None) -> None:
     """runoff.param_checks.check_number for an option, the value shown as typed (``-1``, not ``-1.0``)."""
-    from ..param_checks import check_number
 
     check_number(value, option, low=low, strict=strict, unit=unit, got=f"{value:g}")
 
@@ -290,7 +288,6 @@ def _backend(args):
     """'local' or a RayBackend from the backend options."""
     if args.backend == "local":
         return "local"
-    from ..training.backends.ray import RayBackend, import_ray
 
     import_ray()  # fail before any data is loaded when Ray is missing
     return RayBackend(address=args.address, workers=args.workers,
@@ -305,7 +302,6 @@ _OPTION_NAMES = {"config": "--config", "dataset": "--dataset", "k": "--k", "d": 
 
 def _train_settings(args) -> dict:
     """dataset, k, d, versions from --config and the explicit options (the library's rule)."""
-    from ..data.configs import training_settings
 
     chosen = training_settings(args.config, dataset=args.dataset, k=args.k, d=args.d, versions=args.versions,
                                seed_version=args.version, names=_OPTION_NAMES)
@@ -314,14 +310,10 @@ def _train_settings(args) -> dict:
 
 
 def _check_data_options(args, dataset: str) -> None:
-    from ..data.configs import check_data_options
-
     check_data_options(dataset, download=args.download, image_size=args.image_size, names=_OPTION_NAMES)
 
 
 def _require_training(command: str, dataset: str | None) -> None:
-    from ..training.train import require_training
-
     require_training(dataset, command)
 
 
@@ -332,7 +324,9 @@ _RECIPE_OPTIONS = ("model", "epochs", "batch_size", "lr", "weight_decay", "augme
 def _recipe_from_options(args, base):
     """``base()`` (a Recipe) with ``--recipe FILE.toml`` and the recipe options applied
     (:func:`runoff.training.recipe.recipe_with`), or None when none is given."""
-    from ..training.recipe import recipe_with  # (lazy: the recipe's model registry imports torch)
+    from ..training.recipe import (
+        recipe_with,  # (lazy: the recipe's model registry imports torch)
+    )
 
     return recipe_with(base, recipe_file=args.recipe, names={"model": "--model"}, model=args.model,
                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, augment=args.augment,

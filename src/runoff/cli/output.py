@@ -5,13 +5,18 @@ from __future__ import annotations
 import sys
 
 from ..errors import one_line
+from ..reporting.collective_table import (
+    COLLECTIVE_CAPTION,
+    CollectiveProgress,
+    collective_table,
+)
+from ..reporting.evaluation import add_collective
+from ..reporting.tables import accuracy_table, table_caption
 
 
 def _collective(ev, args, *, n_jobs=None) -> None:
     """Add --collective figures to ``ev``, with a progress line per budget while the MILPs run
     (on stderr with --json, to keep stdout JSON), then print their table (without --json)."""
-    from ..reporting.collective_table import CollectiveProgress
-    from ..reporting.evaluation import add_collective
 
     with CollectiveProgress(sys.stderr if args.json else sys.stdout) as progress:
         add_collective(ev, args.collective, time_limit=args.time_limit, n_jobs=n_jobs, progress=progress)
@@ -22,7 +27,6 @@ def _collective(ev, args, *, n_jobs=None) -> None:
 def _print_collective(summary: dict) -> None:
     from rich.console import Console
 
-    from ..reporting.collective_table import COLLECTIVE_CAPTION, collective_table
 
     console = Console()
     console.print(collective_table(summary))
@@ -32,7 +36,6 @@ def _print_collective(summary: dict) -> None:
 def _print_evaluation(summary: dict, title: str) -> None:
     from rich.console import Console
 
-    from ..reporting.tables import accuracy_table, table_caption
 
     console = Console()
     console.print(title, soft_wrap=True)

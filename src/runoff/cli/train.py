@@ -6,8 +6,12 @@ import contextlib
 import json
 import sys
 
+from ..demo import DEMO_DPA, DEMO_FA, describe_training, run_demo
 from ..plan.hashing import IMAGE_HASHES
-
+from ..reporting.tables import require_matplotlib
+from ..run.folder import RunFolder
+from ..training.train import train_dpa_star, train_run
+from ..training.update import run_recipe, update_run
 from .options import (
     _RECIPE_OPTIONS,
     _add_backend_options,
@@ -106,7 +110,7 @@ def _cmd_train(args) -> int:
 
 def _train_recipe(args, dataset: str):
     """The recipe the recipe options make of the data set's, or None when none is given."""
-    from ..training.trainer import recipe_for, with_epochs
+    from ..training.trainer import recipe_for, with_epochs  # (lazy: imports torch)
 
     recipe = _recipe_from_options(args, lambda: recipe_for(dataset))
     return recipe if recipe is None or args.epochs is None else with_epochs(recipe, args.epochs)
@@ -115,7 +119,7 @@ def _train_recipe(args, dataset: str):
 def _recipe_origin(args, dataset: str) -> str:
     """Where the recipe comes from, for the progress display's first line: the data set's,
     with the recipe options given, or with a hint on how to change it."""
-    from ..training.trainer import recipe_origin
+    from ..training.trainer import recipe_origin  # (lazy: imports torch)
 
     changed = [f"--recipe {args.recipe}"] if args.recipe is not None else []
     changed += [f"--{name.replace('_', '-')}" for name in _RECIPE_OPTIONS if getattr(args, name) is not None]
@@ -128,8 +132,6 @@ def _interrupted(out) -> None:
 
 
 def _train(args, cfg, common):
-    from ..training.train import train_dpa_star, train_run
-
     if cfg["versions"] is not None:
         return train_dpa_star(args.out, versions=cfg["versions"], **common)
     return train_run(args.out, d=cfg["d"], seed_version=args.version, **common)
@@ -166,7 +168,6 @@ def _add_update(sub) -> None:
 def _cmd_update(args) -> int:
     import time
 
-    from ..run.folder import RunFolder
 
     _at_least(args.k, "--k", 1)
     _at_least(args.d, "--d", 1)
@@ -179,7 +180,6 @@ def _cmd_update(args) -> int:
     recipe = _update_recipe(args)
     backend = _backend(args)
     t0 = time.perf_counter()
-    from ..training.update import update_run
 
     try:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
@@ -208,7 +208,6 @@ def _cmd_update(args) -> int:
 def _update_recipe(args):
     """The recipe the recipe options make of the run's own (None when none is given): an
     update refuses any that differs."""
-    from ..training.update import run_recipe
 
     return _recipe_from_options(args, lambda: run_recipe(args.run))
 
@@ -230,15 +229,12 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from ..reporting.tables import require_matplotlib
-
     _at_least(args.epochs, "--epochs", 1)
     _at_least(args.progress_interval, "--progress-interval", 0, "seconds", integer=False)
     _check_device(args.device)
     _require_training("runoff demo", "digits")
     require_matplotlib("runoff demo (its plot)")
     _check_out_folder(args.out)
-    from ..demo import DEMO_DPA, DEMO_FA, describe_training, run_demo
 
     try:
         ev, timings, training = run_demo(args.out, device=args.device, progress=not args.no_progress,

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..param_checks import check_choice
 from ..errors import InvalidParameterError
+from ..param_checks import check_choice
+from .download import DOWNLOADABLE
 
 __all__ = ["Config", "CONFIGS", "PAPER_RECIPES", "INIT_DESCRIPTIONS", "describe_recipe", "get_config",
            "training_settings", "check_data_options"]
@@ -320,7 +321,6 @@ def check_data_options(dataset: str, *, download: bool = False, image_size=None,
     ------
     InvalidParameterError
     """
-    from .download import DOWNLOADABLE
 
     n = {**_KEYWORDS, **(names or {})}
     if download and dataset not in DOWNLOADABLE:

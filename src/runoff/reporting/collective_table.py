@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from ..certificates.collective import certify_collective
 from ..console import clock, is_terminal
 
 __all__ = ["collective_summary", "collective_table", "collective_markdown", "COLLECTIVE_CAPTION",
@@ -48,7 +49,6 @@ def collective_summary(scores, labels, methods, budgets, *, d: int = 1, spread=N
         {B: fraction}, "upper": {B: points}, "lower": {B: points}, "optimal": {B: bool},
         "exact": bool, "chunked": bool}}}``.
     """
-    from ..certificates.collective import certify_collective
 
     out = {"budgets": [int(b) for b in budgets], "methods": {}}
     for method in methods:

@@ -18,9 +18,15 @@ from ..certificates import certified_accuracy
 from ..certificates.methods import REGISTRY
 from ..data.configs import CONFIGS, Config
 from ..errors import RunDirectoryError
+from ..plan.partition import PartitionPlan
 from ..run.folder import ACCURACY_PLOT, HISTOGRAM_PLOT, REPORT_JSON, REPORT_MD
 from ..run.health import describe as describe_health
 from .evaluation import check_budget_list, evaluate_run, make_folder
+from .tables import (
+    plot_certificate_histogram,
+    plot_certified_accuracy,
+    require_matplotlib,
+)
 
 __all__ = ["matching_config", "compare_runs", "run_labels", "markdown_comparison", "comparison_table",
            "comparison_legend", "collective_comparison_table", "health_lines"]
@@ -86,12 +92,6 @@ def compare_runs(run_dirs, *, out_dir=None, budgets=None, collective=None, time_
     MissingDependencyError
         ``out_dir`` given without matplotlib installed (checked before anything is written).
     """
-    from ..plan.partition import PartitionPlan
-    from .tables import (
-        plot_certificate_histogram,
-        plot_certified_accuracy,
-        require_matplotlib,
-    )
 
     runs = [Path(r) for r in run_dirs]
     if not runs:

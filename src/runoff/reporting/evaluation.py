@@ -20,11 +20,18 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..certificates import Certification, certify_ensemble
 from ..certificates.methods import check_methods, methods_for
-from ..param_checks import check_budgets, check_labels
 from ..errors import InvalidParameterError, RunDirectoryError
-from ..run.logits import save_certificates
-from ..run.folder import ACCURACY_PLOT, CERTIFICATES_FILE, REPORT_JSON, REPORT_MD
+from ..param_checks import check_budgets, check_labels
+from ..run.folder import (
+    ACCURACY_PLOT,
+    CERTIFICATES_FILE,
+    REPORT_JSON,
+    REPORT_MD,
+    RunFolder,
+)
+from ..run.health import RunHealth
 from ..run.health import describe as describe_health
+from ..run.logits import save_certificates
 from .collective_table import collective_markdown, collective_summary
 from .tables import (
     default_budgets,
@@ -176,12 +183,10 @@ def base_model_health(folder) -> dict | None:
     """A run's model health summary (:meth:`~runoff.run.health.RunHealth.summary`), or None
     when it was trained before runoff recorded it. A DPA* folder gathers its versions' figures,
     flags keyed ``"v2/17"``."""
-    from ..run.health import RunHealth
 
     health = RunHealth.read(folder)
     if health is not None:
         return health.summary()
-    from ..run.folder import RunFolder
 
     names = (folder.read_plan_json().get("training") or {}).get("version_dirs") or []
     parts = [(name, RunHealth.read(RunFolder(folder.path / name))) for name in names]
@@ -235,7 +240,6 @@ def evaluate_run(run_dir, *, methods=None, budgets=None, n_jobs: int | None = No
 
 def _evaluate_run_logits(run_dir: Path, *, methods, budgets, n_jobs) -> Evaluation:
     """The pointwise evaluation of a run's logits, with the run's facts in its summary."""
-    from ..run.folder import RunFolder
 
     folder = RunFolder(run_dir)
     folder.require_plan()
@@ -281,7 +285,6 @@ def write_run_report(run_dir, evaluation: Evaluation, *, out_dir=None) -> Path:
     OSError
         A file cannot be written (e.g. a read-only run folder).
     """
-    from ..run.folder import RunFolder
 
     s = evaluation.summary
     folder = RunFolder(run_dir)

@@ -45,11 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import lock as run_lock
 from ..atomic import atomic_write, atomic_write_text
 from ..certificates.methods import METHODS, methods_for
-from ..plan.partition import PLAN_FILE, PartitionPlan
 from ..errors import LogitsFileError, RunDirectoryError, RunUnfinishedError
+from ..plan.partition import PLAN_FILE, PartitionPlan
+from . import lock as run_lock
+from .logits import load_logits
 
 __all__ = [
     "RunFolder",
@@ -382,7 +383,6 @@ class RunFolder:
         LogitsFileError
             Missing or unreadable file, no labels, or inconsistent shapes.
         """
-        from .logits import load_logits
 
         self.check_whole()
         if not self.logits_path.is_file():
@@ -522,7 +522,6 @@ def _logits_with_sources(logits_path: Path, sources_path: Path):
     """``(scores, sources)`` when both files are there and readable, else None."""
     if not (logits_path.is_file() and sources_path.is_file()):
         return None
-    from .logits import load_logits
 
     try:
         sources = json.loads(sources_path.read_text())
