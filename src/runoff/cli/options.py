@@ -324,9 +324,7 @@ _RECIPE_OPTIONS = ("model", "epochs", "batch_size", "lr", "weight_decay", "augme
 def _recipe_from_options(args, base):
     """``base()`` (a Recipe) with ``--recipe FILE.toml`` and the recipe options applied
     (:func:`runoff.training.recipe.recipe_with`), or None when none is given."""
-    from ..training.recipe import (
-        recipe_with,  # (lazy: the recipe's model registry imports torch)
-    )
+    from ..training.recipe import recipe_with  # (lazy: the recipe's model registry imports torch)
 
     return recipe_with(base, recipe_file=args.recipe, names={"model": "--model"}, model=args.model,
                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, augment=args.augment,
