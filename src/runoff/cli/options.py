@@ -339,7 +339,7 @@ def _recipe_from_options(args, base):
         return None
     from dataclasses import replace
 
-    from ..training.trainer import load_recipe_file
+    from ..training.recipe import load_recipe_file
 
     _check_model_option(args.model)
     recipe = base()
