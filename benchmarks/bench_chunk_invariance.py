@@ -6,7 +6,7 @@ run and how many (test point, model) predictions differ. Chunks of other sizes r
 of other shapes and agree only to rounding, by amounts that depend on the CPU or GPU (on one
 AVX2 CPU they happened to match bit for bit, on an AVX-512 one they did not); the rerun with
 the same chunks must give identical bits. This is why runoff fixes the layout
-(``runoff.training.trainer.run_chunks``). Usage::
+(``runoff.training.layout.run_chunks``). Usage::
 
     python benchmarks/bench_chunk_invariance.py [--device cuda] [--k 12] [--epochs 5] [--chunks 12,6,4,3,2,1]
 """
@@ -21,7 +21,9 @@ import torch
 
 from runoff.data.datasets import load_dataset
 from runoff.plan.partition import make_plan
-from runoff.training.trainer import collect_logits, recipe_for, train_ensemble
+from runoff.training.inference import collect_logits
+from runoff.training.recipe import recipe_for
+from runoff.training.trainer import train_ensemble
 
 
 def main() -> None:

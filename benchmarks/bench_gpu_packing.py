@@ -27,7 +27,8 @@ def _worker(args, start, results):
     from bench_train import random_images
 
     from runoff.plan.partition import make_plan
-    from runoff.training.trainer import Recipe, train_ensemble
+    from runoff.training.recipe import Recipe
+    from runoff.training.trainer import train_ensemble
 
     data = random_images(args.models, args.batch, args.steps, args.size, args.channels)
     plan = make_plan(data, k=args.models)

@@ -21,7 +21,7 @@ import torch
 
 from runoff.reporting.evaluation import evaluate_run
 from runoff.training.train import train_run
-from runoff.training.trainer import recipe_for
+from runoff.training.recipe import recipe_for
 
 BUDGETS = (0, 3, 6, 9, 12, 14, 17, 20, 23)  # the demo table's rows
 RUNS = {"dpa": {"k": 50, "d": 1}, "fa": {"k": 50, "d": 4}}

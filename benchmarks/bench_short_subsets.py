@@ -24,7 +24,8 @@ import torch
 
 from runoff.data.datasets import Dataset
 from runoff.plan.partition import make_plan
-from runoff.training.trainer import recipe_for, train_ensemble
+from runoff.training.recipe import recipe_for
+from runoff.training.trainer import train_ensemble
 
 
 def main() -> None:

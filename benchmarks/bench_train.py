@@ -43,9 +43,13 @@ import torch
 import torch.nn.functional as F
 
 from runoff.data.datasets import Dataset, load_dataset
-from runoff.training.models import BatchedNet, architecture
+from runoff.training.batched_net import BatchedNet
+from runoff.training.models import architecture
 from runoff.plan.partition import make_plan
-from runoff.training.trainer import Recipe, draw_epoch, model_seed, recipe_for, train_ensemble
+from runoff.training.augment import draw_epoch
+from runoff.training.chunk import model_seed
+from runoff.training.recipe import Recipe, recipe_for
+from runoff.training.trainer import train_ensemble
 
 
 def _sync(device):
@@ -206,7 +210,10 @@ def bench_config(name, device, *, precision="fp32", compile=False, chunk_size=No
     and of the last, shorter one) compiles the shapes timed after it; ``warmup_s`` says how
     long that took, and the projection leaves compilation out."""
     from runoff.data.configs import get_config
-    from runoff.training.trainer import TrainingSet, chunk_logits, chunk_steps, run_chunks, trained_chunks
+    from runoff.training.inference import chunk_logits
+    from runoff.training.layout import run_chunks
+    from runoff.training.trainer import TrainingSet, trained_chunks
+    from runoff.training.work import chunk_steps
 
     cfg = get_config(name)
     n_train, n_test = SIZES[cfg.dataset]

@@ -21,7 +21,9 @@ import numpy as np
 def _chunk_in_own_process(run_dir, ids, device, queue):
     from runoff.data.datasets import load_dataset
     from runoff.plan.partition import PartitionPlan
-    from runoff.training.trainer import Recipe, chunk_logits, train_chunk
+    from runoff.training.inference import chunk_logits
+    from runoff.training.recipe import Recipe
+    from runoff.training.trainer import train_chunk
 
     plan = PartitionPlan.load(run_dir)
     train, test = load_dataset("digits")
@@ -42,7 +44,8 @@ def main() -> None:
 
     from runoff.training.checkpoints import chunk_layout
     from runoff.training.train import train_run
-    from runoff.training.trainer import default_chunk_size, recipe_for
+    from runoff.training.layout import default_chunk_size
+    from runoff.training.recipe import recipe_for
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "local"

@@ -18,9 +18,10 @@ from runoff.cli import main
 from runoff.data.datasets import load_dataset
 from runoff.plan.partition import make_plan
 from runoff.errors import CompileFallbackWarning, InvalidParameterError, RunDirectoryError
-from runoff.training import compiling
+from runoff.training import chunk, compiling
+from runoff.training.recipe import Recipe, recipe_for
 from runoff.training.train import train_run
-from runoff.training.trainer import Recipe, recipe_for, train_chunk, train_ensemble
+from runoff.training.trainer import train_chunk, train_ensemble
 
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet", augment="crop",
               crop_padding=1)
@@ -178,7 +179,7 @@ def test_the_cli_says_a_fallback_in_one_line(tmp_path, monkeypatch, capsys):
 
 def test_compiled_test_logits_are_the_loaded_ensembles_and_close_to_eager(tmp_path, digits):
     from runoff.training.ensemble import Ensemble
-    from runoff.training.trainer import model_logits
+    from runoff.training.inference import model_logits
 
     _, test = digits
     run = train_run(tmp_path / "r", dataset="digits", k=3, recipe=replace(recipe_for("digits", epochs=1), compile=True),
@@ -211,7 +212,7 @@ def test_a_factory_that_cannot_compile_warns_once_and_trains_as_eager(digits, mo
         got = train_ensemble(plan, train, recipe=recipe, chunks=[[0, 1], [2]], progress=False)
     said = [str(w.message) for w in seen if w.category is CompileFallbackWarning]
     assert len(said) == 1 and said[0].startswith("torch.compile failed for the forward pass")
-    monkeypatch.setattr(T, "step_fn", lambda fn, **kw: fn)  # the same step, eager: the same bits
+    monkeypatch.setattr(chunk, "step_fn", lambda fn, **kw: fn)  # the same step, eager: the same bits
     same = train_ensemble(plan, train, recipe=recipe, chunks=[[0, 1], [2]], progress=False)
     eager = train_ensemble(plan, train, recipe=replace(recipe, compile=False), chunks=[[0, 1], [2]], progress=False)
     for (_, a), (_, b), (_, c) in zip(got, same, eager):

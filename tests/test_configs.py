@@ -125,7 +125,7 @@ def test_configs_json_gives_each_recipe(capsys):
 @pytest.mark.parametrize("dataset", sorted(PAPER_RECIPES))
 def test_trainer_recipes_are_the_published_ones(dataset):
     pytest.importorskip("torch")
-    from runoff.training.trainer import recipe_for
+    from runoff.training.recipe import recipe_for
 
     recipe = recipe_for(dataset)
     assert recipe.to_dict() == {**PAPER_RECIPES[dataset], "milestones": [61, 121, 161]}

@@ -23,7 +23,10 @@ from runoff.training.checkpoints import existing_ranges, load_checkpoint
 from runoff.training.ensemble import Ensemble
 from runoff.training.factories import factory_name, is_factory_name, resolve_factory
 from runoff.training.train import train_run
-from runoff.training.trainer import Recipe, TrainingSet, draw_epoch, model_seed, train_chunk
+from runoff.training.augment import draw_epoch
+from runoff.training.chunk import model_seed
+from runoff.training.recipe import Recipe
+from runoff.training.trainer import TrainingSet, train_chunk
 from runoff.training.update import update_run
 
 K = 6

@@ -137,7 +137,7 @@ def test_bad_run_folders(dpa_run, tmp_path):
 def test_unfinished_run_is_refused(dpa_run, tmp_path):
     run = tmp_path / "unfinished"
     shutil.copytree(dpa_run, run)
-    from runoff.training.trainer import load_checkpoint, save_checkpoint
+    from runoff.training.checkpoints import load_checkpoint, save_checkpoint
 
     for ck in (run / "checkpoints").glob("*.pt"):
         obj = load_checkpoint(ck)

@@ -143,7 +143,7 @@ def test_fashion_mnist_reads_its_own_folder(tmp_path):
     np.testing.assert_array_equal(test.labels, data["t10k"][1])
     with pytest.raises(DataFileError, match=r"(?s)^Fashion-MNIST not found: .*/elsewhere/FashionMNIST/raw/train-images-idx3-ubyte"):
         load_dataset("fashion-mnist", root=tmp_path / "elsewhere")
-    from runoff.training.trainer import recipe_for
+    from runoff.training.recipe import recipe_for
 
     assert recipe_for("fashion-mnist") == recipe_for("mnist")  # same kind of images, MNIST's recipe
 
@@ -410,7 +410,7 @@ def test_dataset_pixel_sums_validation():
 def test_train_run_cifar10_tiny(tmp_path):
     pytest.importorskip("torch")
     from runoff.training.train import train_run
-    from runoff.training.trainer import Recipe
+    from runoff.training.recipe import Recipe
 
     write_cifar(tmp_path / "data", per_batch=4)
     recipe = Recipe(model="small", epochs=1, batch_size=4, lr=0.05, milestones=(), augment="crop-flip")

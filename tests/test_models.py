@@ -5,13 +5,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runoff.errors import InvalidParameterError  # noqa: E402
-from runoff.training.models import (  # noqa: E402
-    BatchedNet,
-    activation_floats,
-    architecture,
-    build_model,
-    parameter_count,
-)
+from runoff.training.batched_net import BatchedNet  # noqa: E402
+from runoff.training.models import activation_floats, architecture, build_model, parameter_count  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -264,7 +259,7 @@ def test_resnet18_rotnet_rule_reaches_every_convolution():
 
 
 def _old_activation_floats(spec, h, w):
-    # runoff.training.trainer.default_chunk_size's estimate before residual layers existed
+    # runoff.training.layout.default_chunk_size's estimate before residual layers existed
     per_sample = 0
     for layer in spec:
         if layer[0] == "conv":

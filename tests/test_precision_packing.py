@@ -15,9 +15,10 @@ from runoff.cli import main
 from runoff.data.datasets import load_dataset
 from runoff.plan.partition import make_plan
 from runoff.errors import InvalidParameterError
-from runoff.training import models
+from runoff.training import batched_net, models
 from runoff.training.train import train_run
-from runoff.training.trainer import Recipe, recipe_for, train_ensemble
+from runoff.training.recipe import Recipe, recipe_for
+from runoff.training.trainer import train_ensemble
 
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet")
 
@@ -33,14 +34,14 @@ def test_a_one_model_chunk_computes_its_real_rows_only(digits, monkeypatch):
     sizes = [len(s) for s in plan.subsets[:3]]
     assert all(n % TINY.batch_size for n in sizes)  # every epoch ends in a short batch
     seen = []
-    real_forward = models.BatchedNet.forward
+    real_forward = batched_net.BatchedNet.forward
 
     def forward(self, x, mask=None):
         if self.training:
             seen.append((self.n_models, x.shape[0], int(mask.sum())))
         return real_forward(self, x, mask)
 
-    monkeypatch.setattr(models.BatchedNet, "forward", forward)
+    monkeypatch.setattr(batched_net.BatchedNet, "forward", forward)
     train_ensemble(plan, train, recipe=TINY, chunks=[[0], [1, 2]], progress=False)
     alone = [(rows, real) for e, rows, real in seen if e == 1]
     shared = [(rows, real) for e, rows, real in seen if e == 2]
@@ -126,7 +127,7 @@ def test_the_chunk_size_estimate_bounds_the_saved_activations_in_either_precisio
     must bound what a training step keeps for the backward pass in both precisions."""
     spec = models.architecture(name, in_channels=channels, n_classes=10, image_size=(size, size))
     e, b = 2, 8
-    net = models.BatchedNet(spec, e).init_([torch.Generator().manual_seed(i) for i in range(e)], rule="pytorch")
+    net = batched_net.BatchedNet(spec, e).init_([torch.Generator().manual_seed(i) for i in range(e)], rule="pytorch")
     net.train()
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     saved = {}

@@ -20,11 +20,12 @@ from test_cli_errors import one_error_line  # noqa: E402
 from runoff import TrainingDivergedError  # noqa: E402
 from runoff.cli import main  # noqa: E402
 from runoff.run.folder import RunFolder  # noqa: E402
-from runoff.training import trainer  # noqa: E402
+from runoff.training import trainer, work  # noqa: E402
+from runoff.training.chunk import Chunk  # noqa: E402
 from runoff.run.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
 from runoff.training.progress import ChunkWork, TrainingProgress  # noqa: E402
+from runoff.training.recipe import Recipe, recipe_origin  # noqa: E402
 from runoff.training.train import train_run  # noqa: E402
-from runoff.training.trainer import Recipe  # noqa: E402
 
 STATUS = re.compile(r"^\d+/\d+ models, \d+/\d+ steps \(\d+%\)(, [\d,]+ samples/s)?, elapsed \d+:\d\d:\d\d"
                     r"(, ETA \d+:\d\d:\d\d)?$")
@@ -163,7 +164,7 @@ def _progress_lines(capsys) -> list[str]:
 
 def test_a_rerun_of_a_finished_run_says_nothing_is_to_train(tmp_path, capsys):
     res = train_run(tmp_path / "run", k=6, recipe=RECIPE, chunk_size=2, progress_interval=3600)
-    steps = sum(trainer.chunk_steps(res.plan, ids, RECIPE) for ids in ([0, 1], [2, 3], [4, 5]))
+    steps = sum(work.chunk_steps(res.plan, ids, RECIPE) for ids in ([0, 1], [2, 3], [4, 5]))
     first = _progress_lines(capsys)
     assert first[0] == f"training 6 models (small, 2 epochs: the recipe given), {steps} steps"
     assert [line.split(" finished")[0] for line in first if " finished (" in line] == [
@@ -189,7 +190,7 @@ def test_a_resumed_run_says_what_it_restored_and_counts_only_what_it_trains(tmp_
     monkeypatch.setattr(trainer, "save_checkpoint", original)
     capsys.readouterr()
     res = train_run(tmp_path / "run", **opts)
-    steps = [trainer.chunk_steps(res.plan, ids, RECIPE) for ids in ([0, 1], [2, 3], [4, 5])]
+    steps = [work.chunk_steps(res.plan, ids, RECIPE) for ids in ([0, 1], [2, 3], [4, 5])]
     lines = _progress_lines(capsys)
     assert lines[:3] == [
         f"training 4 models (small, 2 epochs: the recipe given), {steps[1] + steps[2]} steps",
@@ -222,7 +223,7 @@ def test_models_with_empty_subsets_are_not_numbered_as_training_chunks(tmp_path,
 
 
 def test_the_first_line_says_where_the_recipe_came_from():
-    origin = trainer.recipe_origin
+    origin = recipe_origin
     assert origin("digits") == "runoff's recipe for digits"
     assert origin("cifar10", changed=["--epochs"]) == "the published recipe for cifar10, with --epochs"
     assert origin("fashion-mnist") == "the published MNIST recipe"
@@ -252,14 +253,14 @@ def test_peek_checkpoint_reads_the_fields_without_the_tensors(tmp_path):
 # ---------------------------------------------------------------------------- model health
 def _after_chunk_init(monkeypatch, change):
     """Run ``change(chunk)`` on every chunk right after its models are built."""
-    original = trainer._Chunk.__init__
+    original = Chunk.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         with torch.no_grad():
             change(self)
 
-    monkeypatch.setattr(trainer._Chunk, "__init__", init)
+    monkeypatch.setattr(Chunk, "__init__", init)
 
 
 def _poison_model(model: int):

@@ -13,7 +13,7 @@ cross-entropy; after the steps of 0-based epochs 60, 120 and 160 it multiplies t
 ``torch.optim.SGD``, in float64, on tiny MNIST-, CIFAR-10- and GTSRB-shaped sets, for a few
 epochs across two rate drops. Randomness is fixed for both sides: the reference builds its
 network right after ``torch.manual_seed(seed)`` (as the scripts do) and then takes each epoch's
-visiting order, crop offsets and flips from runoff's :func:`runoff.training.trainer.draw_epoch` on the
+visiting order, crop offsets and flips from runoff's :func:`runoff.training.augment.draw_epoch` on the
 stream that construction leaves, which is where runoff's own generator stands after it drew
 the initial weights. The scripts' 200-epoch schedule itself is checked in ``test_configs.py``.
 """
@@ -30,13 +30,10 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
 from runoff.plan.partition import make_plan  # noqa: E402
 from runoff.errors import RunDirectoryError  # noqa: E402
-from runoff.training.trainer import (  # noqa: E402
-    Recipe,
-    draw_epoch,
-    model_seed,
-    recipe_for,
-    train_ensemble,
-)
+from runoff.training.augment import draw_epoch  # noqa: E402
+from runoff.training.chunk import model_seed  # noqa: E402
+from runoff.training.recipe import Recipe, recipe_for  # noqa: E402
+from runoff.training.trainer import train_ensemble  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -245,7 +242,7 @@ def test_a_finished_run_made_before_still_loads_and_predicts(tmp_path):
     # Its plan.json has no std_rule and its recipe no init; the checkpoints are tied to that
     # JSON, which loading must reproduce: the run predicts exactly as it was trained.
     from runoff.training.ensemble import Ensemble
-    from runoff.training.trainer import collect_logits
+    from runoff.training.inference import collect_logits
 
     train, test = load_dataset("digits")
     old = _old_recipe(Recipe(model="small", epochs=2, batch_size=32, lr=0.1, milestones=(1,), init="rotnet"))

@@ -12,7 +12,7 @@ from test_cli_errors import one_error_line  # noqa: E402
 
 from runoff.cli import main  # noqa: E402
 from runoff.errors import InvalidParameterError  # noqa: E402
-from runoff.training.trainer import Recipe, load_recipe_file, recipe_for, with_epochs  # noqa: E402
+from runoff.training.recipe import Recipe, load_recipe_file, recipe_for, with_epochs  # noqa: E402
 
 
 def _recorded(run) -> dict:

@@ -308,7 +308,8 @@ def test_bad_calls():
 def test_both_model_stacks_provide_the_protocol_the_trainer_uses():
     import torch
 
-    from runoff.training.models import BatchedNet, architecture
+    from runoff.training.batched_net import BatchedNet
+    from runoff.training.models import architecture
     from runoff.training.stack import ModelStack
     from runoff.training.stacked import StackedModule
 

@@ -17,17 +17,14 @@ from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
 from runoff.plan.hashing import hash_samples
 from runoff.plan.partition import make_plan  # noqa: E402
 from runoff.errors import CheckpointError, InvalidParameterError  # noqa: E402
-from runoff.training.models import BatchedNet, architecture  # noqa: E402
-from runoff.training.trainer import (  # noqa: E402
-    Recipe,
-    augment_batch,
-    collect_logits,
-    draw_epoch,
-    load_checkpoint,
-    model_seed,
-    save_checkpoint,
-    train_ensemble,
-)
+from runoff.training.augment import augment_batch, draw_epoch  # noqa: E402
+from runoff.training.batched_net import BatchedNet  # noqa: E402
+from runoff.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from runoff.training.chunk import model_seed  # noqa: E402
+from runoff.training.inference import collect_logits  # noqa: E402
+from runoff.training.models import architecture  # noqa: E402
+from runoff.training.recipe import Recipe  # noqa: E402
+from runoff.training.trainer import train_ensemble  # noqa: E402
 
 # One thread: tiny workloads run as fast, and timings do not collapse when other processes
 # share the cores (OpenMP threads spin-wait under oversubscription).
@@ -156,13 +153,8 @@ def test_same_layout_gives_the_same_bits(digits):
 
 
 def test_default_layout_depends_on_plan_recipe_and_device_type_only():
-    from runoff.training.trainer import (
-        CPU_CHUNK_CAP,
-        CUDA_CHUNK_CAP,
-        default_chunk_size,
-        recipe_for,
-        run_chunks,
-    )
+    from runoff.training.layout import CPU_CHUNK_CAP, CUDA_CHUNK_CAP, default_chunk_size, run_chunks
+    from runoff.training.recipe import recipe_for
 
     train, _ = load_dataset("digits")
     rec = recipe_for("digits")
@@ -238,7 +230,7 @@ def test_batched_equals_sequential(digits, dtype, tol):
 def test_digits_recipe_is_runoffs_own_and_unchanged():
     # The demo's recipe is not the paper's: a small CNN from RotNet's initialisation, lower
     # rates from epochs 30 and 45; it stays as it was.
-    from runoff.training.trainer import recipe_for
+    from runoff.training.recipe import recipe_for
 
     assert recipe_for("digits").to_dict() == {
         "model": "small", "epochs": 60, "batch_size": 16, "lr": 0.1, "momentum": 0.9, "nesterov": True,
@@ -310,6 +302,7 @@ RESUME_SCRIPT = textwrap.dedent(
     import sys, time, torch
     torch.set_num_threads(int(sys.argv[2]))
     import runoff.training.trainer as T
+    from runoff.training.recipe import Recipe
     from runoff.training.train import train_run
 
     save = T.save_checkpoint
@@ -321,7 +314,7 @@ RESUME_SCRIPT = textwrap.dedent(
             time.sleep(600)
 
     T.save_checkpoint = save_then_stall
-    recipe = T.Recipe(model="small", epochs=int(sys.argv[3]), batch_size=16, lr=0.05, milestones=(3,),
+    recipe = Recipe(model="small", epochs=int(sys.argv[3]), batch_size=16, lr=0.05, milestones=(3,),
                       augment="crop", crop_padding=1)
     train_run(sys.argv[1], dataset="digits", k=20, recipe=recipe, progress=False, checkpoint_min_interval=0)
     """
@@ -330,7 +323,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
     from runoff.training.train import train_run
-    from runoff.training.trainer import Recipe
+    from runoff.training.recipe import Recipe
 
     epochs = 5
     threads = torch.get_num_threads()

@@ -21,9 +21,10 @@ from runoff.plan.hashing import content_order
 from runoff.plan.partition import make_plan
 from runoff.errors import InvalidParameterError, RunDirectoryError
 from runoff.run.folder import RunFolder
-from runoff.training import trainer
+from runoff.training import trainer, work
 from runoff.training.checkpoints import existing_ranges, load_checkpoint, plan_key, save_checkpoint
 from runoff.training.ensemble import Ensemble
+from runoff.training.recipe import Recipe
 from runoff.training.train import train_dpa_star, train_run
 from runoff.training.update import update_run
 
@@ -117,7 +118,7 @@ def test_update_equals_training_from_scratch_and_keeps_untouched_files(tmp_path,
 def _only_the_retrained_chunks_are_shown(lines, res) -> None:
     """An update's progress counts and numbers the chunks it retrains, not those it keeps."""
     chunks = [res.retrained[i:i + CHUNK] for i in range(0, len(res.retrained), CHUNK)]
-    steps = sum(trainer.chunk_steps(res.plan, ids, trainer.Recipe.from_dict(res.plan.training["recipe"]))
+    steps = sum(work.chunk_steps(res.plan, ids, Recipe.from_dict(res.plan.training["recipe"]))
                 for ids in chunks)
     assert lines[:2] == [f"update: training {len(res.retrained)} models (nin, {EPOCHS} epochs: the run's recipe), "
                          f"{steps} steps",

@@ -12,7 +12,7 @@ from test_update import CHUNK, K, OPTS, interrupt_update, write_npz
 
 from runoff.data.datasets import load_dataset
 from runoff.run.folder import RunFolder
-from runoff.training import trainer
+from runoff.training import inference
 from runoff.training.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from runoff.training.ensemble import Ensemble
 from runoff.training.logit_sources import SOURCES_FORMAT, digest_of_test_set
@@ -38,13 +38,13 @@ def one_edit(digits, i=10):
 def computed(monkeypatch):
     """The model ids whose test logits chunk_logits computes, call by call."""
     seen = []
-    real = trainer.chunk_logits
+    real = inference.chunk_logits
 
     def spy(net, ids, *args, **kwargs):
         seen.append(list(ids))
         return real(net, ids, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "chunk_logits", spy)
+    monkeypatch.setattr(inference, "chunk_logits", spy)
     return seen
 
 

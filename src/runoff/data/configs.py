@@ -10,7 +10,7 @@ so that runs can be compared with them. Names:
   are summed (``dpa``, ``dpa-roe`` on the merged logits).
 
 Training follows the published training scripts of the data set (:data:`PAPER_RECIPES`, the
-recipes :func:`runoff.training.trainer.recipe_for` gives; :func:`describe_recipe` says what they do).
+recipes :func:`runoff.training.recipe.recipe_for` gives; :func:`describe_recipe` says what they do).
 This module does not import PyTorch.
 """
 
@@ -37,7 +37,7 @@ _NIN = {"model": "nin", "init": "pytorch", "epochs": 200, "batch_size": 128, "lr
         "nesterov": True, "weight_decay": 5e-4, "milestones": (61, 121, 161), "gamma": 0.2, "crop_padding": 4}
 
 #: The published training recipe of each data set, as the fields of a
-#: :class:`runoff.training.trainer.Recipe`: MNIST ``RandomCrop(28, padding=4)``; CIFAR-10
+#: :class:`runoff.training.recipe.Recipe`: MNIST ``RandomCrop(28, padding=4)``; CIFAR-10
 #: ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip()``; GTSRB (after the 48x48 resize,
 #: which runoff's loader does) ``RandomCrop(48, padding=4)``; the rest as ``_NIN`` above.
 PAPER_RECIPES: dict[str, dict] = {
@@ -46,7 +46,7 @@ PAPER_RECIPES: dict[str, dict] = {
     "gtsrb": {**_NIN, "augment": "crop"},
 }
 
-#: What each initialisation rule of :meth:`runoff.training.models.BatchedNet.init_` draws.
+#: What each initialisation rule of :meth:`runoff.training.batched_net.BatchedNet.init_` draws.
 INIT_DESCRIPTIONS = {
     "pytorch": "PyTorch's defaults, as the published scripts (their NiN never calls its weight_initialization()): "
                "convolution and linear weights kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "
@@ -78,7 +78,7 @@ def describe_recipe(recipe: dict, image_shape=None) -> dict:
     Parameters
     ----------
     recipe : dict
-        The fields of a :class:`runoff.training.trainer.Recipe` (``Recipe.to_dict()``, an entry of
+        The fields of a :class:`runoff.training.recipe.Recipe` (``Recipe.to_dict()``, an entry of
         :data:`PAPER_RECIPES`, or ``plan.json``'s ``training.recipe``).
     image_shape : tuple (H, W, C), optional
         Gives the crop size in the augmentation's description.

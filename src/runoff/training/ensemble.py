@@ -3,7 +3,7 @@
 :class:`Ensemble` reads a finished run folder (``plan.json`` and the final checkpoints under
 ``checkpoints/``, as written by ``runoff train`` / :func:`runoff.training.train.train_run`) and
 evaluates every base model on new images through the same code path that computed the run's
-test logits (:func:`runoff.training.trainer.model_logits`): ``images / 255``, normalised with each
+test logits (:func:`runoff.training.inference.model_logits`): ``images / 255``, normalised with each
 model's own subset's per-channel mean and std, BatchNorm in evaluation mode. Predictions and
 certificates come from :func:`runoff.certify` with the run's ``d`` and ``spread``, so for the
 test images they are exactly those of the run's ``certificates.npz``. A DPA* run (seed
@@ -117,7 +117,7 @@ class Ensemble:
         InvalidParameterError
             Unknown device, or CUDA asked for without CUDA.
         """
-        from .trainer import resolve_device
+        from .device import resolve_device
 
         dev = resolve_device(device)
         run_dir = Path(run_dir)
@@ -274,14 +274,14 @@ class Ensemble:
         x : array-like of uint8, shape (N, H, W, C) (or (N, H, W) for one channel)
         batch_size : int, optional
             Points per forward pass; the default is what the run's test logits were computed
-            with (:data:`runoff.training.trainer.TEST_BATCH`: 256 on a CPU, 1024 on CUDA).
+            with (:data:`runoff.training.inference.TEST_BATCH`: 256 on a CPU, 1024 on CUDA).
 
         Returns
         -------
         numpy.ndarray of float32, shape (N, n_models, n_classes)
             For a DPA* run, each base model's logits summed over the seed versions.
         """
-        from .trainer import model_logits
+        from .inference import model_logits
 
         images = self.check_images(x)
         per_version = [model_logits(models, plan, images, device=self.device, batch_size=batch_size)
@@ -327,7 +327,8 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
     from ..run.folder import CHECKPOINT_DIR
     from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
-    from .trainer import Recipe, _Chunk
+    from .chunk import Chunk
+    from .recipe import Recipe
 
     training = plan.training or {}
     try:
@@ -362,7 +363,7 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
             raise RunDirectoryError(f"{run_dir}: {RunFolder(run_dir).subsets_path.name} is missing, and checkpoint "
                                     f"{path.name} can only be checked against it; rerun `runoff train` into "
                                     f"{run_dir} with its data to write it")
-        chunk = _Chunk(plan, ids, recipe, seed_version, dev)
+        chunk = Chunk(plan, ids, recipe, seed_version, dev)
         chunk.restore(obj, path, plan_key=key,
                       chunk_key=None if fingerprints is None else chunk_key(plan, ids, fingerprints))
         if chunk.epoch < recipe.epochs:
@@ -375,6 +376,12 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
             f"{run_dir}: training is not finished ({', '.join(unfinished)}); "
             "resume it by running the same `runoff train` command"
         )
+    _check_coverage(run_dir, covered)
+    return models
+
+
+def _check_coverage(run_dir: Path, covered: np.ndarray) -> None:
+    """Every model in exactly one checkpoint (``covered``: checkpoints holding each model)."""
     if (covered != 1).any():
         missing = np.flatnonzero(covered == 0).tolist()
         twice = np.flatnonzero(covered > 1).tolist()
@@ -383,8 +390,7 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
             what.append(f"no checkpoint holds models {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
         if twice:
             what.append(f"models {twice[:10]} are in several checkpoints")
-        raise RunDirectoryError(f"{run_dir}: {'; '.join(what)} (of {plan.n_models} models)")
-    return models
+        raise RunDirectoryError(f"{run_dir}: {'; '.join(what)} (of {len(covered)} models)")
 
 
 def _partition_fields(plan: PartitionPlan) -> dict:

@@ -101,11 +101,11 @@ def chunk_test_logits(res, plan, images, *, earlier, checkpoint_dir, epochs: int
     ``res``: the chunk's :class:`~runoff.training.trainer.ChunkResult`; ``earlier``: its
     entry of :attr:`~runoff.training.backends.TrainingJob.earlier_logits` (or None). The
     earlier logits when :func:`kept_logits` allows them, else
-    :func:`~runoff.training.trainer.chunk_logits` of its module. Both backends call this.
+    :func:`~runoff.training.inference.chunk_logits` of its module. Both backends call this.
     """
     logits = kept_logits(earlier, checkpoint_dir, res.ids, start_epoch=res.start_epoch, epochs=epochs)
     if logits is not None:
         return logits, True
-    from .trainer import chunk_logits
+    from .inference import chunk_logits
 
     return chunk_logits(res.net, res.ids, plan, images, device=device), False

@@ -1,7 +1,7 @@
 """One progress display for training, whichever backend runs it.
 
 A :class:`TrainingProgress` is given what a call has to do, chunk by chunk
-(:class:`ChunkWork`, from :func:`runoff.training.trainer.training_work`), and shows only what
+(:class:`ChunkWork`, from :func:`runoff.training.work.training_work`), and shows only what
 the call trains: the steps and models of the chunks it trains, numbered among themselves.
 Chunks whose checkpoints were finished before the call (a rerun, the unchanged chunks of
 ``runoff update``) and chunks of models with empty subsets (no step to take) are named once

@@ -56,7 +56,7 @@ class Recipe:
         ``"crop-flip"``) a horizontal flip with probability 1/2.
     crop_padding : int
     init : {"pytorch", "rotnet"}, default "pytorch"
-        Initialisation rule (:meth:`runoff.training.models.BatchedNet.init_`): PyTorch's defaults,
+        Initialisation rule (:meth:`runoff.training.batched_net.BatchedNet.init_`): PyTorch's defaults,
         which the published scripts train from, or RotNet's rule (the ``digits`` recipe's).
     precision : {"fp32", "bf16"}, default "fp32"
         ``"bf16"``: forward passes under ``torch.autocast`` to bfloat16 (convolutions and

@@ -1,7 +1,7 @@
 """What the trainer needs of a chunk's module: the ``ModelStack`` protocol.
 
 A chunk of base models trains as one module holding every model's parameters along a leading
-model axis. Two classes provide it: :class:`~runoff.training.models.BatchedNet` (the registry's
+model axis. Two classes provide it: :class:`~runoff.training.batched_net.BatchedNet` (the registry's
 architectures, batched by hand) and :class:`~runoff.training.stacked.StackedModule` (any
 ``torch.nn.Module`` from a factory, stacked with ``torch.func``). The trainer, checkpoints and
 :class:`~runoff.training.ensemble.Ensemble` use only what this protocol names, besides the

@@ -1,6 +1,6 @@
 """E copies of any ``torch.nn.Module`` architecture, trained side by side as one module.
 
-:class:`StackedModule` is what :class:`runoff.training.models.BatchedNet` is for runoff's own
+:class:`StackedModule` is what :class:`runoff.training.batched_net.BatchedNet` is for runoff's own
 layer specs, for a module a user writes: a ``factory(in_shape, n_classes) -> nn.Module`` with
 ``in_shape = (C, H, W)`` is called once per model, and every parameter and buffer of the E
 modules is kept stacked, with the model index as its first dimension (model ``e`` is
@@ -46,17 +46,18 @@ factory's module is ignored) and must take part in ``forward``, which the constr
 
 How it plugs into the trainer
 -----------------------------
-It has the interface of ``BatchedNet`` that :mod:`runoff.training.trainer` uses, so ``_Chunk``
-only changes in how it builds the module::
+It has the interface of ``BatchedNet`` that :mod:`runoff.training.trainer` uses, so
+:class:`~runoff.training.chunk.Chunk` only changes in how it builds the module
+(:func:`~runoff.training.chunk.chunk_module`)::
 
     net = StackedModule(factory, len(ids), in_shape=(C, H, W), n_classes=plan.n_classes)
     self.net = net.init_(self.generators, rule=recipe.init).to(device)
 
 after which ``net.weights`` are the parameters that ``_train_epoch`` differentiates
-(``torch.autograd.grad(loss, net.weights)``) and ``_sgd_step`` updates per model,
-``net(x, mask)`` is the training forward pass, ``net(x)`` in eval mode the one of
-``chunk_logits``, ``state_dict``/``load_state_dict`` the checkpoint, and
-``model_state``/``extract`` a single model. Points to mind when wiring it in:
+(``torch.autograd.grad(loss, net.weights)``) and :func:`~runoff.training.optim.sgd_step`
+updates per model, ``net(x, mask)`` is the training forward pass, ``net(x)`` in eval mode the
+one of :func:`~runoff.training.inference.chunk_logits`, ``state_dict``/``load_state_dict`` the
+checkpoint, and ``model_state``/``extract`` a single model. Points to mind when wiring it in:
 
 * :meth:`StackedModule.init_` does not draw from the model generators (model ``e`` is the
   factory's module built after ``torch.manual_seed(generators[e].initial_seed())``), so the

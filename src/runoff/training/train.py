@@ -2,7 +2,7 @@
 
 :func:`train_run` checks every option, loads the data set, builds the partition plan, checks
 the run folder (:class:`~runoff.run.folder.RunFolder`: new, or holding this very plan) and
-only then writes; it cuts the models into chunks (:func:`runoff.training.trainer.run_chunks`)
+only then writes; it cuts the models into chunks (:func:`runoff.training.layout.run_chunks`)
 and hands them to a backend (:mod:`runoff.training.backends`), which returns each chunk's
 test logits. A folder holding anything else is never touched.
 """
@@ -112,14 +112,14 @@ def train_run(
         Show progress: a rich bar on a terminal; plain lines (at most one every
         ``progress_interval`` seconds, and one per finished chunk) in a log or pipe.
     chunk_size : int, optional
-        Most models per chunk (default: :func:`runoff.training.trainer.default_chunk_size`,
+        Most models per chunk (default: :func:`runoff.training.layout.default_chunk_size`,
         from the plan, recipe and device type only).
     data_root : path-like, optional
         Data folder of data sets that need one.
     spread : sequence of int, optional
         FA shifts (default: the reference spread).
-    recipe : runoff.training.trainer.Recipe, optional
-        Training recipe (default: the data set's, see :data:`runoff.training.trainer.RECIPES`).
+    recipe : runoff.training.recipe.Recipe, optional
+        Training recipe (default: the data set's, see :data:`runoff.training.recipe.RECIPES`).
     checkpoint_every : int, default 1
         Epochs between checkpoints.
     checkpoint_min_interval : float, default 10.0
@@ -128,7 +128,7 @@ def train_run(
         ``"local"``: this process trains the chunks one after another. ``"ray"`` (a local
         Ray instance) or a :class:`~runoff.training.backends.ray.RayBackend` (cluster
         address, workers, resources per task, retries): every chunk is a Ray task. Both
-        train the same chunks (:func:`runoff.training.trainer.run_chunks`) and give the same
+        train the same chunks (:func:`runoff.training.layout.run_chunks`) and give the same
         logits; a run folder started by one can be resumed by the other.
     label : str, optional
         Name shown on the progress bar (e.g. "DPA"), for callers that train several runs.
@@ -155,7 +155,7 @@ def train_run(
         (:mod:`runoff.training.factories`).
     recipe_origin : str, optional
         Where the recipe came from, for the progress display's first line (default: said from
-        ``recipe``, ``epochs`` and ``model``: :func:`runoff.training.trainer.recipe_origin`).
+        ``recipe``, ``epochs`` and ``model``: :func:`runoff.training.recipe.recipe_origin`).
 
     Returns
     -------
@@ -237,7 +237,7 @@ class ModelsDone:
 
 def _recipe_origin(dataset, *, recipe, epochs, model) -> str:
     """Where ``train_run``'s recipe comes from, said from its arguments (the progress display's)."""
-    from .trainer import recipe_origin
+    from .recipe import recipe_origin
 
     changed = [] if epochs is None else [f"epochs={epochs}"]
     if model is not None:
@@ -318,7 +318,8 @@ def _summarize(trained: TrainedChunks, backend: Backend, plan, recipe, *, second
 def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint_min_interval, on_nan="stop",
                        progress_interval=30.0):
     """The scalar options of :func:`train_run`, checked before any data is read."""
-    from .trainer import ON_NAN, check_chunk_size
+    from .layout import check_chunk_size
+    from .trainer import ON_NAN
 
     check_choice(on_nan, "on_nan", ON_NAN)
     check_number(progress_interval, "progress_interval", low=0, unit="seconds")
@@ -333,7 +334,7 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
     """Load the data set (fetched first with ``download``) and build the run's plan (no run file is written)."""
     from ..data.datasets import default_data_root, load_dataset
     from ..plan.partition import make_plan
-    from .trainer import recipe_for
+    from .recipe import recipe_for
 
     name = None if model is None else _model_name(model)
 
@@ -434,8 +435,8 @@ def _plan_diff(old, new) -> str:
 
 
 def _layout(plan, recipe, *, device, chunk_size, checkpoint_dir):
-    """The chunks every backend trains in (:func:`runoff.training.trainer.run_chunks`)."""
-    from .trainer import run_chunks
+    """The chunks every backend trains in (:func:`runoff.training.layout.run_chunks`)."""
+    from .layout import run_chunks
 
     return run_chunks(plan, recipe, device=device, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir)
 

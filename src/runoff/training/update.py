@@ -216,7 +216,7 @@ def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, d
 
 
 def run_recipe(run_dir):
-    """The :class:`~runoff.training.trainer.Recipe` a run folder was trained with (for DPA*,
+    """The :class:`~runoff.training.recipe.Recipe` a run folder was trained with (for DPA*,
     its versions' recipe)."""
     folder = RunFolder(run_dir)
     folder.require_plan()
@@ -314,7 +314,7 @@ def _recorded_subsets(folder: RunFolder, plan) -> list[str]:
 
 def _run_training(folder: RunFolder, plan):
     """The recipe and seed version the run's plan records."""
-    from .trainer import Recipe
+    from .recipe import Recipe
 
     training = plan.training or {}
     try:

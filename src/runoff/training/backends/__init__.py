@@ -3,7 +3,7 @@
 A backend is given a :class:`TrainingJob` (the plan, the training and test sets, the recipe,
 the chunks and where checkpoints go) and hands back each chunk's test logits
 (:class:`ChunkLogits`). It decides nothing about what is trained: the chunks come from
-:func:`runoff.training.trainer.run_chunks`, and every backend trains a chunk with
+:func:`runoff.training.layout.run_chunks`, and every backend trains a chunk with
 :func:`runoff.training.trainer.train_chunk`, so two backends given the same job compute the
 same models.
 

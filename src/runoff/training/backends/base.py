@@ -26,7 +26,7 @@ class TrainingJob:
         The plan's training set and the test set whose logits are wanted.
     chunks : list of list of int
         Contiguous ascending ranges of model ids, from ``run_chunks``; one is trained as one.
-    recipe : runoff.training.trainer.Recipe
+    recipe : runoff.training.recipe.Recipe
     seed_version : int
         Model ``j`` is seeded ``(j+1) * v * v``.
     device : str
@@ -60,7 +60,7 @@ class TrainingJob:
         logits taken (the run folder counts finished models for readers of an unfinished run).
     recipe_origin : str or None
         Where the recipe came from, for the progress display's first line ("runoff's recipe
-        for digits", "the run's recipe"; :func:`runoff.training.trainer.recipe_origin`).
+        for digits", "the run's recipe"; :func:`runoff.training.recipe.recipe_origin`).
     """
 
     plan: Any

@@ -20,13 +20,14 @@ class LocalBackend:
         return contextlib.nullcontext(self)
 
     def check(self, device) -> None:
-        from ..trainer import resolve_device
+        from ..device import resolve_device
 
         resolve_device(device)
 
     def train(self, job: TrainingJob) -> TrainedChunks:
         from ..logit_sources import chunk_test_logits
-        from ..trainer import TrainingSet, resolve_device, trained_chunks
+        from ..device import resolve_device
+        from ..trainer import TrainingSet, trained_chunks
 
         dev = resolve_device(job.device)
         out = TrainedChunks(workers=1)

@@ -2,7 +2,7 @@
 
 Ray does the scheduling, placement and retries; runoff only decides what a task is (one chunk
 of base models, trained by :func:`runoff.training.trainer.train_chunk` and evaluated on the
-test set by :func:`runoff.training.trainer.chunk_logits`) and what survives a failure (the
+test set by :func:`runoff.training.inference.chunk_logits`) and what survives a failure (the
 chunk's checkpoints).
 
 * The plan, the training set and the test images are put in Ray's object store once; every
@@ -18,7 +18,7 @@ chunk's checkpoints).
 * Chunks whose checkpoints are finished are not trained again: their task only computes
   test logits.
 
-The chunks come from the job (:func:`runoff.training.trainer.run_chunks`: plan, recipe and
+The chunks come from the job (:func:`runoff.training.layout.run_chunks`: plan, recipe and
 device type, never the number of workers), so a Ray run is the same computation as a local
 one: on one machine its logits are the local backend's bit for bit (tested). Chunks of other
 sizes agree only up to rounding.
@@ -289,7 +289,7 @@ class _RayRun:
     writes returned checkpoints, and shows progress."""
 
     def __init__(self, ray, job: TrainingJob, options: _TaskOptions, slots: int):
-        from ..trainer import chunk_steps
+        from ..work import chunk_steps
 
         self.ray, self.job, self.options, self.slots = ray, job, options, slots
         self.steps = [chunk_steps(job.plan, ids, job.recipe) for ids in job.chunks]
@@ -329,7 +329,7 @@ class _RayRun:
                 for i, out in sorted(self.results.items())]
 
     def _progress(self):
-        from ..trainer import chunks_progress
+        from ..work import chunks_progress
 
         job = self.job
         return chunks_progress(job.plan, job.chunks, job.recipe, enabled=job.progress, label=job.label,
