@@ -110,7 +110,7 @@ def _cmd_train(args) -> int:
 
 def _train_recipe(args, dataset: str):
     """The recipe the recipe options make of the data set's, or None when none is given."""
-    from ..training.recipe import recipe_for, with_epochs
+    from ..training.recipe import recipe_for, with_epochs  # (lazy: imports torch)
 
     recipe = _recipe_from_options(args, lambda: recipe_for(dataset))
     return recipe if recipe is None or args.epochs is None else with_epochs(recipe, args.epochs)
@@ -119,7 +119,7 @@ def _train_recipe(args, dataset: str):
 def _recipe_origin(args, dataset: str) -> str:
     """Where the recipe comes from, for the progress display's first line: the data set's,
     with the recipe options given, or with a hint on how to change it."""
-    from ..training.recipe import recipe_origin
+    from ..training.recipe import recipe_origin  # (lazy: imports torch)
 
     changed = [f"--recipe {args.recipe}"] if args.recipe is not None else []
     changed += [f"--{name.replace('_', '-')}" for name in _RECIPE_OPTIONS if getattr(args, name) is not None]

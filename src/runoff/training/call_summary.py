@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..run.health import describe_flags
+
 __all__ = ["TrainingSummary"]
 
 
@@ -81,7 +83,5 @@ class TrainingSummary:
                      f"worker{'s' if self.workers != 1 else ''} ({self.backend})")
         parts.append(f"{self.retries} retr{'ies' if self.retries != 1 else 'y'}")
         if self.flagged:
-            from ..run.health import describe_flags
-
             parts.append(describe_flags(self.flagged, noun="model"))
         return f"{'; '.join(parts)}; {self.seconds:.1f} s"

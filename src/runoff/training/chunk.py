@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from ..plan.partition import PartitionPlan
 from ..errors import CheckpointError
+from ..plan.partition import PartitionPlan
 from .batched_net import BatchedNet
 from .checkpoints import checkpoint_matches
 from .compiling import forward_fn, step_fn
@@ -22,6 +22,7 @@ from .models import architecture
 from .optim import sgd_step
 from .recipe import Recipe
 from .stack import ModelStack
+from .stacked import StackedModule
 
 __all__ = ["model_seed", "chunk_module", "Chunk"]
 
@@ -37,8 +38,6 @@ def chunk_module(plan: PartitionPlan, recipe: Recipe, n_models: int) -> ModelSta
     :class:`~runoff.training.stacked.StackedModule` for a factory (``"module:function"``)."""
     h, w, c = plan.image_shape
     if is_factory_name(recipe.model):
-        from .stacked import StackedModule
-
         return StackedModule(resolve_factory(recipe.model), n_models, in_shape=(c, h, w), n_classes=plan.n_classes)
     spec = architecture(recipe.model, in_channels=c, n_classes=plan.n_classes, image_size=(h, w))
     return BatchedNet(spec, n_models)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..certificates import Certification, certify_ensemble
 from ..certificates.methods import check_methods, methods_for
-from ..plan.partition import PartitionPlan
+from ..data.custom import read_image, resize_image
 from ..errors import (
     CheckpointError,
     InvalidParameterError,
@@ -37,7 +37,10 @@ from ..errors import (
     one_line,
     require,
 )
-from ..run.folder import PLAN_FILE, RunFolder
+from ..plan.partition import PartitionPlan
+from ..run.folder import CHECKPOINT_DIR, PLAN_FILE, RunFolder
+from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
+from .train import merge_versions
 
 __all__ = ["Ensemble", "Inputs", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
 
@@ -117,7 +120,7 @@ class Ensemble:
         InvalidParameterError
             Unknown device, or CUDA asked for without CUDA.
         """
-        from .device import resolve_device
+        from .device import resolve_device  # (lazy: imports torch)
 
         dev = resolve_device(device)
         run_dir = Path(run_dir)
@@ -281,14 +284,13 @@ class Ensemble:
         numpy.ndarray of float32, shape (N, n_models, n_classes)
             For a DPA* run, each base model's logits summed over the seed versions.
         """
-        from .inference import model_logits
+        from .inference import model_logits  # (lazy: imports torch)
 
         images = self.check_images(x)
         per_version = [model_logits(models, plan, images, device=self.device, batch_size=batch_size)
                        for plan, models in self._members]
         if len(per_version) == 1:
             return per_version[0]
-        from .train import merge_versions
 
         return merge_versions(per_version)  # DPA*: the sum, as the run's logits.npz
 
@@ -325,10 +327,8 @@ class Ensemble:
 # ---------------------------------------------------------------------------- loading runs
 def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     """The finished base models of one run folder: ``[(model ids, net), ...]``."""
-    from ..run.folder import CHECKPOINT_DIR
-    from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
-    from .chunk import Chunk
-    from .recipe import Recipe
+    from .chunk import Chunk  # (lazy: imports torch)
+    from .recipe import Recipe  # (lazy: imports torch)
 
     training = plan.training or {}
     try:
@@ -540,7 +540,6 @@ def _folder_images(folder: Path) -> list[tuple[Path, str | None]]:
 def _read_image(path: Path, image_shape, image_size=None) -> np.ndarray:
     """One image file as uint8 (H, W, C), converted only where the conversion is unambiguous,
     then resized to ``image_size`` when the run resized its training images."""
-    from ..data.custom import read_image, resize_image
 
     h, w, c = image_shape
     arr = _channels(path, read_image(path, _pillow(), error=InvalidParameterError), c)  # as folder: training reads it

@@ -106,6 +106,6 @@ def chunk_test_logits(res, plan, images, *, earlier, checkpoint_dir, epochs: int
     logits = kept_logits(earlier, checkpoint_dir, res.ids, start_epoch=res.start_epoch, epochs=epochs)
     if logits is not None:
         return logits, True
-    from .inference import chunk_logits
+    from .inference import chunk_logits  # (lazy: imports torch)
 
     return chunk_logits(res.net, res.ids, plan, images, device=device), False

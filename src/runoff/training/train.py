@@ -15,12 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..param_checks import check_choice, check_int, check_number
+from ..data.custom import parse_image_size
+from ..data.datasets import default_data_root, load_dataset
+from ..data.download import download as fetch
 from ..errors import InvalidParameterError, RunDirectoryError, require
+from ..param_checks import check_choice, check_int, check_number
+from ..plan.partition import make_plan
 from ..run.folder import RunFolder
-from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
 from ..run.health import RunHealth
+from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
 from .call_summary import TrainingSummary
+from .factories import factory_name, is_factory_name, resolve_factory
+from .logit_sources import logit_sources, reusable_columns
 
 __all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions", "require_training"]
 
@@ -237,7 +243,7 @@ class ModelsDone:
 
 def _recipe_origin(dataset, *, recipe, epochs, model) -> str:
     """Where ``train_run``'s recipe comes from, said from its arguments (the progress display's)."""
-    from .recipe import recipe_origin
+    from .recipe import recipe_origin  # (lazy: imports torch)
 
     changed = [] if epochs is None else [f"epochs={epochs}"]
     if model is not None:
@@ -263,7 +269,6 @@ def _earlier_logits(folder: RunFolder, fresh: bool, chunks, test, plan):
     from the very files they were computed from: :mod:`runoff.training.logit_sources`)."""
     if fresh:
         return None
-    from .logit_sources import reusable_columns
 
     return reusable_columns(folder.previous_logits(), chunks, test.images, test.labels, plan.n_models) or None
 
@@ -278,7 +283,6 @@ def finish_run(folder: RunFolder, backend: Backend, job: TrainingJob, trained: T
     labels = test.labels.copy()
     folder.write_logits(scores, labels)
     if job.checkpoint_dir is not None:  # what they came from: an update keeps what is still valid
-        from .logit_sources import logit_sources
 
         folder.write_logit_sources(logit_sources(job.checkpoint_dir, job.chunks, test.images, labels))
     health.write(folder)
@@ -318,8 +322,8 @@ def _summarize(trained: TrainedChunks, backend: Backend, plan, recipe, *, second
 def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint_min_interval, on_nan="stop",
                        progress_interval=30.0):
     """The scalar options of :func:`train_run`, checked before any data is read."""
-    from .layout import check_chunk_size
-    from .trainer import ON_NAN
+    from .layout import check_chunk_size  # (lazy: imports torch)
+    from .trainer import ON_NAN  # (lazy: imports torch)
 
     check_choice(on_nan, "on_nan", ON_NAN)
     check_number(progress_interval, "progress_interval", low=0, unit="seconds")
@@ -332,15 +336,11 @@ def _check_run_options(*, seed_version, chunk_size, checkpoint_every, checkpoint
 def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, data_root, image_size=None,
                   download=False, model=None):
     """Load the data set (fetched first with ``download``) and build the run's plan (no run file is written)."""
-    from ..data.datasets import default_data_root, load_dataset
-    from ..plan.partition import make_plan
-    from .recipe import recipe_for
+    from .recipe import recipe_for  # (lazy: imports torch)
 
     name = None if model is None else _model_name(model)
 
     if download:
-        from ..data.download import download as fetch
-
         fetch(dataset, data_root if data_root is not None else default_data_root())
     train, test = load_dataset(dataset, root=data_root, image_size=image_size)
     if recipe is None:
@@ -358,7 +358,6 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
     if train.class_names is not None:  # label i is class_names[i]
         training["class_names"] = list(train.class_names)
     if image_size is not None:  # folder: images resized to (H, W); `runoff update` reads them alike
-        from ..data.custom import parse_image_size
 
         training["image_size"] = list(parse_image_size(image_size))
     plan = make_plan(train, k=k, d=d, spread=spread, hash=hash, training=training)
@@ -367,8 +366,7 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
 
 def _model_name(model) -> str:
     """The recipe's ``model`` for ``train_run(model=...)``: a registry name or a factory's name."""
-    from .factories import factory_name, is_factory_name
-    from .models import ARCHITECTURES
+    from .models import ARCHITECTURES  # (lazy: imports torch)
 
     if isinstance(model, str) and not is_factory_name(model):
         return check_choice(model, "model", ARCHITECTURES)
@@ -377,10 +375,9 @@ def _model_name(model) -> str:
 
 def _check_model(recipe, train) -> None:
     """Build one model of a factory now, so a broken factory fails before anything is written."""
-    from .factories import is_factory_name, resolve_factory
 
     if is_factory_name(recipe.model):
-        from .stacked import StackedModule
+        from .stacked import StackedModule  # (lazy: imports torch)
 
         h, w, c = train.image_shape
         StackedModule(resolve_factory(recipe.model), 1, in_shape=(c, h, w), n_classes=train.n_classes)
@@ -436,7 +433,7 @@ def _plan_diff(old, new) -> str:
 
 def _layout(plan, recipe, *, device, chunk_size, checkpoint_dir):
     """The chunks every backend trains in (:func:`runoff.training.layout.run_chunks`)."""
-    from .layout import run_chunks
+    from .layout import run_chunks  # (lazy: imports torch)
 
     return run_chunks(plan, recipe, device=device, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir)
 

@@ -25,12 +25,24 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..param_checks import check_int
+from ..data.datasets import default_data_root, load_dataset
+from ..data.download import download as fetch
 from ..errors import InvalidParameterError, RunDirectoryError, require
+from ..param_checks import check_int
+from ..plan.partition import make_plan
+from ..reporting.evaluation import evaluate_run
 from ..run.folder import REPORT_JSON, RunFolder
 from .backends import TrainingJob, resolve_backend
+from .call_summary import TrainingSummary
+from .checkpoints import (
+    chunk_key,
+    existing_ranges,
+    load_checkpoint,
+    plan_key,
+    save_checkpoint,
+)
 from .logit_sources import reusable_columns
-from .train import RunResult, _check_run_options, _layout, finish_run
+from .train import RunResult, _check_run_options, _layout, finish_run, merge_versions
 
 __all__ = ["UpdateResult", "update_run", "run_recipe"]
 
@@ -258,7 +270,6 @@ def _recorded(folder: RunFolder, reports) -> list:
 
 def _reevaluate(res: UpdateResult, reports: list[tuple[Path, list[str]]]) -> UpdateResult:
     """Certify the updated logits and rewrite each report, where it was, with the methods it had."""
-    from ..reporting.evaluation import evaluate_run
 
     for where, methods in reports:
         evaluate_run(res.run_dir, methods=methods, out_dir=where)
@@ -274,8 +285,6 @@ _PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "pro
 def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, reports, **options) -> UpdateResult:
     """DPA*: update every version folder (the same partitions, other seeds), then the top
     folder's plan and merged logits (see :func:`runoff.training.train.train_dpa_star`)."""
-    from .train import merge_versions
-    from .call_summary import TrainingSummary
 
     versions = int(top.training["versions"])
     for v in range(1, versions + 1):
@@ -314,7 +323,7 @@ def _recorded_subsets(folder: RunFolder, plan) -> list[str]:
 
 def _run_training(folder: RunFolder, plan):
     """The recipe and seed version the run's plan records."""
-    from .recipe import Recipe
+    from .recipe import Recipe  # (lazy: imports torch)
 
     training = plan.training or {}
     try:
@@ -340,15 +349,11 @@ def _refuse_other_run(old, run_recipe, *, k, d, hash, recipe, epochs) -> None:
 
 def _new_plan(old, *, dataset, data_root, image_size, download):
     """The plan of the new data with the run's own k, d, spread, hash and training record."""
-    from ..data.datasets import default_data_root, load_dataset
-    from ..plan.partition import make_plan
 
     dataset = old.dataset if dataset is None else dataset
     if image_size is None and (old.training or {}).get("image_size"):
         image_size = tuple(old.training["image_size"])  # the run's own resize
     if download:
-        from ..data.download import download as fetch
-
         fetch(dataset, data_root if data_root is not None else default_data_root())
     train, test = load_dataset(dataset, root=data_root, image_size=image_size)
     training = dict(old.training or {})
@@ -373,7 +378,6 @@ def _classes(n: int, names) -> str:
 def _upgrade_checkpoints(folder: RunFolder, old, old_fps) -> int:
     """Rewrite version-1 checkpoints of the old plan with per-chunk keys (same weights), so
     that the unchanged ones stay valid under the new plan. Returns the files rewritten."""
-    from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key, save_checkpoint
 
     key, upgraded = plan_key(old), 0
     for first, last, path in existing_ranges(folder.checkpoint_dir, old.n_models):

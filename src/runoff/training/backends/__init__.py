@@ -14,10 +14,11 @@ same models.
 
 from __future__ import annotations
 
-from ...param_checks import check_choice
 from ...errors import InvalidParameterError
+from ...param_checks import check_choice
 from .base import Backend, ChunkLogits, TrainedChunks, TrainingJob
 from .local import LocalBackend
+from .ray import RayBackend
 
 __all__ = ["Backend", "TrainingJob", "ChunkLogits", "TrainedChunks", "resolve_backend", "BACKENDS"]
 
@@ -31,8 +32,6 @@ def resolve_backend(backend) -> Backend:
         if backend == "local":
             return LocalBackend()
         if backend == "ray":
-            from .ray import RayBackend  # lazily: the Ray backend is optional (runoff[ray])
-
             return RayBackend()
         check_choice(backend, "backend", BACKENDS)
     if isinstance(backend, Backend):

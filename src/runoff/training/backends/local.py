@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..logit_sources import chunk_test_logits
 from .base import ChunkLogits, TrainedChunks, TrainingJob
 
 __all__ = ["LocalBackend"]
@@ -20,14 +21,13 @@ class LocalBackend:
         return contextlib.nullcontext(self)
 
     def check(self, device) -> None:
-        from ..device import resolve_device
+        from ..device import resolve_device  # (lazy: imports torch)
 
         resolve_device(device)
 
     def train(self, job: TrainingJob) -> TrainedChunks:
-        from ..logit_sources import chunk_test_logits
-        from ..device import resolve_device
-        from ..trainer import TrainingSet, trained_chunks
+        from ..device import resolve_device  # (lazy: imports torch)
+        from ..trainer import TrainingSet, trained_chunks  # (lazy: imports torch)
 
         dev = resolve_device(job.device)
         out = TrainedChunks(workers=1)

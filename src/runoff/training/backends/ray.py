@@ -33,9 +33,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...param_checks import check_int, check_number
+from ...allocator import tune_allocator
 from ...errors import BackendError, InvalidParameterError, MissingDependencyError
+from ...param_checks import check_int, check_number
 from ..checkpoints import checkpoint_path, write_checkpoint_bytes
+from ..logit_sources import chunk_test_logits
 from .base import ChunkLogits, TrainedChunks, TrainingJob
 
 __all__ = ["RAY_INSTALL_HINT", "RayBackend", "import_ray"]
@@ -238,8 +240,7 @@ class _TaskSpec:
 
 def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker):
     """Ray task: train (or resume, or just load) one chunk and return its test logits."""
-    from ..logit_sources import chunk_test_logits
-    from ..trainer import train_chunk
+    from ..trainer import train_chunk  # (lazy: imports torch)
 
     allocator = _task_setup(spec.threads)
     tracker.start.remote(spec.index)
@@ -270,7 +271,6 @@ def _task_setup(threads: int) -> str:
     sets ``RUNOFF_NO_ALLOCATOR_TUNING=1``). Returns the tuning's reason ("tuned", ...)."""
     import torch
 
-    from ...allocator import tune_allocator
 
     torch.set_num_threads(max(1, threads))
     return tune_allocator().reason
@@ -289,7 +289,7 @@ class _RayRun:
     writes returned checkpoints, and shows progress."""
 
     def __init__(self, ray, job: TrainingJob, options: _TaskOptions, slots: int):
-        from ..work import chunk_steps
+        from ..work import chunk_steps  # (lazy: imports torch)
 
         self.ray, self.job, self.options, self.slots = ray, job, options, slots
         self.steps = [chunk_steps(job.plan, ids, job.recipe) for ids in job.chunks]
@@ -329,7 +329,7 @@ class _RayRun:
                 for i, out in sorted(self.results.items())]
 
     def _progress(self):
-        from ..work import chunks_progress
+        from ..work import chunks_progress  # (lazy: imports torch)
 
         job = self.job
         return chunks_progress(job.plan, job.chunks, job.recipe, enabled=job.progress, label=job.label,
