@@ -22,7 +22,7 @@ torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory /
     > "$OUT/env.txt" 2>&1
 
 log "CUDA tests (isolation, resume, loaded logits; fp32/bf16, eager/compiled)"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/training/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
 log "tests exit $?"
 
 bench() {  # one bench_train --config run, its JSON rows appended to train.jsonl

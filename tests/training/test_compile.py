@@ -11,13 +11,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_cli_errors import one_error_line
+from cli_checks import one_error_line
 
 import runoff.training.trainer as T
 from runoff.cli import main
 from runoff.data.datasets import load_dataset
+from runoff.errors import (
+    CompileFallbackWarning,
+    InvalidParameterError,
+    RunDirectoryError,
+)
 from runoff.plan.partition import make_plan
-from runoff.errors import CompileFallbackWarning, InvalidParameterError, RunDirectoryError
 from runoff.training import chunk, compiling
 from runoff.training.recipe import Recipe, recipe_for
 from runoff.training.train import train_run

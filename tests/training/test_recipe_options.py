@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_cli_errors import one_error_line  # noqa: E402
+from cli_checks import one_error_line
 
 from runoff.cli import main  # noqa: E402
 from runoff.errors import InvalidParameterError  # noqa: E402

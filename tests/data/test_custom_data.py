@@ -7,30 +7,15 @@ import os
 
 import numpy as np
 import pytest
-from test_cli_errors import one_error_line  # noqa: E402
+from cli_checks import one_error_line
 
 from runoff.data import custom, load_dataset
 from runoff.data.cache import CACHE_DIR
 from runoff.errors import DataFileError, InvalidParameterError
 
 PIL = pytest.importorskip("PIL")
+from data_files import write_folder  # noqa: F401
 from PIL import Image  # noqa: E402
-
-
-def write_folder(base, *, classes=("cat", "dog", "eel"), per_class=(6, 2), size=(12, 10), mode="RGB", seed=0):
-    """PATH/{train,test}/<class>/NNN.png of random pixels; returns {path: array as written}."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, n in zip(("train", "test"), per_class):
-        for c in classes:
-            folder = base / split / c
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                shape = size + ((3,) if mode == "RGB" else ())
-                arr = rng.integers(0, 256, shape, dtype=np.uint8)
-                Image.fromarray(arr, mode).save(folder / f"{i:03d}.png")
-                written[folder / f"{i:03d}.png"] = arr
-    return written
 
 
 def test_folder_labels_are_sorted_class_names_and_pixels_are_as_stored(tmp_path):
@@ -294,7 +279,7 @@ def test_own_images_example_has_a_command_line(tmp_path):
     import sys
     from pathlib import Path
 
-    example = Path(__file__).resolve().parents[1] / "examples" / "own_images.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "own_images.py"
 
     def run(*args):
         return subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True,

@@ -12,11 +12,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+from reference_training import _sequential_reference  # noqa: F401
 
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
+from runoff.errors import CheckpointError, InvalidParameterError  # noqa: E402
 from runoff.plan.hashing import hash_samples
 from runoff.plan.partition import make_plan  # noqa: E402
-from runoff.errors import CheckpointError, InvalidParameterError  # noqa: E402
 from runoff.training.augment import augment_batch, draw_epoch  # noqa: E402
 from runoff.training.batched_net import BatchedNet  # noqa: E402
 from runoff.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
@@ -30,7 +31,7 @@ from runoff.training.trainer import train_ensemble  # noqa: E402
 # share the cores (OpenMP threads spin-wait under oversubscription).
 torch.set_num_threads(1)
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 # Tiny but complete: BatchNorm, crop + flip augmentation, shuffling, momentum, weight decay,
 # an lr milestone, and a batch size that leaves short last batches.
@@ -153,7 +154,12 @@ def test_same_layout_gives_the_same_bits(digits):
 
 
 def test_default_layout_depends_on_plan_recipe_and_device_type_only():
-    from runoff.training.layout import CPU_CHUNK_CAP, CUDA_CHUNK_CAP, default_chunk_size, run_chunks
+    from runoff.training.layout import (
+        CPU_CHUNK_CAP,
+        CUDA_CHUNK_CAP,
+        default_chunk_size,
+        run_chunks,
+    )
     from runoff.training.recipe import recipe_for
 
     train, _ = load_dataset("digits")
@@ -169,38 +175,6 @@ def test_default_layout_depends_on_plan_recipe_and_device_type_only():
     assert default_chunk_size(plan, recipe_for("cifar10"), "cpu") == 1
     with pytest.raises(InvalidParameterError, match="chunk_size must be an integer >= 1; got 0"):
         run_chunks(plan, rec, chunk_size=0)
-
-
-def _sequential_reference(plan, train, recipe, j, seed_version=1):
-    """Plain one-model training loop: torch.nn layers, torch.optim.SGD, model j alone."""
-    canon = plan.canonical(train)
-    spec = architecture(recipe.model, in_channels=plan.image_shape[2], n_classes=plan.n_classes)
-    g = torch.Generator().manual_seed(model_seed(j, seed_version))
-    model = BatchedNet(spec, 1).init_([g], rule=recipe.init).extract(0)  # same initial weights, same draws
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-    dtype = torch.get_default_dtype()
-    X = torch.from_numpy(canon.images.transpose(0, 3, 1, 2).copy()).to(dtype) / 255
-    Y = torch.from_numpy(canon.labels)
-    sub = torch.from_numpy(plan.subsets[j])
-    mean = torch.tensor(plan.mean[j], dtype=dtype)[None, :, None, None]
-    std = torch.tensor(plan.std[j], dtype=dtype)[None, :, None, None]
-    model.train()
-    for epoch in range(recipe.epochs):
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr_at(epoch)
-        perm, offs, flips = draw_epoch(g, len(sub), recipe)
-        for s in range(0, len(sub), recipe.batch_size):
-            rows = sub[perm[s:s + recipe.batch_size]]
-            xb = X[rows]
-            if recipe.augment != "none":
-                xb = augment_batch(xb, offs[s:s + recipe.batch_size], flips[s:s + recipe.batch_size],
-                                   recipe.crop_padding)
-            loss = F.cross_entropy(model((xb - mean) / std), Y[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.state_dict()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-2)])
@@ -322,8 +296,8 @@ RESUME_SCRIPT = textwrap.dedent(
 
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
-    from runoff.training.train import train_run
     from runoff.training.recipe import Recipe
+    from runoff.training.train import train_run
 
     epochs = 5
     threads = torch.get_num_threads()

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 from runoff.data.datasets import load_dataset  # noqa: E402
 from runoff.run.folder import RunFolder  # noqa: E402
 from runoff.training.ensemble import Ensemble  # noqa: E402
-from runoff.training.train import train_run  # noqa: E402
 from runoff.training.recipe import Recipe  # noqa: E402
+from runoff.training.train import train_run  # noqa: E402
 
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet")
 

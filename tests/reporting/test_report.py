@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from test_cli_errors import listing, one_error_line, toy_run  # noqa: F401 - toy_run is a fixture
+from cli_checks import listing, one_error_line
 
 import runoff
 from runoff.cli import main

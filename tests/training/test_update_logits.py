@@ -8,12 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_update import CHUNK, K, OPTS, interrupt_update, write_npz
+from update_runs import CHUNK, OPTS, K, interrupt_update, write_npz
 
 from runoff.data.datasets import load_dataset
 from runoff.run.folder import RunFolder
 from runoff.training import inference
-from runoff.training.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
+from runoff.training.checkpoints import (
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from runoff.training.ensemble import Ensemble
 from runoff.training.logit_sources import SOURCES_FORMAT, digest_of_test_set
 from runoff.training.train import train_run

@@ -11,8 +11,8 @@ import types
 
 import numpy as np
 import pytest
-from test_cli_errors import one_error_line
-from test_loaders import write_cifar, write_mnist
+from cli_checks import one_error_line
+from data_files import write_cifar, write_mnist
 
 from runoff.data import load_dataset
 from runoff.data.download import download

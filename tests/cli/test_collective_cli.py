@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from test_cli_errors import one_error_line  # noqa: E402
+from cli_checks import one_error_line
 
 from runoff import certified_accuracy, certify  # noqa: E402
 from runoff.cli import main  # noqa: E402

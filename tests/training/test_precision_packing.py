@@ -8,16 +8,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_cli_errors import one_error_line
-from test_train import _sequential_reference
+from cli_checks import one_error_line
+from reference_training import _sequential_reference
 
 from runoff.cli import main
 from runoff.data.datasets import load_dataset
-from runoff.plan.partition import make_plan
 from runoff.errors import InvalidParameterError
+from runoff.plan.partition import make_plan
 from runoff.training import batched_net, models
-from runoff.training.train import train_run
 from runoff.training.recipe import Recipe, recipe_for
+from runoff.training.train import train_run
 from runoff.training.trainer import train_ensemble
 
 TINY = Recipe(model="small", epochs=2, batch_size=16, lr=0.05, milestones=(1,), init="rotnet")

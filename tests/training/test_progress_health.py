@@ -15,14 +15,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_cli_errors import one_error_line  # noqa: E402
+from cli_checks import one_error_line
 
 from runoff import TrainingDivergedError  # noqa: E402
 from runoff.cli import main  # noqa: E402
 from runoff.run.folder import RunFolder  # noqa: E402
+from runoff.run.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
 from runoff.training import trainer, work  # noqa: E402
 from runoff.training.chunk import Chunk  # noqa: E402
-from runoff.run.health import AT_CHANCE, DIVERGED, RunHealth, describe  # noqa: E402
 from runoff.training.progress import ChunkWork, TrainingProgress  # noqa: E402
 from runoff.training.recipe import Recipe, recipe_origin  # noqa: E402
 from runoff.training.train import train_run  # noqa: E402

@@ -14,8 +14,8 @@ from runoff.errors import (  # noqa: E402
     RunDirectoryError,
 )
 from runoff.run.folder import RunFolder  # noqa: E402
-from runoff.training.train import train_run  # noqa: E402
 from runoff.training.recipe import Recipe, recipe_for  # noqa: E402
+from runoff.training.train import train_run  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_checks import one_error_line
 
-from runoff.run import lock as run_lock
 from runoff.cli import main
 from runoff.errors import RunDirectoryError, RunLockedError, StaleLockWarning
+from runoff.run import lock as run_lock
 from runoff.run.folder import RunFolder
 
-from test_cli_errors import one_error_line
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOLD = """
 import sys, time
 from runoff.run.folder import RunFolder

@@ -15,20 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_error_line
+from update_runs import CHUNK, OPTS, K, changed_data, interrupt_update, write_npz
 
 from runoff.cli import main
 from runoff.data.datasets import Dataset, load_dataset
+from runoff.errors import RunUnfinishedError, UnevenPlanWarning
 from runoff.plan.hashing import default_hash
 from runoff.plan.partition import make_plan, uneven_subsets
-from runoff.errors import RunUnfinishedError, UnevenPlanWarning
 from runoff.run.folder import RunFolder
 from runoff.training import trainer
 from runoff.training.ensemble import Ensemble
 from runoff.training.train import train_dpa_star, train_run
 from runoff.training.update import update_run
-
-from test_cli_errors import one_error_line
-from test_update import CHUNK, K, OPTS, changed_data, digits, interrupt_update, write_npz  # noqa: F401 - digits: a fixture
 
 
 @pytest.fixture(scope="module")

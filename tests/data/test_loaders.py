@@ -17,53 +17,15 @@ from runoff.data.datasets import (
     default_data_root,
     load_dataset,
 )
+from runoff.errors import DataFileError, InvalidParameterError
 from runoff.plan.hashing import hash_samples
 from runoff.plan.partition import make_plan
-from runoff.errors import DataFileError, InvalidParameterError
 
 PIL = pytest.importorskip("PIL")
+from data_files import _idx_bytes, write_cifar, write_mnist  # noqa: F401
 from PIL import Image  # noqa: E402
 
 # --------------------------------------------------------------------------- writers
-
-def _idx_bytes(arr: np.ndarray) -> bytes:
-    arr = np.asarray(arr, dtype=np.uint8)
-    head = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return head + arr.tobytes()
-
-
-def write_mnist(root, *, gz=False, n_train=5, n_test=3, seed=0, folder="MNIST"):
-    rng = np.random.default_rng(seed)
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    data = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n).astype(np.uint8)
-        for name, arr in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
-            blob = _idx_bytes(arr)
-            if gz:
-                (raw / (name + ".gz")).write_bytes(gzip.compress(blob))
-            else:
-                (raw / name).write_bytes(blob)
-        data[prefix] = (images, labels)
-    return data
-
-
-def write_cifar(root, *, per_batch=3, seed=0):
-    rng = np.random.default_rng(seed)
-    base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True, exist_ok=True)
-    data = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        flat = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        with open(base / name, "wb") as fh:
-            pickle.dump({b"batch_label": name.encode(), b"data": flat, b"labels": labels,
-                         b"filenames": [b"x.png"] * per_batch}, fh, protocol=2)
-        data[name] = (flat, labels)
-    return data
-
 
 _TRAIN_SIZES = {0: [(30, 35), (52, 40)], 3: [(61, 61)], 42: [(25, 29), (48, 48), (70, 33)]}
 _TEST = [("00000.ppm", (40, 31), 3), ("00001.ppm", (55, 60), 0), ("00002.ppm", (33, 33), 42)]
@@ -409,8 +371,8 @@ def test_dataset_pixel_sums_validation():
 
 def test_train_run_cifar10_tiny(tmp_path):
     pytest.importorskip("torch")
-    from runoff.training.train import train_run
     from runoff.training.recipe import Recipe
+    from runoff.training.train import train_run
 
     write_cifar(tmp_path / "data", per_batch=4)
     recipe = Recipe(model="small", epochs=1, batch_size=4, lr=0.05, milestones=(), augment="crop-flip")

@@ -28,8 +28,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from runoff.data.datasets import Dataset, load_dataset  # noqa: E402
-from runoff.plan.partition import make_plan  # noqa: E402
 from runoff.errors import RunDirectoryError  # noqa: E402
+from runoff.plan.partition import make_plan  # noqa: E402
 from runoff.training.augment import draw_epoch  # noqa: E402
 from runoff.training.chunk import model_seed  # noqa: E402
 from runoff.training.recipe import Recipe, recipe_for  # noqa: E402

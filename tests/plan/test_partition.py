@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from runoff.data.datasets import Dataset, load_dataset
-from runoff.plan.partition import PartitionPlan, make_plan
-from runoff.plan.hashing import content_order, hash_samples
 from runoff.errors import InvalidParameterError, RunDirectoryError, UnevenPlanWarning
+from runoff.plan.hashing import content_order, hash_samples
+from runoff.plan.partition import PartitionPlan, make_plan
 
 
 def _tiny():

@@ -14,43 +14,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_error_line
+from update_runs import (  # noqa: F401
+    CHUNK,
+    EPOCHS,
+    OPTS,
+    K,
+    changed_data,
+    interrupt_update,
+    write_npz,
+)
 
 from runoff.cli import main
 from runoff.data.datasets import load_dataset
+from runoff.errors import InvalidParameterError, RunDirectoryError
 from runoff.plan.hashing import content_order
 from runoff.plan.partition import make_plan
-from runoff.errors import InvalidParameterError, RunDirectoryError
 from runoff.run.folder import RunFolder
 from runoff.training import trainer, work
-from runoff.training.checkpoints import existing_ranges, load_checkpoint, plan_key, save_checkpoint
+from runoff.training.checkpoints import (
+    existing_ranges,
+    load_checkpoint,
+    plan_key,
+    save_checkpoint,
+)
 from runoff.training.ensemble import Ensemble
 from runoff.training.recipe import Recipe
 from runoff.training.train import train_dpa_star, train_run
 from runoff.training.update import update_run
-
-from test_cli_errors import one_error_line
-
-K, EPOCHS, CHUNK = 6, 2, 2
-OPTS = dict(k=K, epochs=EPOCHS, chunk_size=CHUNK, progress=False)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train, test = load_dataset("digits")
-    return train.images[:240, ..., 0], train.labels[:240], test.images[:40, ..., 0], test.labels[:40]
-
-
-def write_npz(path: Path, x, y, digits) -> str:
-    np.savez(path, x_train=x, y_train=y, x_test=digits[2], y_test=digits[3])
-    return f"npz:{path}"
-
-
-def changed_data(digits):
-    """The training set with two samples removed, one added and one edited."""
-    x, y = digits[0].copy(), digits[1].copy()
-    x[10, 3, 3] = 255 - x[10, 3, 3]  # edited
-    x, y = np.delete(x, [4, 77], axis=0), np.delete(y, [4, 77])  # removed
-    return np.concatenate([x, digits[2][:1]]), np.concatenate([y, digits[3][:1]])  # added
 
 
 def states(run: Path) -> dict:
@@ -146,22 +137,6 @@ def test_update_without_changes_retrains_and_rewrites_nothing(tmp_path, digits, 
     assert res.changed == [] and res.retrained == [] and res.kept_files == K // CHUNK
     assert stamps(tmp_path / "run") == before
     assert np.array_equal(res.scores, first.scores)
-
-
-def interrupt_update(run, monkeypatch) -> None:
-    """Run an update of ``run`` that dies right after saving its first retrained chunk."""
-    real = trainer.train_chunk
-
-    def dies_after_training(*args, **kwargs):
-        res = real(*args, **kwargs)
-        if res.trained:  # the first retrained chunk is saved, then the process "dies"
-            raise RuntimeError("killed")
-        return res
-
-    monkeypatch.setattr(trainer, "train_chunk", dies_after_training)
-    with pytest.raises(RuntimeError, match="killed"):
-        update_run(run, progress=False)
-    monkeypatch.setattr(trainer, "train_chunk", real)
 
 
 def test_interrupted_update_is_finished_by_running_it_again(tmp_path, digits, monkeypatch):
@@ -322,7 +297,7 @@ def test_cli_update_of_a_missing_run_is_one_line(tmp_path, capsys):
 
 def test_a_resized_folder_run_is_updated_at_its_own_image_size(tmp_path):
     pytest.importorskip("PIL")
-    from test_custom_data import write_folder
+    from data_files import write_folder
 
     write_folder(tmp_path / "pics", per_class=(6, 2), size=(12, 10))
     odd = tmp_path / "pics" / "train" / "cat" / "odd.png"  # another size: the run resizes to 8x8

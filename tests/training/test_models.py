@@ -6,7 +6,12 @@ torch = pytest.importorskip("torch")
 
 from runoff.errors import InvalidParameterError  # noqa: E402
 from runoff.training.batched_net import BatchedNet  # noqa: E402
-from runoff.training.models import activation_floats, architecture, build_model, parameter_count  # noqa: E402
+from runoff.training.models import (  # noqa: E402
+    activation_floats,
+    architecture,
+    build_model,
+    parameter_count,
+)
 
 torch.set_num_threads(1)
 

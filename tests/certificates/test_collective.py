@@ -13,15 +13,18 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from adversary import _assignments, behaviour_ids, behaviours, elect, poison_units
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import runoff
 from runoff import certify, certify_collective
 from runoff.certificates.collective.replay import _replay
-from runoff.errors import InvalidLabelsError, InvalidParameterError, MissingDependencyError
-
-from adversary import _assignments, behaviour_ids, behaviours, elect, poison_units
+from runoff.errors import (
+    InvalidLabelsError,
+    InvalidParameterError,
+    MissingDependencyError,
+)
 
 pytest.importorskip("scipy")
 

@@ -11,35 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import listing, one_error_line  # noqa: F401
 
 import runoff
 import runoff.cli.certify
 from runoff.cli import main
 from runoff.data.datasets import Dataset
-from runoff.plan.partition import make_plan
 from runoff.errors import (
     InvalidParameterError,
     LogitsFileError,
     MissingDependencyError,
     RunoffError,
 )
+from runoff.plan.partition import make_plan
 from runoff.run.folder import save_logits
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def one_error_line(capsys) -> str:
-    """The stderr of a failed command: exactly one line, ``runoff: error: ...``."""
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("runoff: error: "), err
-    assert "Traceback" not in err and "\x1b" not in err
-    return lines[0]
-
-
-def listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -51,21 +38,6 @@ def logits(tmp_path):
     path = tmp_path / "logits.npz"
     np.savez(path, scores=scores, labels=labels)
     return path, scores, labels
-
-
-@pytest.fixture()
-def toy_run(tmp_path):
-    """A run folder (plan.json and logits.npz) made without PyTorch: enough for evaluate and report."""
-    rng = np.random.default_rng(0)
-    train = Dataset(rng.integers(0, 256, size=(40, 4, 4, 1), dtype=np.uint8), rng.integers(0, 3, size=40), 3,
-                    "toy/train")
-    run = tmp_path / "toy" / "dpa"
-    make_plan(train, k=4, d=1).save(run)
-    labels = rng.integers(0, 3, size=12)
-    scores = rng.normal(size=(12, 4, 3)).astype(np.float32)
-    scores[np.arange(12), :, labels] += 2.0
-    save_logits(run / "logits.npz", scores, labels)
-    return run
 
 
 # ---------------------------------------------------------------------------- 1. missing extras

@@ -12,20 +12,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_cli_errors import one_error_line
+from cli_checks import one_error_line
 from torch import nn
 
 from runoff.cli import main
 from runoff.data.datasets import Dataset, load_dataset
 from runoff.errors import InvalidParameterError
 from runoff.run.folder import RunFolder
+from runoff.training.augment import draw_epoch
 from runoff.training.checkpoints import existing_ranges, load_checkpoint
+from runoff.training.chunk import model_seed
 from runoff.training.ensemble import Ensemble
 from runoff.training.factories import factory_name, is_factory_name, resolve_factory
-from runoff.training.train import train_run
-from runoff.training.augment import draw_epoch
-from runoff.training.chunk import model_seed
 from runoff.training.recipe import Recipe
+from runoff.training.train import train_run
 from runoff.training.trainer import TrainingSet, train_chunk
 from runoff.training.update import update_run
 
