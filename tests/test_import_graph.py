@@ -2,9 +2,9 @@
 
 Every ``import`` and ``from ... import`` of a runoff module is an edge, those inside functions
 included (a lazy import hides an edge from Python's import system, not from this test).
-Stages, from the bottom: the base modules (errors, checks, atomic), the plan's helpers (spread,
-logits files, the run lock), the data sets and the certificates, the run folder, training,
-reporting, and the entry points (sklearn, demo, cli).
+Stages, from the bottom: the base modules (errors, param_checks, atomic; console, writable,
+allocator), data, plan, certificates, run, reporting, training, and the entry points (sklearn,
+demo; cli). docs/architecture.md says why.
 """
 
 from __future__ import annotations
