@@ -76,3 +76,68 @@ def test_runoff_certify_imports_no_heavy_dependency(tmp_path):
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             f"    assert main(['certify', {str(path)!r}, '--json']) == 0\n")
     assert _heavy_after(code) == []
+
+
+#: The public API that other tools depend on (DESIGN: public contracts), where it is documented.
+PUBLIC = {
+    "runoff": ["certify", "certified_accuracy", "certify_collective", "Certification", "CollectiveCertification",
+               "METHODS", "tune_allocator", "RunoffError", "RunoffWarning"],
+    "runoff.training.train": ["train_run", "train_dpa_star"],
+    "runoff.training.update": ["update_run"],
+    "runoff.training.ensemble": ["Ensemble"],
+    "runoff.training.recipe": ["Recipe", "recipe_for", "recipe_with"],
+    "runoff.sklearn": ["PartitionEnsembleClassifier"],
+    "runoff.cli": ["main", "build_parser"],
+    "runoff.run.folder": ["RunFolder"],
+    "runoff.plan.partition": ["PartitionPlan", "make_plan"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_every_public_name_imports(module):
+    if module == "runoff.sklearn":
+        pytest.importorskip("sklearn")
+    mod = importlib.import_module(module)
+    missing = [name for name in PUBLIC[module] if not hasattr(mod, name)]
+    assert missing == []
+
+
+def _documented_names():
+    """Every ``runoff.x.y.Name`` and ``from runoff.x import a, b`` in the README, docs/ and examples/."""
+    import re
+    from pathlib import Path
+
+    root = Path(runoff.__file__).resolve().parents[2]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "examples").glob("*.py"))]
+    found = set()
+    for path in texts:
+        if not path.exists():
+            continue
+        text = path.read_text()
+        found.update(re.findall(r"\b(runoff(?:\.[A-Za-z_]\w*)+)", text))
+        for module, names in re.findall(r"from (runoff[\w.]*) import ([\w, ]+)", text):
+            found.update(f"{module}.{n.strip()}" for n in names.split(",") if n.strip())
+    return sorted(n for n in found if not n.endswith((".py", ".md", ".toml", ".json")))
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_name_the_docs_give_exists():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    unknown = [name for name in _documented_names() if not _resolves(name)]
+    assert unknown == []
