@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import runoff
+import runoff.cli
 from runoff import allocator
 from runoff.allocator import ALLOCATOR_ENV, AllocatorTuning, glibc_version, tune_allocator
 
@@ -153,7 +154,8 @@ def test_importing_runoff_tunes_nothing_and_imports_no_torch():
 @pytest.fixture
 def recorded(monkeypatch):
     calls = []
-    monkeypatch.setattr(allocator, "tune_allocator", lambda: calls.append(1) or AllocatorTuning(True, "tuned"))
+    # (where the command line calls it)
+    monkeypatch.setattr(runoff.cli, "tune_allocator", lambda: calls.append(1) or AllocatorTuning(True, "tuned"))
     return calls
 
 
