@@ -146,15 +146,15 @@ def test_rerunning_a_finished_run_computes_no_logit(tmp_path, digits, computed):
 
 
 def test_an_update_of_a_new_run_does_not_search_its_checkpoints_for_older_versions(tmp_path, digits, monkeypatch):
-    from runoff.training import checkpoints
+    from runoff.training import update
 
     src = write_npz(tmp_path / "data.npz", digits[0], digits[1], digits)
     train_run(tmp_path / "run", dataset=src, **OPTS)
     folder = RunFolder(tmp_path / "run")
     assert folder.checkpoints_chunk_keyed()  # a new run writes chunk-keyed checkpoints only
     reads = []
-    real = checkpoints.load_checkpoint
-    monkeypatch.setattr(checkpoints, "load_checkpoint", lambda path: reads.append(path) or real(path))
+    real = update.load_checkpoint  # (the update's own pass over older checkpoint files)
+    monkeypatch.setattr(update, "load_checkpoint", lambda path: reads.append(path) or real(path))
     x2, y2 = one_edit(digits)
     write_npz(tmp_path / "data.npz", x2, y2, digits)
     res = update_run(tmp_path / "run", progress=False)
