@@ -62,7 +62,7 @@ def padded_size(n: int) -> int:
     """``n`` rounded up to a multiple of ``2**(floor(log2 n) - 3)`` (at most 1/8 more rows)."""
     if n <= 8:
         return n
-    step = 1 << (int(math.floor(math.log2(n))) - 3)
+    step = 1 << (n.bit_length() - 4)  # 2**(floor(log2 n) - 3)
     return -(-n // step) * step
 
 

@@ -52,8 +52,10 @@ class Solution:
     n_iter : torch.Tensor of int64, shape (h,)
         Iterations taken.
     converged : torch.Tensor of bool, shape (h,)
-        ``grad_norm <= tol``; False for a problem stopped by ``max_iter`` or by a line search
-        that found no decrease (float rounding near the optimum).
+        ``grad_norm <= tol``, or stopped where the decrease left to find is below the rounding
+        of its value (the optimum as far as the dtype can tell: e.g. ``tol=1e-10`` in float32);
+        False for a problem stopped by ``max_iter`` or by a line search that found no decrease
+        in 30 halvings.
     """
 
     theta: torch.Tensor
@@ -106,16 +108,20 @@ def _direction(state: _State, it: int) -> torch.Tensor:
 def _line_search(state: _State, d: torch.Tensor, running: torch.Tensor):
     """Backtracking (halving) from step 1 until Armijo's condition holds, per running problem.
 
-    Returns the new ``theta``, values, gradients, and a mask of the running problems that found
-    no step.
+    Returns the new ``theta``, values and gradients, a mask of the running problems that took
+    a step, and one of those that could not because the decrease left to find is below the
+    rounding of their value (they are at the optimum as far as the dtype can tell).
     """
     slope = (state.grad * d).sum(1)
     t = torch.ones_like(state.value)
     theta, value, grad = state.theta.clone(), state.value.clone(), state.grad.clone()
     pending, accepted = running.clone(), torch.zeros_like(running)
     resolution = _ROUNDING * torch.finfo(d.dtype).eps * state.value.abs().clamp_min(1e-30)
+    at_rounding = torch.zeros_like(running)
     for _ in range(_MAX_HALVINGS):
-        pending &= -t * slope > resolution  # a decrease below the rounding of f cannot be told apart
+        visible = -t * slope > resolution
+        at_rounding |= pending & ~visible
+        pending &= visible
         if not pending.any():
             break
         trial = state.theta + t[:, None] * d
@@ -125,7 +131,7 @@ def _line_search(state: _State, d: torch.Tensor, running: torch.Tensor):
         accepted |= ok
         pending &= ~ok
         t = torch.where(pending, 0.5 * t, t)
-    return theta, value, grad, running & ~accepted
+    return theta, value, grad, accepted, at_rounding
 
 
 def _remember(state: _State, theta, grad, moved: torch.Tensor, it: int) -> None:
@@ -161,10 +167,11 @@ def minimize(objective, theta0: torch.Tensor, *, max_iter: int = 500, tol: float
     Solution
     """
     state = _State(objective, theta0.clone(), history)
+    h, device = theta0.shape[0], theta0.device
     out = Solution(state.theta.clone(), state.value.clone(), state.grad.abs().amax(1),
-                   torch.zeros(theta0.shape[0], dtype=torch.int64, device=theta0.device),
-                   torch.zeros(theta0.shape[0], dtype=torch.bool, device=theta0.device))
+                   torch.zeros(h, dtype=torch.int64, device=device), torch.zeros(h, dtype=torch.bool, device=device))
     running = state.grad.abs().amax(1) > tol
+    at_rounding = torch.zeros(h, dtype=torch.bool, device=device)
     for it in range(max_iter):
         if not running.any():
             break
@@ -172,8 +179,8 @@ def minimize(objective, theta0: torch.Tensor, *, max_iter: int = 500, tol: float
             _record(out, state)
             state.keep(running)
             running = running[running]
-        theta, value, grad, stuck = _line_search(state, _direction(state, it), running)
-        moved = running & ~stuck
+        theta, value, grad, moved, rounding = _line_search(state, _direction(state, it), running)
+        at_rounding[state.rows[rounding]] = True
         _remember(state, theta, grad, moved, it)
         state.theta = torch.where(moved[:, None], theta, state.theta)
         state.value = torch.where(moved, value, state.value)
@@ -181,7 +188,7 @@ def minimize(objective, theta0: torch.Tensor, *, max_iter: int = 500, tol: float
         out.n_iter[state.rows[running]] = it + 1
         running = moved & (state.grad.abs().amax(1) > tol)
     _record(out, state)
-    out.converged = out.grad_norm <= tol
+    out.converged = (out.grad_norm <= tol) | at_rounding
     return out
 
 

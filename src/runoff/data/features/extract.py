@@ -180,7 +180,8 @@ def check_batch_invariance(extractor, images, *, n_images: int = _CHECKED_IMAGES
     worst = int(np.argmax(rel))
     if rel[worst] > rtol:
         raise ExtractorError(
-            f"the feature extractor's embedding of image {worst} changes with the rest of its batch (by {rel[worst]:.3g} "
-            f"of its size, more than {rtol:g}): a module still uses batch statistics (BatchNorm in training mode) "
-            "or mixes the images of a batch; poison isolation needs each embedding to depend on its own image only")
+            f"the feature extractor's embedding of image {worst} changes with the rest of its batch "
+            f"(by {rel[worst]:.3g} of its size, more than {rtol:g}): a module still uses batch statistics "
+            "(BatchNorm in training mode) or mixes the images of a batch; poison isolation needs each embedding "
+            "to depend on its own image only")
     return float(rel[worst])

@@ -41,13 +41,14 @@ class ImageNetInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ExtractorError(f"torchvision backbones take grey or RGB images (N, 1 or 3, H, W); got {tuple(x.shape)}")
+            raise ExtractorError(f"torchvision backbones take grey or RGB images (N, 1 or 3, H, W); "
+                                 f"got {tuple(x.shape)}")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
         size = (self.resize, int(self.resize * w / h)) if h <= w else (int(self.resize * h / w), self.resize)
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        top = int(round((size[0] - self.crop) / 2.0))
-        left = int(round((size[1] - self.crop) / 2.0))
+        top = round((size[0] - self.crop) / 2.0)
+        left = round((size[1] - self.crop) / 2.0)
         x = x[..., top:top + self.crop, left:left + self.crop]
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
