@@ -25,7 +25,8 @@ __all__ = ["Objective", "Solution", "minimize"]
 
 _C1 = 1e-4  # Armijo's sufficient decrease
 _MAX_HALVINGS = 30
-_ROUNDING = 4  # a predicted decrease under 4 ulps of f: the line search cannot see it, the problem stops
+_ROUNDING = 4  # a promised decrease under 4 ulps of the value: rounding hides it, the problem stops
+_NEAR_ROUNDING = 1000  # under 1000 ulps: the gradient may judge the full step too (see _line_search)
 _SHRINK_WHEN = 0.5  # gather the running problems when they are at most this fraction of the batch
 
 
@@ -108,29 +109,34 @@ def _direction(state: _State, it: int) -> torch.Tensor:
 def _line_search(state: _State, d: torch.Tensor, running: torch.Tensor):
     """Backtracking (halving) from step 1 until Armijo's condition holds, per running problem.
 
-    Returns the new ``theta``, values and gradients, a mask of the running problems that took
-    a step, and one of those that could not because the decrease left to find is below the
-    rounding of their value (they are at the optimum as far as the dtype can tell).
+    Near the optimum in float32 the value's rounding hides the decrease a step gives: where the
+    decrease promised is under 1000 ulps of the value, the full step is also taken when it
+    lowers the largest gradient entry; and a problem whose promised decrease has been halved
+    under 4 ulps stops (as far as the dtype can tell, at its optimum). Returns the new
+    ``theta``, values and gradients, a mask of the running problems that took a step, and one
+    of those that stopped so.
     """
     slope = (state.grad * d).sum(1)
+    ulp = torch.finfo(d.dtype).eps * state.value.abs().clamp_min(1e-30)
+    near = running & (-slope <= _NEAR_ROUNDING * ulp)
+    pending, accepted, at_rounding = running.clone(), torch.zeros_like(running), torch.zeros_like(running)
     t = torch.ones_like(state.value)
     theta, value, grad = state.theta.clone(), state.value.clone(), state.grad.clone()
-    pending, accepted = running.clone(), torch.zeros_like(running)
-    resolution = _ROUNDING * torch.finfo(d.dtype).eps * state.value.abs().clamp_min(1e-30)
-    at_rounding = torch.zeros_like(running)
-    for _ in range(_MAX_HALVINGS):
-        visible = -t * slope > resolution
-        at_rounding |= pending & ~visible
-        pending &= visible
-        if not pending.any():
-            break
+    for i in range(_MAX_HALVINGS):
         trial = state.theta + t[:, None] * d
         f, g = state.objective.value_and_grad(trial)
         ok = pending & torch.isfinite(f) & (f <= state.value + _C1 * t * slope)
+        if i == 0:
+            ok |= near & torch.isfinite(f) & (g.abs().amax(1) < state.grad.abs().amax(1))
         theta[ok], value[ok], grad[ok] = trial[ok], f[ok], g[ok]
         accepted |= ok
         pending &= ~ok
         t = torch.where(pending, 0.5 * t, t)
+        unseen = pending & (-t * slope <= _ROUNDING * ulp)
+        at_rounding |= unseen
+        pending &= ~unseen
+        if not pending.any():
+            break
     return theta, value, grad, accepted, at_rounding
 
 
