@@ -183,3 +183,18 @@ def test_lbfgs_solves_each_problem_on_its_own():
     torch.testing.assert_close(sol.theta, c, rtol=0, atol=1e-10)
     alone = minimize(_Quadratics(a[2:3], c[2:3], []), torch.zeros(1, 3, dtype=torch.float64), tol=1e-12)
     assert torch.equal(alone.theta[0], sol.theta[2]) and alone.n_iter[0] == sol.n_iter[2]
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_a_head_retrained_in_any_chunk_is_the_same_bit_for_bit(head):
+    # what `runoff update` and chunked or Ray training rest on: a head's numbers do not depend
+    # on which other heads share its computation
+    x, y = _data(2400, 16)
+    test, _ = _data(40, 16, seed=1)
+    subs = _subsets(2400, 40)
+    kw = {"n_classes": N_CLASSES, "head": head, "max_iter": None if head == "linear" else 30}
+    full = fit_heads(x, y, subs, **kw).logits(test)
+    chunk = [3, 8, 21]
+    part = fit_heads(x, y, [subs[m] for m in chunk], model_ids=chunk, **kw).logits(test)
+    for i, m in enumerate(chunk):
+        np.testing.assert_array_equal(part[:, i], full[:, m])
