@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..checks import check_choice, check_int, check_labels, check_number
+from ..param_checks import check_choice, check_int, check_labels, check_number
 from ..errors import InvalidParameterError
 from .lbfgs import minimize
 

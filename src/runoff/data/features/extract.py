@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...checks import check_int, check_number
+from ...param_checks import check_int, check_number
 from ...errors import ExtractorError, InvalidParameterError, require
 
 __all__ = ["BATCH_RTOL", "images_to_tensor", "compute_embeddings", "check_batch_invariance"]

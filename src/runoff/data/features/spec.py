@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ...checks import invalid
+from ...param_checks import invalid
 from ...errors import DataFileError, ExtractorError, InvalidParameterError, MissingDependencyError, one_line, require
 
 __all__ = ["PRESETS", "PRESET_PREFIX", "FeaturesSpec", "parse_features_spec", "load_extractor", "weights_digest",
