@@ -216,6 +216,6 @@ def _pretrained_state(parsed: FeaturesSpec, enum) -> dict:
 
 def _imagenet_input(resize: int, crop: int, mean, std):
     """A module: ``(N, 1 or 3, H, W)`` in [0, 1] -> ImageNet's input, each image on its own."""
-    from .transform import ImageNetInput
+    from .transform import ImageNetInput  # (lazy: imports torch)
 
     return ImageNetInput(resize=resize, crop=crop, mean=mean, std=std)
