@@ -22,6 +22,7 @@ __all__ = [
     "BackendError",
     "TrainingDivergedError",
     "MissingDependencyError",
+    "ExtractorError",
     "RunoffWarning",
     "CompileFallbackWarning",
     "UnevenPlanWarning",
@@ -110,6 +111,12 @@ class MissingDependencyError(RunoffError, ImportError):
 
     Also an :class:`ImportError`, so ``except ImportError`` around an optional import keeps
     working."""
+
+
+class ExtractorError(RunoffError):
+    """A feature extractor (``--features``) cannot be used: its factory cannot be imported or
+    does not return a ``torch.nn.Module``, or its embeddings have the wrong shape, are not
+    finite, or depend on the other images of the batch (which would break poison isolation)."""
 
 
 class RunoffWarning(UserWarning):
