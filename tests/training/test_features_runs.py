@@ -164,6 +164,13 @@ def test_evaluate_dpa_star_and_fa_work_on_heads_runs(tmp_path, data, capsys):
     _train(tmp_path, dataset, tmp_path / "fa", "--features", SPEC, "--d", "3")
     _train(tmp_path, dataset, tmp_path / "star", "--features", SPEC, "--versions", "2", "--head", "mlp",
            "--hidden", "8")
+    # the plan is the images' own: the buckets and fingerprint of a plan without --features
+    from runoff.data.custom import load_npz
+    from runoff.plan.partition import make_plan
+
+    plan, plain = RunFolder(tmp_path / "fa").read_plan(), make_plan(load_npz(tmp_path / "a.npz")[0], k=10, d=3)
+    assert plan.fingerprint == plain.fingerprint and np.array_equal(plan.buckets, plain.buckets)
+    assert plan.training["features"]["spec"] == SPEC and plan.training["features"]["embedding_size"] == 24
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "fa"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
