@@ -279,3 +279,15 @@ def test_predict_embeds_image_files_with_the_runs_backbone(tmp_path, data, capsy
     text = json.dumps(out)
     assert all(str(int(p)) in text for p in expected)
     np.testing.assert_allclose(ens.scores(xt[:4]), scores[:4], rtol=0, atol=1e-4)
+
+
+def test_a_preset_without_torchvision_is_one_line_and_writes_nothing(tmp_path, capsys):
+    try:
+        import torchvision  # noqa: F401
+        pytest.skip("torchvision is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "run"
+    assert main(["train", "--k", "5", "--out", str(out), "--features", "torchvision:resnet18"]) == 1
+    assert "--features torchvision:resnet18 needs torchvision" in one_error_line(capsys)
+    assert not out.exists()
