@@ -223,6 +223,35 @@ def _add_recipe_options(p) -> None:
                         "override it")
 
 
+def _add_features_options(p, *, train: bool = True) -> None:
+    """``runoff train``'s heads on a frozen backbone (``runoff update``: the cache and threads only)."""
+    g = p.add_argument_group("heads on a frozen pretrained backbone (each base model a small head on embeddings)")
+    if train:
+        g.add_argument("--features", default=None, metavar="SPEC",
+                       help="embed every image with this frozen backbone and train heads on the embeddings: "
+                            "package.module:function (your own: returns a torch.nn.Module mapping (N, C, H, W) in "
+                            "[0, 1] to (N, D)) or torchvision:resnet18, resnet50, vit_b_16 (needs torchvision and "
+                            "the weights file); the backbone and its data are trusted, outside the certificate. "
+                            "npz: files of float embeddings x_train, x_test (N, D) train heads without it")
+        g.add_argument("--head", default=None, type=_one_of("head", ("linear", "mlp")), metavar="{linear,mlp}",
+                       help="linear (default: multinomial logistic regression to convergence) or mlp (one hidden "
+                            "layer)")
+        g.add_argument("--l2", type=_number, default=None,
+                       help="the heads' L2 penalty on the mean cross-entropy (>= 0; default 0.01; scikit-learn's "
+                            "C = 1 / (l2 * subset size))")
+        g.add_argument("--hidden", type=int, default=None, help="hidden units of --head mlp (default 64)")
+    g.add_argument("--features-cache", default=None, metavar="DIR",
+                   help="root of the embedding cache (default $RUNOFF_CACHE/embeddings, else ~/.cache/runoff/embeddings)")
+    g.add_argument("--head-threads", type=int, default=1,
+                   help="torch threads while heads are fitted (default 1: fastest for their many small operations)")
+
+
+#: Option names of the heads' parameters, for the library's messages.
+FEATURES_NAMES = {"features": "--features", "head": "--head", "l2": "--l2", "hidden": "--hidden", "hash": "--hash",
+                  "backend": "--backend", "epochs": "--epochs", "model": "--model",
+                  "recipe": "the recipe options (--model, --batch-size, --lr, --recipe, ...)"}
+
+
 def _add_data_options(p, dataset_help: str) -> None:
     p.add_argument("--dataset", default=None, type=_dataset_name, help=dataset_help)
     p.add_argument("--data-root", default=None, help="folder of the data set files (real data sets)")
@@ -257,6 +286,9 @@ def _check_train_options(args) -> None:
     _at_least(args.version, "--version", 1)
     _at_least(args.epochs, "--epochs", 1)
     _at_least(args.chunk_size, "--chunk-size", 1)
+    _at_least(args.hidden, "--hidden", 1)
+    if args.l2 is not None:
+        _number_option(args.l2, "--l2", low=0)
     _check_run_options(args)
 
 
@@ -266,6 +298,7 @@ def _check_run_options(args) -> None:
     _at_least(args.checkpoint_interval, "--checkpoint-interval", 0, "seconds", integer=False)
     _at_least(args.workers, "--workers", 1)
     _at_least(args.max_retries, "--max-retries", 0)
+    _at_least(args.head_threads, "--head-threads", 1)
     _at_least(args.gpus_per_task, "--gpus-per-task", 0, integer=False)
     _at_least(args.batch_size, "--batch-size", 1)
     _at_least(args.weight_decay, "--weight-decay", 0, integer=False)

@@ -10,10 +10,14 @@ from ..demo import DEMO_DPA, DEMO_FA, describe_training, run_demo
 from ..plan.hashing import IMAGE_HASHES
 from ..reporting.tables import require_matplotlib
 from ..run.folder import RunFolder
+from ..errors import InvalidParameterError
+from ..training.head_recipe import HeadRecipe
 from ..training.train import train_dpa_star, train_run
 from ..training.update import run_recipe, update_run
 from .options import (
     _RECIPE_OPTIONS,
+    FEATURES_NAMES,
+    _add_features_options,
     _add_backend_options,
     _add_data_options,
     _add_recipe_options,
@@ -70,6 +74,7 @@ def _add_train(sub) -> None:
                         "for both backends and any --workers")
     _add_training_options(p)
     _add_recipe_options(p)
+    _add_features_options(p)
     _add_backend_options(p)
     p.set_defaults(func=_cmd_train, tunes_allocator=True)
 
@@ -89,7 +94,9 @@ def _cmd_train(args) -> int:
                   progress=not args.no_progress, data_root=args.data_root, chunk_size=args.chunk_size,
                   checkpoint_min_interval=args.checkpoint_interval, backend=backend, on_nan=args.on_nan,
                   progress_interval=args.progress_interval, image_size=args.image_size, download=args.download,
-                  recipe_origin=_recipe_origin(args, cfg["dataset"]))
+                  recipe_origin=_recipe_origin(args, cfg["dataset"]), features=args.features, head=args.head,
+                  l2=args.l2, hidden=args.hidden, features_cache=args.features_cache, head_threads=args.head_threads,
+                  names=FEATURES_NAMES)
     try:
         # with --json, standard output carries the JSON alone: progress goes to standard error
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
@@ -161,6 +168,7 @@ def _add_update(sub) -> None:
     unchanged.add_argument("--hash", default=None, type=_one_of("hash", IMAGE_HASHES), metavar="{pixelsum,sha256}")
     _add_training_options(p)
     _add_recipe_options(p)
+    _add_features_options(p, train=False)
     _add_backend_options(p)
     p.set_defaults(func=_cmd_update, tunes_allocator=True)
 
@@ -187,7 +195,8 @@ def _cmd_update(args) -> int:
                              download=args.download, device=args.device, backend=backend,
                              progress=not args.no_progress, progress_interval=args.progress_interval,
                              on_nan=args.on_nan, checkpoint_min_interval=args.checkpoint_interval, k=args.k, d=args.d,
-                             hash=args.hash, recipe=recipe, epochs=args.epochs)
+                             hash=args.hash, recipe=recipe, epochs=args.epochs, features_cache=args.features_cache,
+                             head_threads=args.head_threads)
     except KeyboardInterrupt:
         print(f"runoff: interrupted; rerun `runoff update {args.run}` to finish the update", file=sys.stderr)
         return 130
@@ -209,7 +218,14 @@ def _update_recipe(args):
     """The recipe the recipe options make of the run's own (None when none is given): an
     update refuses any that differs."""
 
-    return _recipe_from_options(args, lambda: run_recipe(args.run))
+    def base():
+        recipe = run_recipe(args.run)
+        if isinstance(recipe, HeadRecipe):
+            raise InvalidParameterError(f"{args.run} is a run of heads on embeddings: the recipe options (--model, "
+                                        "--batch-size, --lr, --recipe, ...) do not apply to it")
+        return recipe
+
+    return _recipe_from_options(args, base)
 
 
 def _add_demo(sub) -> None:

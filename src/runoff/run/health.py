@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import RunDirectoryError
 
-__all__ = ["DIVERGED", "AT_CHANCE", "EMPTY_SUBSET", "RunHealth", "MODELS_FORMAT", "describe", "describe_flags"]
+__all__ = ["DIVERGED", "AT_CHANCE", "EMPTY_SUBSET", "NOT_CONVERGED", "RunHealth", "MODELS_FORMAT", "describe", "describe_flags"]
 
 #: Flag of a model whose training loss stopped being finite.
 DIVERGED = "diverged"
@@ -26,6 +26,8 @@ DIVERGED = "diverged"
 AT_CHANCE = "at chance"
 #: Flag of a model whose training subset is empty (it never saw a sample: its vote is noise).
 EMPTY_SUBSET = "empty subset"
+#: Flag of a head on embeddings whose solver stopped at its iteration limit before converging.
+NOT_CONVERGED = "not converged"
 MODELS_FORMAT = "runoff-models"
 
 
@@ -48,14 +50,18 @@ class RunHealth:
         Models whose loss stopped being finite.
     sizes : array-like of int, shape (n_models,), optional
         Training samples of each model's subset (None: not recorded).
+    converged : array-like of bool, shape (n_models,), optional
+        Heads on embeddings: whether each head's solver converged (None: trained networks,
+        which have no such test).
     """
 
-    def __init__(self, loss, accuracy, majority, diverged=(), sizes=None):
+    def __init__(self, loss, accuracy, majority, diverged=(), sizes=None, converged=None):
         self.loss = np.asarray(loss, dtype=np.float64)
         self.accuracy = np.asarray(accuracy, dtype=np.float64)
         self.majority = np.asarray(majority, dtype=np.float64)
         self.diverged = sorted({int(j) for j in diverged})
         self.sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64)
+        self.converged = None if converged is None else np.asarray(converged, dtype=bool)
 
     @property
     def n_models(self) -> int:
@@ -66,7 +72,7 @@ class RunHealth:
         """Gather the ``health`` of each chunk (``ChunkLogits``); missing figures stay NaN.
         ``sizes``: each model's subset size (the plan's)."""
         loss, acc, maj = (np.full(n_models, np.nan) for _ in range(3))
-        diverged = []
+        diverged, converged = [], None
         for chunk in chunks:
             h = chunk.health
             if h is None:
@@ -74,7 +80,10 @@ class RunHealth:
             ids = list(h["ids"])
             loss[ids], acc[ids], maj[ids] = h["loss"], h["accuracy"], h["majority"]
             diverged += h["diverged"]
-        return cls(loss, acc, maj, diverged, sizes=sizes)
+            if h.get("converged") is not None:  # heads on embeddings
+                converged = np.ones(n_models, dtype=bool) if converged is None else converged
+                converged[ids] = h["converged"]
+        return cls(loss, acc, maj, diverged, sizes=sizes, converged=converged)
 
     def flags(self) -> dict[int, str]:
         """``{model: reason}`` of the models to distrust, by model id."""
@@ -87,6 +96,8 @@ class RunHealth:
                 out[j] = DIVERGED
             elif not math.isnan(acc) and acc <= self.majority[j]:
                 out[j] = AT_CHANCE
+            elif self.converged is not None and not self.converged[j]:
+                out[j] = NOT_CONVERGED
         return out
 
     def flagged(self) -> dict[str, str]:
@@ -116,6 +127,7 @@ class RunHealth:
                 "loss": listed(self.loss), "train_accuracy": listed(self.accuracy),
                 "majority_share": listed(self.majority), "diverged": self.diverged,
                 **({} if self.sizes is None else {"subset_size": [int(v) for v in self.sizes]}),
+                **({} if self.converged is None else {"converged": [bool(v) for v in self.converged]}),
                 "flagged": self.flagged()}
         return ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()).join(("{\n", "\n}\n"))
 
@@ -152,8 +164,11 @@ class RunHealth:
             sizes = obj.get("subset_size")  # absent from files written before it was recorded
             if sizes is not None and len(sizes) != n:
                 raise ValueError(f"subset_size has {len(sizes)} entries for {n} models")
+            converged = obj.get("converged")  # heads on embeddings only
+            if converged is not None and len(converged) != n:
+                raise ValueError(f"converged has {len(converged)} entries for {n} models")
             health = cls(_floats(obj["loss"], n), _floats(obj["train_accuracy"], n),
-                         _floats(obj["majority_share"], n), obj["diverged"], sizes=sizes)
+                         _floats(obj["majority_share"], n), obj["diverged"], sizes=sizes, converged=converged)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{source}: unreadable model health ({exc})") from None
         # a loss recorded as null for a diverged model was not finite

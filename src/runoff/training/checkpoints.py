@@ -113,7 +113,9 @@ def chunk_key(plan, ids, fingerprints) -> str:
     Parameters
     ----------
     plan : PartitionPlan
-        Gives the recipe and seed version (``plan.training``), image shape, classes and std rule.
+        Gives the recipe and seed version (``plan.training``), image shape, classes and std rule;
+        for heads on embeddings also the head's settings and the backbone's record
+        (:mod:`runoff.training.head_recipe`), which other runs' keys do not hold.
     ids : sequence of int
         The chunk's model ids.
     fingerprints : sequence of str
@@ -123,6 +125,9 @@ def chunk_key(plan, ids, fingerprints) -> str:
     obj = {"recipe": training.get("recipe"), "seed_version": training.get("seed_version"),
            "image_shape": [int(s) for s in plan.image_shape], "n_classes": int(plan.n_classes),
            "std_rule": plan.std_rule, "ids": [int(j) for j in ids], "subsets": [fingerprints[j] for j in ids]}
+    for field in ("heads", "features"):  # heads on embeddings: the head's settings and the backbone
+        if field in training:
+            obj[field] = training[field]
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 

@@ -40,6 +40,7 @@ from ..errors import (
 from ..plan.partition import PartitionPlan
 from ..run.folder import CHECKPOINT_DIR, PLAN_FILE, RunFolder
 from .checkpoints import chunk_key, existing_ranges, load_checkpoint, plan_key
+from .head_recipe import is_heads_training
 from .train import merge_versions
 
 __all__ = ["Ensemble", "Inputs", "default_method", "read_inputs", "IMAGE_SUFFIXES"]
@@ -84,13 +85,16 @@ class Ensemble:
     device : torch.device
     """
 
-    def __init__(self, run_dir, plan: PartitionPlan, members, device):
+    def __init__(self, run_dir, plan: PartitionPlan, members, device, *, backbone=None):
         self.run_dir = Path(run_dir)
         self.plan = plan
         # one (plan, [(model ids, net), ...]) per seed version: one for DPA and FA, V for DPA*
+        # (heads on embeddings: [(model ids, Heads), ...])
         self._members = list(members)
         self.device = device
         self.method = default_method(plan.d)
+        self.heads = is_heads_training(plan.training)
+        self.backbone = backbone
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -116,9 +120,17 @@ class Ensemble:
             Training or an update of the run is unfinished or going on: resume it with the same
             ``runoff train`` command, or finish it with ``runoff update RUN``.
         CheckpointError
-            A checkpoint is corrupt or belongs to another plan or recipe.
+            A checkpoint is corrupt or belongs to another plan or recipe; a run of heads on
+            embeddings whose backbone's weights now differ from those it recorded.
         InvalidParameterError
             Unknown device, or CUDA asked for without CUDA.
+
+        Notes
+        -----
+        A run of heads on a frozen backbone (``runoff train --features``) loads its backbone
+        (:attr:`backbone`), refused when its weights digest differs from the run's record;
+        :meth:`scores` embeds new images with it (the same transform as training) and applies
+        the heads. A run on embeddings given as such (``npz:``) takes embeddings ``(N, D)``.
         """
         from .device import resolve_device  # (lazy: imports torch)
 
@@ -136,11 +148,18 @@ class Ensemble:
         # never a mix of models before and after an update (checkpoints are checked one by one below)
         RunFolder(run_dir).check_whole(logits=False)
         plan = PartitionPlan.load(run_dir)
+        backbone = None
+        if is_heads_training(plan.training):  # its backbone first: refused when its weights changed
+            from .feature_runs import run_backbone  # (lazy: imports torch)
+
+            backbone = run_backbone(plan.training, source=str(run_dir))
+            if backbone is not None:
+                backbone.module.to(dev)
         if (plan.training or {}).get("versions") is not None:
             members = _load_versions(run_dir, plan, dev)
         else:
             members = [(plan, _load_models(run_dir, plan, dev))]
-        return cls(run_dir, plan, members, dev)
+        return cls(run_dir, plan, members, dev, backbone=backbone)
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -284,11 +303,17 @@ class Ensemble:
         numpy.ndarray of float32, shape (N, n_models, n_classes)
             For a DPA* run, each base model's logits summed over the seed versions.
         """
-        from .inference import model_logits  # (lazy: imports torch)
+        if self.heads:  # heads on embeddings: embed the images (or take embeddings), apply the heads
+            from .feature_runs import heads_logits, input_features  # (lazy: imports torch)
 
-        images = self.check_images(x)
-        per_version = [model_logits(models, plan, images, device=self.device, batch_size=batch_size)
-                       for plan, models in self._members]
+            features = input_features(self.backbone, x, self.plan, check_images=self.check_images, device=self.device)
+            per_version = [heads_logits(models, plan, features) for plan, models in self._members]
+        else:
+            from .inference import model_logits  # (lazy: imports torch)
+
+            images = self.check_images(x)
+            per_version = [model_logits(models, plan, images, device=self.device, batch_size=batch_size)
+                           for plan, models in self._members]
         if len(per_version) == 1:
             return per_version[0]
 
@@ -330,6 +355,10 @@ def _load_models(run_dir: Path, plan: PartitionPlan, dev) -> list:
     from .chunk import Chunk  # (lazy: imports torch)
     from .recipe import Recipe  # (lazy: imports torch)
 
+    if is_heads_training(plan.training):
+        from .feature_runs import load_heads  # (lazy: imports torch)
+
+        return load_heads(run_dir, plan)
     training = plan.training or {}
     try:
         recipe = Recipe.from_dict(training["recipe"])

@@ -38,12 +38,11 @@ import torch
 
 from ..param_checks import check_choice, check_int, check_labels, check_number
 from ..errors import InvalidParameterError
+from .head_recipe import HEADS
 from .lbfgs import minimize
 
 __all__ = ["HEADS", "Heads", "fit_heads", "subset_stats"]
 
-#: Head kinds (``--head``).
-HEADS = ("linear", "mlp")
 _DEFAULTS = {"linear": {"max_iter": 500}, "mlp": {"max_iter": 300}}
 _LOGITS_ELEMENTS = 1 << 23  # float64 outputs of the first layer held at once by Heads.logits
 

@@ -12,6 +12,7 @@ from ..param_checks import check_int
 from ..plan.partition import PartitionPlan
 from .checkpoints import chunk_layout
 from .factories import is_factory_name
+from .head_recipe import HeadRecipe
 from .models import activation_floats, architecture
 from .recipe import Recipe
 
@@ -22,6 +23,8 @@ CUDA_CHUNK_CAP = 8  # most models per default chunk on a GPU; see default_chunk_
 CPU_CHUNK_CAP = 25  # most small models per default chunk on a CPU; see default_chunk_size
 #: Architectures trained one per chunk on a CPU (wide convolutions: see default_chunk_size)
 CPU_SOLO_MODELS = ("nin", "resnet18")
+#: Most heads on embeddings per default chunk (any device): one batched fit, one checkpoint file
+HEADS_CHUNK_CAP = 256
 
 
 def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=None) -> int:
@@ -47,10 +50,14 @@ def default_chunk_size(plan: PartitionPlan, recipe: Recipe, device, *, memory=No
       pass here (BatchNorm saves its float32 input, autocast a bf16 copy of each convolution's
       input; NiN saves 5.6 MB per model and sample in fp32, 6.5 MB in bf16, against the
       estimate's 10.3 MB), so the precision does not change the chunk size.
+    * Heads on embeddings (a :class:`~runoff.training.head_recipe.HeadRecipe`): at most
+      :data:`HEADS_CHUNK_CAP` per chunk on any device.
     * A factory's module (:mod:`runoff.training.factories`): one per chunk on a CPU,
       :data:`CUDA_CHUNK_CAP` on CUDA (its size is unknown; pass ``chunk_size`` for more).
     """
     dev_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if isinstance(recipe, HeadRecipe):  # heads on embeddings: one batched fit and one file per chunk
+        return min(plan.n_models, HEADS_CHUNK_CAP)
     if is_factory_name(recipe.model):  # a module of unknown size: one per chunk unless told
         return min(plan.n_models, CUDA_CHUNK_CAP) if dev_type == "cuda" else 1
     if dev_type == "cpu" and recipe.model in CPU_SOLO_MODELS:

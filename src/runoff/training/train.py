@@ -26,6 +26,7 @@ from ..run.health import RunHealth
 from .backends import Backend, TrainedChunks, TrainingJob, resolve_backend
 from .call_summary import TrainingSummary
 from .factories import factory_name, is_factory_name, resolve_factory
+from .head_recipe import heads_options
 from .logit_sources import logit_sources, reusable_columns
 
 __all__ = ["RunResult", "train_run", "train_dpa_star", "merge_versions", "require_training"]
@@ -86,6 +87,13 @@ def train_run(
     download: bool = False,
     model=None,
     recipe_origin: str | None = None,
+    features=None,
+    head: str | None = None,
+    l2: float | None = None,
+    hidden: int | None = None,
+    features_cache=None,
+    head_threads: int = 1,
+    names: dict | None = None,
 ) -> RunResult:
     """Partition, train every base model (batched) and write test logits into ``run_dir``.
 
@@ -162,6 +170,25 @@ def train_run(
     recipe_origin : str, optional
         Where the recipe came from, for the progress display's first line (default: said from
         ``recipe``, ``epochs`` and ``model``: :func:`runoff.training.recipe.recipe_origin`).
+    features : str, optional
+        Base models are heads on the embeddings of this frozen backbone
+        (:mod:`runoff.data.features`: ``"package.module:function"`` or ``"torchvision:NAME"``),
+        fitted by :func:`runoff.training.heads.fit_heads` (:mod:`runoff.training.feature_runs`).
+        The plan is the images' own, as without it. Data that are embeddings already
+        (``npz:FILE`` with float ``x_train``, ``x_test`` ``(N, D)``) train heads without it.
+        ``model``, ``recipe`` and ``epochs`` do not apply to heads; the Ray backend is refused.
+    head : {"linear", "mlp"}, optional
+        The head (default ``"linear"``: multinomial logistic regression to convergence).
+    l2 : float, optional
+        The heads' L2 penalty (default 0.01; :class:`~runoff.training.head_recipe.HeadRecipe`).
+    hidden : int, optional
+        Hidden units of ``"mlp"`` heads (default 64).
+    features_cache : path-like, optional
+        Root of the embedding cache (default :func:`runoff.data.features.cache.default_cache_dir`).
+    head_threads : int, default 1
+        Torch threads while heads are fitted (one is fastest for their many small operations).
+    names : dict, optional
+        Parameter -> option name as the user typed it (``{"features": "--features"}``), for messages.
 
     Returns
     -------
@@ -193,16 +220,27 @@ def train_run(
     _check_run_options(seed_version=seed_version, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
                        checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
                        progress_interval=progress_interval)
-    origin = recipe_origin or _recipe_origin(dataset, recipe=recipe, epochs=epochs, model=model)
+    heads = heads_options(dataset, features=features, head=head, l2=l2, hidden=hidden, model=model, recipe=recipe,
+                          epochs=epochs, backend=backend, names=names)
+    origin = (f"on the embeddings of {features or dataset}" if heads is not None
+              else recipe_origin or _recipe_origin(dataset, recipe=recipe, epochs=epochs, model=model))
     folder = RunFolder(run_dir)
     # Everything is checked, and the cluster reached, before the first file is written: a
     # command that fails leaves nothing behind that would block the corrected one.
     with backend.session():
         backend.check(device)
-        plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
-                                                  seed_version=seed_version, hash=hash, spread=spread,
-                                                  data_root=data_root, image_size=image_size,
-                                                  download=download, model=model)
+        heads_data = None
+        if heads is None:
+            plan, train, test, recipe = _prepare_plan(dataset, k=k, d=d, epochs=epochs, recipe=recipe,
+                                                      seed_version=seed_version, hash=hash, spread=spread,
+                                                      data_root=data_root, image_size=image_size,
+                                                      download=download, model=model)
+        else:  # the backbone is loaded and the data embedded before anything is written
+            plan, train, test, heads_data = _prepare_heads(
+                dataset, heads, features=features, k=k, d=d, spread=spread, hash=hash, seed_version=seed_version,
+                data_root=data_root, image_size=image_size, download=download, features_cache=features_cache,
+                device=device, head_threads=head_threads, progress=progress, names=names)
+            recipe = heads_data.recipe
         with folder.writing("runoff train"):  # one writer: the check and the writes are one step
             fresh = _check_run_folder(folder, plan, train)
             fingerprints, recorded = _check_subsets(folder, plan, train, fresh=fresh)
@@ -222,7 +260,8 @@ def train_run(
                               label=label, on_nan=on_nan, progress_interval=float(progress_interval),
                               fingerprints=fingerprints,
                               earlier_logits=_earlier_logits(folder, fresh, chunks, test, plan),
-                              on_chunk_done=None if whole else ModelsDone(folder), recipe_origin=origin)
+                              on_chunk_done=None if whole else ModelsDone(folder), recipe_origin=origin,
+                              heads=heads_data)
             trained = backend.train(job)
             result = finish_run(folder, backend, job, trained, started=t0)
             folder.mark_finished()
@@ -364,6 +403,16 @@ def _prepare_plan(dataset, *, k, d, epochs, recipe, seed_version, hash, spread, 
     return plan, train, test, recipe
 
 
+def _prepare_heads(dataset, heads, *, features, k, d, spread, hash, seed_version, data_root, image_size, download,
+                   features_cache, device, head_threads, progress, names):
+    """:func:`runoff.training.feature_runs.heads_plan`: the plan and embeddings of a heads run."""
+    from .feature_runs import heads_plan  # (lazy: imports torch)
+
+    return heads_plan(dataset, recipe=heads, features=features, k=k, d=d, spread=spread, hash=hash,
+                      seed_version=seed_version, data_root=data_root, image_size=image_size, download=download,
+                      cache_dir=features_cache, device=device, threads=head_threads, progress=progress, names=names)
+
+
 def _model_name(model) -> str:
     """The recipe's ``model`` for ``train_run(model=...)``: a registry name or a factory's name."""
     from .models import ARCHITECTURES  # (lazy: imports torch)
@@ -481,7 +530,7 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
                        progress_interval=train_kwargs.get("progress_interval", 30.0))
     with backend.session():
         backend.check(train_kwargs.get("device", "cpu"))
-        top = _dpa_star_plan(dataset, k, versions, train_kwargs)
+        top = _dpa_star_plan(dataset, k, versions, train_kwargs, backend=backend)
         with folder.writing("runoff train"):
             _check_dpa_star_folder(folder, top, versions)
             whole = folder.is_finished()
@@ -501,13 +550,21 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     return RunResult(run_dir=folder.path, plan=top, scores=scores, labels=labels, summary=summary)
 
 
-def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
+def _dpa_star_plan(dataset, k, versions: int, train_kwargs, *, backend="local"):
     """The top folder's plan of DPA*: the versions' partitions, with every version listed."""
-    plan, _train, _test, _recipe = _prepare_plan(
-        dataset, k=k, d=1, epochs=train_kwargs.get("epochs"), recipe=train_kwargs.get("recipe"), seed_version=1,
-        hash=train_kwargs.get("hash"), spread=train_kwargs.get("spread"),
-        data_root=train_kwargs.get("data_root"), image_size=train_kwargs.get("image_size"),
-        download=train_kwargs.pop("download", False), model=train_kwargs.get("model"))
+    kw = train_kwargs
+    heads = heads_options(dataset, **{n: kw.get(n) for n in ("features", "head", "l2", "hidden", "model", "recipe",
+                                                             "epochs", "names")}, backend=backend)
+    if heads is not None:
+        plan = _prepare_heads(dataset, heads, k=k, d=1, seed_version=1, download=kw.pop("download", False),
+                              device=kw.get("device", "cpu"), head_threads=kw.get("head_threads", 1), progress=False,
+                              **{n: kw.get(n) for n in ("features", "spread", "hash", "data_root", "image_size",
+                                                        "features_cache", "names")})[0]
+    else:
+        plan = _prepare_plan(dataset, k=k, d=1, epochs=kw.get("epochs"), recipe=kw.get("recipe"), seed_version=1,
+                             hash=kw.get("hash"), spread=kw.get("spread"), data_root=kw.get("data_root"),
+                             image_size=kw.get("image_size"), download=kw.pop("download", False),
+                             model=kw.get("model"))[0]
     training = dict(plan.training or {}, seed_version=None, versions=versions,
                     merge="sum of the versions' logits", version_dirs=RunFolder(".").version_names(versions))
     return replace(plan, training=training)

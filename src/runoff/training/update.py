@@ -34,6 +34,7 @@ from ..reporting.evaluation import evaluate_run
 from ..run.folder import REPORT_JSON, RunFolder
 from .backends import TrainingJob, resolve_backend
 from .call_summary import TrainingSummary
+from .head_recipe import HeadRecipe, is_heads_training
 from .checkpoints import (
     chunk_key,
     existing_ranges,
@@ -122,6 +123,8 @@ def update_run(
     hash: str | None = None,
     recipe=None,
     epochs: int | None = None,
+    features_cache=None,
+    head_threads: int = 1,
 ) -> UpdateResult:
     """Bring a trained run up to date with changed data, retraining only what changed.
 
@@ -141,6 +144,12 @@ def update_run(
         As :func:`~runoff.training.train.train_run`.
     k, d, hash, recipe, epochs : optional
         When given they must equal the run's: a change of any of them is not an update.
+    features_cache, head_threads
+        A run of heads on embeddings (:mod:`runoff.training.feature_runs`): as
+        :func:`~runoff.training.train.train_run`. The new data are embedded with the run's own
+        backbone (refused when its weights changed, :class:`~runoff.errors.CheckpointError`);
+        the cache keeps unchanged images' embeddings bit for bit, so only the heads whose
+        subsets changed (and their chunk-mates, which come out the same) are fitted again.
 
     Returns
     -------
@@ -186,15 +195,16 @@ def update_run(
 
 def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, data_root, image_size, download,
                 device, progress, progress_interval, on_nan, checkpoint_every, checkpoint_min_interval, label, k, d,
-                hash, recipe, epochs) -> UpdateResult:
+                hash, recipe, epochs, features_cache=None, head_threads=1) -> UpdateResult:
     """:func:`update_run` of one run folder (not DPA*), under its lock."""
     run_recipe, seed_version = _run_training(folder, old)
     _refuse_other_run(old, run_recipe, k=k, d=d, hash=hash, recipe=recipe, epochs=epochs)
     old_fps = _recorded_subsets(folder, old)
     with backend.session():
         backend.check(device)
-        new, train, test = _new_plan(old, dataset=dataset, data_root=data_root, image_size=image_size,
-                                     download=download)
+        new, train, test, heads = _new_plan(old, dataset=dataset, data_root=data_root, image_size=image_size,
+                                            download=download, features_cache=features_cache, device=device,
+                                            head_threads=head_threads, progress=progress)
         new_fps = new.subset_fingerprints(train, check=False)
         chunks = _layout(new, run_recipe, device=device, chunk_size=None, checkpoint_dir=folder.checkpoint_dir)
         # (every file is read to find version-1 ones, unless the run says it has none)
@@ -211,7 +221,7 @@ def _update_one(folder: RunFolder, old, reports, *, backend, started, dataset, d
                           checkpoint_every=int(checkpoint_every), checkpoint_min_interval=float(checkpoint_min_interval),
                           progress=progress, label=label, on_nan=on_nan, progress_interval=float(progress_interval),
                           restart_stale=True, fingerprints=new_fps, earlier_logits=earlier,
-                          recipe_origin="the run's recipe")
+                          recipe_origin="the run's recipe", heads=heads)
         trained = backend.train(job)
     res = finish_run(folder, backend, job, trained, started=started)
     folder.drop_logits_set_aside()
@@ -279,7 +289,8 @@ def _reevaluate(res: UpdateResult, reports: list[tuple[Path, list[str]]]) -> Upd
 
 #: update_run's options that each DPA* version folder's update gets as they are
 _PER_VERSION = ("dataset", "data_root", "image_size", "device", "progress", "progress_interval", "on_nan",
-                "checkpoint_every", "checkpoint_min_interval", "k", "d", "hash", "recipe", "epochs")
+                "checkpoint_every", "checkpoint_min_interval", "k", "d", "hash", "recipe", "epochs", "features_cache",
+                "head_threads")
 
 
 def _update_dpa_star(folder: RunFolder, top, *, backend, download: bool, label, reports, **options) -> UpdateResult:
@@ -327,6 +338,8 @@ def _run_training(folder: RunFolder, plan):
 
     training = plan.training or {}
     try:
+        if is_heads_training(training):  # heads on embeddings: the head's settings
+            return HeadRecipe.from_dict(training["heads"]), int(training["seed_version"])
         return Recipe.from_dict(training["recipe"]), int(training["seed_version"])
     except (KeyError, TypeError, ValueError, InvalidParameterError) as exc:
         raise RunDirectoryError(f"{folder.plan_path}: no usable training recipe ({exc})") from None
@@ -347,15 +360,25 @@ def _refuse_other_run(old, run_recipe, *, k, d, hash, recipe, epochs) -> None:
                                         "would change; train a new run with `runoff train`")
 
 
-def _new_plan(old, *, dataset, data_root, image_size, download):
-    """The plan of the new data with the run's own k, d, spread, hash and training record."""
+def _new_plan(old, *, dataset, data_root, image_size, download, features_cache=None, device="cpu", head_threads=1,
+              progress=False):
+    """The plan of the new data with the run's own k, d, spread, hash and training record, and
+    for heads on embeddings their :class:`~runoff.training.feature_runs.HeadsData` (else None)."""
 
     dataset = old.dataset if dataset is None else dataset
     if image_size is None and (old.training or {}).get("image_size"):
         image_size = tuple(old.training["image_size"])  # the run's own resize
-    if download:
-        fetch(dataset, data_root if data_root is not None else default_data_root())
-    train, test = load_dataset(dataset, root=data_root, image_size=image_size)
+    heads = is_heads_training(old.training)
+    if heads:  # embedded with the run's own backbone, refused when its weights changed
+        from .feature_runs import heads_data, update_data  # (lazy: imports torch)
+
+        train, test, train_x, test_x = update_data(old, dataset=dataset, data_root=data_root, image_size=image_size,
+                                                   download=download, cache_dir=features_cache, device=device,
+                                                   progress=progress)
+    else:
+        if download:
+            fetch(dataset, data_root if data_root is not None else default_data_root())
+        train, test = load_dataset(dataset, root=data_root, image_size=image_size)
     training = dict(old.training or {})
     names = None if train.class_names is None else list(train.class_names)
     if train.n_classes != old.n_classes or names != training.get("class_names"):
@@ -368,7 +391,7 @@ def _new_plan(old, *, dataset, data_root, image_size, download):
         raise RunDirectoryError(f"the new training set has {len(train)} samples, fewer than k={old.k}")
     plan = make_plan(train, k=old.k, d=old.d, spread=old.spread, hash=old.hash, training=training,
                      std_rule=old.std_rule)
-    return plan, train, test
+    return plan, train, test, (heads_data(plan, train, train_x, test_x, threads=head_threads) if heads else None)
 
 
 def _classes(n: int, names) -> str:

@@ -16,10 +16,11 @@ PyTorch is imported only inside the functions that run an extractor (and by :mod
 which only :func:`load_extractor` imports), so importing this package stays light.
 """
 
-from .embedded import Backbone, EmbeddedDataset, check_backbone_record, embed_dataset, load_backbone, load_npz_features
+from .embedded import (Backbone, EmbeddedDataset, check_backbone_record, embed_dataset, features_of_view,
+                       hashable_dataset, load_backbone, load_npz_features, npz_holds_embeddings)
 from .extract import check_batch_invariance, compute_embeddings
 from .spec import PRESETS, FeaturesSpec, load_extractor, parse_features_spec, weights_digest
 
 __all__ = ["PRESETS", "Backbone", "EmbeddedDataset", "FeaturesSpec", "check_backbone_record", "check_batch_invariance",
-           "compute_embeddings", "embed_dataset", "load_backbone", "load_extractor", "load_npz_features",
-           "parse_features_spec", "weights_digest"]
+           "compute_embeddings", "embed_dataset", "features_of_view", "hashable_dataset", "load_backbone", "load_extractor", "load_npz_features",
+           "npz_holds_embeddings", "parse_features_spec", "weights_digest"]

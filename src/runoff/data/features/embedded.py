@@ -27,7 +27,7 @@ from .extract import BATCH_RTOL, check_batch_invariance, compute_embeddings
 from .spec import load_extractor, parse_features_spec, weights_digest
 
 __all__ = ["Backbone", "EmbeddedDataset", "load_backbone", "embed_dataset", "check_backbone_record",
-           "load_npz_features"]
+           "load_npz_features", "npz_holds_embeddings", "hashable_dataset", "features_of_view"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,6 +212,39 @@ def load_npz_features(path) -> tuple[EmbeddedDataset, EmbeddedDataset]:
     name = f"npz:{path.resolve()}"
     return tuple(EmbeddedDataset(arrays[f"x_{s}"].astype(np.float32), arrays[f"y_{s}"], n_classes, f"{name}/{s}")
                  for s in ("train", "test"))
+
+
+def npz_holds_embeddings(path) -> bool:
+    """Whether the ``.npz`` at ``path`` holds embeddings: a float ``x_train`` of shape ``(N, D)``.
+
+    Reads the array's header only. False for a missing or unreadable file, or one without
+    ``x_train`` (the image loader then says what is wrong).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x_train.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return len(shape) == 2 and np.issubdtype(dtype, np.floating)
+
+
+def hashable_dataset(embedded: EmbeddedDataset) -> Dataset:
+    """``embedded`` as the :class:`~runoff.data.dataset.Dataset` a partition plan hashes and orders:
+    its "images" are :meth:`EmbeddedDataset.hash_view` (each sample's float32 bytes), so the
+    plan, its fingerprints and a test set's digest read the embeddings' bytes (sha256 hash only).
+    :func:`features_of_view` gives the embeddings back."""
+    return Dataset(embedded.hash_view(), embedded.labels, embedded.n_classes, embedded.name,
+                   class_names=embedded.class_names)
+
+
+def features_of_view(images) -> np.ndarray:
+    """The float32 embeddings ``(n, D)`` of :meth:`EmbeddedDataset.hash_view`'s uint8 ``(n, 1, 4*D, 1)``."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[3] != 1 or images.shape[2] % 4:
+        raise InvalidParameterError(f"not a view of embeddings: uint8 (n, 1, 4*D, 1) expected; got {images.shape}")
+    return images.reshape(images.shape[0], -1).view("<f4").astype(np.float32)
 
 
 def _npz_arrays(path: Path) -> dict:

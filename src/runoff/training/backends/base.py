@@ -61,6 +61,9 @@ class TrainingJob:
     recipe_origin : str or None
         Where the recipe came from, for the progress display's first line ("runoff's recipe
         for digits", "the run's recipe"; :func:`runoff.training.recipe.recipe_origin`).
+    heads : runoff.training.feature_runs.HeadsData or None
+        A run of heads on embeddings: the embeddings and the head's settings (``recipe`` is
+        then a :class:`~runoff.training.head_recipe.HeadRecipe`); None for trained networks.
     """
 
     plan: Any
@@ -82,6 +85,7 @@ class TrainingJob:
     earlier_logits: dict | None = None
     on_chunk_done: Any = None
     recipe_origin: str | None = None
+    heads: Any = None
 
     def earlier(self, ids):
         """The chunk's entry of :attr:`earlier_logits`, or None."""

@@ -27,6 +27,11 @@ class LocalBackend:
 
     def train(self, job: TrainingJob) -> TrainedChunks:
         from ..device import resolve_device  # (lazy: imports torch)
+
+        if job.heads is not None:  # heads on embeddings: fitted, not trained by epochs
+            from ..feature_runs import train_heads  # (lazy: imports torch)
+
+            return train_heads(job)
         from ..trainer import TrainingSet, trained_chunks  # (lazy: imports torch)
 
         dev = resolve_device(job.device)
