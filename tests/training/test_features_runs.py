@@ -225,6 +225,7 @@ def test_bad_backbones_are_one_line_errors_and_write_nothing(tmp_path, data, cap
     (["--epochs", "3"], "--epochs does not apply to heads"),
     (["--backend", "ray"], "local backend only"),
     (["--features", "torchvision:resnet17"], "did you mean torchvision:resnet18"),
+    (["--versions", "2"], "--versions needs base models that differ by seed"),
 ])
 def test_options_that_do_not_apply_are_refused_before_anything_is_written(tmp_path, capsys, extra, expected):
     out = tmp_path / "run"

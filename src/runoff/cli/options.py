@@ -248,7 +248,7 @@ def _add_features_options(p, *, train: bool = True) -> None:
 
 #: Option names of the heads' parameters, for the library's messages.
 FEATURES_NAMES = {"features": "--features", "head": "--head", "l2": "--l2", "hidden": "--hidden", "hash": "--hash",
-                  "backend": "--backend", "epochs": "--epochs", "model": "--model",
+                  "backend": "--backend", "epochs": "--epochs", "model": "--model", "versions": "--versions",
                   "recipe": "the recipe options (--model, --batch-size, --lr, --recipe, ...)"}
 
 
