@@ -46,7 +46,7 @@ def test_certify_json_has_collective_beside_pointwise(logits):
         assert [row["pointwise"][b] for b in ("1", "2", "3")] == pytest.approx(pointwise)
         assert all(row["collective"][b] >= row["pointwise"][b] for b in ("1", "2", "3"))
         assert all(row["lower"][b] <= row["upper"][b] for b in ("1", "2", "3"))
-    assert col["methods"]["dpa"]["exact"] and not col["methods"]["dpa-roe"]["exact"]
+    assert col["methods"]["dpa"]["exact"] and col["methods"]["dpa-roe"]["exact"]  # ROE exact since issue 26
 
 
 def test_certify_prints_the_pointwise_table_first_then_progress(logits):

@@ -20,7 +20,7 @@ __all__ = ["collective_summary", "collective_table", "collective_markdown", "COL
 
 COLLECTIVE_CAPTION = (
     "pointwise: each point attacked with its own B poisons; collective: one attack with B poisons "
-    "against all points at once (a proven bound; * = proven optimal; ROE methods use a sound relaxation)"
+    "against all points at once (a proven bound; * = proven optimal)"
 )
 
 
