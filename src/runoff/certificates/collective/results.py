@@ -88,6 +88,9 @@ class CollectiveCertification:
         Those of :func:`runoff.certify`.
     d : int
     spread : list of int or None
+    chunk_upper : ndarray of shape (B,), int64, or None
+        The chunk-sum bound (each chunk bounded with its own best attack); ``upper`` is the
+        lower of it and the whole-set bound of :mod:`.dual`, so ``upper <= chunk_upper``.
     """
 
     method: str
@@ -106,6 +109,7 @@ class CollectiveCertification:
     certificates: np.ndarray
     d: int = 1
     spread: list | None = field(default=None)
+    chunk_upper: np.ndarray | None = field(default=None)
 
     def _need_labels(self):
         if self.n_correct is None:
