@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import runoff
 import runoff.certificates.collective.api as api
 from runoff import certify_collective
 from runoff.certificates.collective.dual import lagrangian_bound
 
+from collective_helpers import build
 from test_collective import _check_attack, _medium, brute_force, random_case
 
 pytest.importorskip("scipy")
@@ -64,24 +64,11 @@ def _decompose(scores, method, budgets, *, d, spread, labels, steps):
     """Run the decomposition on every budget whose points span two or more chunks of one point,
     from target 0 (so it never stops early): {budget: DualRun}."""
     from runoff.certificates.collective.solve import _bound_budgets, _plan_chunks
-    from runoff.certificates.collective.terms import _candidate_terms
-    from runoff.certificates.methods import get_method
 
-    meth = get_method(method)
-    shifts = None if spread is None else np.asarray(spread)
-    if meth.fa and shifts is None:
-        from runoff.plan.spread import reference_spread
-
-        shifts = np.asarray(reference_spread(scores.shape[1] // d, d))
-    cert = runoff.certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
-    counted = np.ones(scores.shape[0], bool) if labels is None else cert.predictions == labels
-    inst = api._Instance(scores=scores, roe=meth.roe, fa=meth.fa, units=api._units(meth, scores.shape[1], d, shifts),
-                         pred=cert.predictions, pw_cert=cert.certificates, counted=counted)
     b_arr = np.asarray(budgets)
-    pts = inst.candidates(int(b_arr.max()))
-    if pts.size == 0:
+    inst, terms = build(scores, method, int(b_arr.max()), d=d, spread=spread, labels=labels)
+    if terms is None:
         return {}
-    terms = _candidate_terms(inst, pts)
     plans = _plan_chunks(inst, terms, b_arr, 1)
     *_, per_chunk = _bound_budgets(inst, terms, plans, time_limit=None, n_jobs=1)
     return {budget: lagrangian_bound(inst, terms, chunks, budget, per_chunk[j], steps=steps, target=0,

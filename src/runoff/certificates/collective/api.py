@@ -16,6 +16,7 @@ from ..api import certify
 from ..methods import Method, get_method
 from .dual import lagrangian_bound
 from .replay import _best_attacks, _replayed
+from .search import local_search
 from .results import EXACT_METHODS, CollectiveCertification
 from .solve import _bound_budgets, _native_stdout_silenced, _plan_chunks, _require_highs
 from .terms import _candidate_terms
@@ -26,11 +27,15 @@ DEFAULT_CHUNK = 40
 #: Default subgradient steps of the whole-set bound (:mod:`.dual`).
 DEFAULT_DUAL_STEPS = 8
 
+#: Default most improving moves of the attack search (:mod:`.search`).
+DEFAULT_SEARCH_ROUNDS = 20
+
 
 def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1, spread=None,
                        time_limit: float | None = None, n_jobs: int | None = None,
                        chunk_size: int | None = None, progress=None,
-                       dual_steps: int = DEFAULT_DUAL_STEPS) -> CollectiveCertification:
+                       dual_steps: int = DEFAULT_DUAL_STEPS,
+                       search_rounds: int = DEFAULT_SEARCH_ROUNDS) -> CollectiveCertification:
     """Bound how many test points one poisoning attack with B poisons can change.
 
     Parameters
@@ -65,6 +70,11 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         solves every chunk again; the bound reported is the lower of it and the chunk sum
         (both proven), and the steps stop early once the bound meets the best attack.
         0: the chunk sum only.
+    search_rounds : int, default 20
+        Most improving moves of the attack search (:mod:`.search`: swaps of units from the
+        sets the solver chose, scored on every candidate point at once) for a budget whose
+        bound the attacks found do not meet; its sets are replayed like the solver's, so only
+        ``lower`` can change. 0: no search.
     progress : callable, optional
         Called as ``progress(budget, index, n_budgets)`` before the MILPs of each budget are
         solved (``index`` counts from 0, in the order of ``budgets``), so that a caller can
@@ -97,10 +107,11 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     jobs = check_n_jobs(n_jobs)
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
     steps = check_int(dual_steps, "dual_steps", low=0)
+    rounds = check_int(search_rounds, "search_rounds", low=0)
     _require_highs()
     with _native_stdout_silenced():
         return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk,
-                        progress=progress, dual_steps=steps)
+                        progress=progress, dual_steps=steps, search_rounds=rounds)
 
 
 def _units(method: Method, m, d, shifts):
@@ -129,7 +140,8 @@ class _Instance:
         return np.flatnonzero(self.counted & (self.pw_cert < budget))
 
 
-def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None, dual_steps=0):
+def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None, dual_steps=0,
+             search_rounds=0):
     n, m, _ = scores.shape
     deadline = None if time_limit is None else time.monotonic() + time_limit
     cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
@@ -150,6 +162,9 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     if dual_steps:
         _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, steps=dual_steps, time_limit=per_solve,
                    n_jobs=n_jobs, deadline=deadline)
+    if search_rounds:
+        _search_attacks(inst, terms, plans, upper, found, attacks, rounds=search_rounds, deadline=deadline)
+    if dual_steps or search_rounds:
         attacks = _best_attacks(inst, budgets, found)
     lower = np.array([a.count for a in attacks], dtype=np.int64)
     _min_over_larger_budgets(upper, budgets)
@@ -191,6 +206,15 @@ def _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, *, steps, t
                                time_limit=time_limit, n_jobs=n_jobs, replay=replay, deadline=deadline)
         upper[j] = min(upper[j], run.upper)
         found[j] = found[j] + run.unit_sets
+
+
+def _search_attacks(inst, terms, plans, upper, found, attacks, *, rounds, deadline):
+    """In place: each budget whose bound its attack does not meet gets the unit sets of a
+    local search (:mod:`.search`) from the sets found so far, to replay, in ``found[j]``."""
+    for j, (budget, cand, _) in enumerate(plans):
+        if terms is None or upper[j] <= attacks[j].count or not found[j]:
+            continue
+        found[j] = found[j] + local_search(terms, inst.units, budget, cand, found[j], rounds=rounds, deadline=deadline)
 
 
 def _min_over_larger_budgets(upper, budgets):
