@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     print(f"cores: {os.cpu_count()}, load average {load:.2f}, numpy {np.__version__}, logits: {'uniform' if args.uniform else 'structured'}")
     print(
         f"{'set':<24}{'method':<9}{'N':>7}{'M':>6}{'C':>4}{'seconds':>9}{'ms/pt':>8}{'vs published':>14}"
-        f"{'peak MB':>9}{'logits MB':>10}{'target s':>9}"
+        f"{'peak MB':>9}{'logits MB':>10}{'target s':>11}"
     )
     for name, n, k, d, c, methods, published in SETS:
         if args.quick:
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
             mark = "-" if target is None else f"{target:.2f} {'ok' if best < target else 'MISS'}"
             print(
                 f"{name:<24}{method:<9}{n:>7}{m:>6}{c:>4}{best:>9.3f}{1e3 * best / n:>8.3f}{speed:>14}"
-                f"{peak:>9.0f}{scores.nbytes / 2**20:>10.0f}{mark:>9}"
+                f"{peak:>9.0f}{scores.nbytes / 2**20:>10.0f}{mark:>11}"
             )
 
 
