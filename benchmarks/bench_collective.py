@@ -49,13 +49,14 @@ def main(argv=None) -> None:
     ap.add_argument("--large-time", type=float, default=300.0, help="solver seconds, part 2")
     ap.add_argument("--large-budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-small", action="store_true", help="part 2 only")
     ap.add_argument("--large-methods", default="dpa,fa", help="part 2 methods")
     ap.add_argument("--large-d", type=int, default=16, help="part 2: d of the FA methods (k=50)")
     ap.add_argument("--dual-steps", type=int, default=8, help="whole-set bound steps (0: chunk sum only)")
     ap.add_argument("--search-rounds", type=int, default=20, help="attack search moves (0: none)")
     args = ap.parse_args(argv)
 
-    for method in args.methods.split(","):
+    for method in [] if args.skip_small else args.methods.split(","):
         m = 200 if method.startswith("fa") else 50
         scores, labels = synthetic_logits(360, m, 10, seed=1)
         d = 4 if method.startswith("fa") else 1
