@@ -45,8 +45,12 @@ def test_certify_json_has_collective_beside_pointwise(logits):
         pointwise = certified_accuracy(res.predictions, res.certificates, labels, [1, 2, 3])
         assert [row["pointwise"][b] for b in ("1", "2", "3")] == pytest.approx(pointwise)
         assert all(row["collective"][b] >= row["pointwise"][b] for b in ("1", "2", "3"))
-        assert all(row["lower"][b] <= row["upper"][b] for b in ("1", "2", "3"))
-    assert col["methods"]["dpa"]["exact"] and not col["methods"]["dpa-roe"]["exact"]
+        assert all(row["lower"][b] <= row["upper"][b] <= row["chunk_upper"][b] for b in ("1", "2", "3"))
+        assert all(row["attack"][b] >= row["collective"][b] for b in ("1", "2", "3"))
+        # the window is listed exactly where the bound is not met by an attack
+        assert set(row["window"]) == {b for b in ("1", "2", "3") if not row["optimal"][b]}
+        assert all(row["window"][b] == [row["collective"][b], row["attack"][b]] for b in row["window"])
+    assert col["methods"]["dpa"]["exact"] and col["methods"]["dpa-roe"]["exact"]  # ROE exact since issue 26
 
 
 def test_certify_prints_the_pointwise_table_first_then_progress(logits):
@@ -119,3 +123,16 @@ def test_a_scipy_without_highs_milp_is_refused(monkeypatch, logits):
     with pytest.raises(MissingDependencyError, match=r"needs scipy.optimize.milp \(HiGHS\), which SciPy .* lacks; "
                                                      r"install SciPy >= 1.9"):
         certify_collective(logits[1], "dpa", [1])
+
+
+def test_table_shows_the_window_where_the_bound_is_not_met():
+    from runoff.reporting.collective_table import COLLECTIVE_CAPTION, collective_markdown
+
+    row = {"pointwise": {1: 0.5, 2: 0.4}, "collective": {1: 0.55, 2: 0.45}, "attack": {1: 0.55, 2: 0.5},
+           "optimal": {1: True, 2: False}}
+    md = collective_markdown({"budgets": [1, 2], "methods": {"dpa": row}})
+    assert "| 1 | 50.00% / 55.00%* |" in md
+    assert "| 2 | 40.00% / [45.00%, 50.00%] |" in md
+    assert "[a, b]" in COLLECTIVE_CAPTION
+    old = {k: v for k, v in row.items() if k != "attack"}  # a summary from before the window
+    assert "| 2 | 40.00% / 45.00% |" in collective_markdown({"budgets": [1, 2], "methods": {"dpa": old}})

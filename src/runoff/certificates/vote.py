@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "round1_votes",
+    "class_votes",
     "vote_counts",
     "margin",
     "gaps",
@@ -28,6 +29,7 @@ __all__ = [
     "prefers",
     "class_major",
     "preferred_counts",
+    "count_true",
     "roe_finalists",
 ]
 
@@ -35,6 +37,26 @@ __all__ = [
 def round1_votes(scores: np.ndarray) -> np.ndarray:
     """Each model's vote: argmax over classes. (N, M, C) -> (N, M) int64."""
     return np.argmax(scores, axis=2)
+
+
+def class_votes(by_class: np.ndarray) -> np.ndarray:
+    """:func:`round1_votes` from the class-major layout, in the narrowest unsigned type.
+
+    ``by_class`` (N, C, M) -> (N, M), uint8 when C <= 256 (else int64): the first class that
+    reaches each model's largest logit, exactly like ``np.argmax`` (logits are finite).
+    Faster than an argmax over a short last axis: one max over the class axis, then C
+    contiguous passes that count the leading classes still below it.
+    """
+    n, n_classes, m = by_class.shape
+    top = by_class.max(axis=1)
+    out = np.zeros((n, m), dtype=np.uint8 if n_classes <= 256 else np.int64)
+    below = np.less(by_class[:, 0], top)  # no class reached the max yet
+    step = np.empty_like(below)
+    for c in range(1, n_classes):
+        np.add(out, below, out=out, casting="unsafe")
+        np.less(by_class[:, c], top, out=step)
+        np.logical_and(below, step, out=below)
+    return out
 
 
 def vote_counts(votes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -94,8 +116,13 @@ def prefers(by_class: np.ndarray, a: np.ndarray, b: np.ndarray, rows: np.ndarray
     Returns (R, M) bool: the logit for ``a`` is larger, or equal and ``a < b``.
     """
     rows = np.arange(by_class.shape[0]) if rows is None else rows
-    sa, sb = by_class[rows, a], by_class[rows, b]
-    return (sa > sb) | ((sa == sb) & (a < b)[:, None])
+    # a wins a tie when a < b: there "a preferred" is "not (b > a)". Swapping the operands
+    # of those rows leaves one comparison and one flip instead of four operations.
+    flip = np.asarray(a < b)
+    first, second = np.where(flip, b, a), np.where(flip, a, b)
+    out = by_class[rows, first] > by_class[rows, second]
+    out ^= flip[:, None]
+    return out
 
 
 def class_major(scores: np.ndarray) -> np.ndarray:
@@ -112,7 +139,17 @@ def preferred_counts(by_class: np.ndarray, ref: np.ndarray) -> np.ndarray:
     n, n_classes, _ = by_class.shape
     sr = by_class[np.arange(n), ref][:, None, :]
     lower = np.arange(n_classes)[None, :] < ref[:, None]  # c wins a tie when c < ref
-    return (by_class > sr).sum(axis=2) + ((by_class == sr) & lower[:, :, None]).sum(axis=2)
+    pref = by_class > sr
+    pref |= (by_class == sr) & lower[:, :, None]
+    return count_true(pref, axis=2)
+
+
+def count_true(mask: np.ndarray, axis: int) -> np.ndarray:
+    """``mask.sum(axis)`` as int64, summing bytes in int32 (about twice as fast as numpy's bool sum).
+
+    Exact while the axis is shorter than 2**31.
+    """
+    return mask.view(np.uint8).sum(axis=axis, dtype=np.int32).astype(np.int64)
 
 
 def roe_finalists(by_class: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +158,7 @@ def roe_finalists(by_class: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray,
     ``by_class`` is the class-major (N, C, M) layout of the logits.
     """
     first, second = top_two(counts)
-    n_first = prefers(by_class, first, second).sum(axis=1)
+    n_first = count_true(prefers(by_class, first, second), axis=1)
     first_wins = margin(n_first, by_class.shape[2] - n_first, first, second) > 0
     winner = np.where(first_wins, first, second)
     loser = np.where(first_wins, second, first)

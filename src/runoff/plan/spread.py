@@ -113,9 +113,15 @@ def bucket_sums(x: np.ndarray, spread) -> np.ndarray:
     ``x`` (..., kd) -> (..., kd) with ``out[..., b] = sum_s x[..., (b + s) mod kd]``, that is
     the sum over :func:`models_of_buckets` of ``b``; same dtype as ``x``.
     """
-    out = np.zeros_like(x)
-    for s in spread:
-        out += np.roll(x, -int(s), axis=-1)  # rolled[..., b] = x[..., (b + s) mod kd]
+    kd = x.shape[-1]
+    shifts = [int(s) % kd for s in spread] if kd else []
+    if not shifts:
+        return np.zeros_like(x)
+    # One wrapped copy instead of a roll per shift: wrapped[..., b + s] = x[..., (b + s) mod kd].
+    wrapped = np.concatenate([x, x[..., : max(shifts)]], axis=-1)
+    out = wrapped[..., shifts[0] : shifts[0] + kd].copy()
+    for s in shifts[1:]:
+        out += wrapped[..., s : s + kd]  # shifts summed in the spread's order
     return out
 
 

@@ -21,7 +21,8 @@ __all__ = ["collective_summary", "collective_table", "collective_markdown", "COL
 
 COLLECTIVE_CAPTION = (
     "pointwise: each point attacked with its own B poisons; collective: one attack with B poisons "
-    "against all points at once (a proven bound; * = proven optimal; ROE methods use a sound relaxation)"
+    "against all points at once (a proven bound; * = proven optimal; [a, b] = the true figure lies "
+    "between the proven a and the b that the best attack found leaves)"
 )
 
 
@@ -46,8 +47,11 @@ def collective_summary(scores, labels, methods, budgets, *, d: int = 1, spread=N
     -------
     dict
         ``{"budgets": [...], "methods": {method: {"pointwise": {B: fraction}, "collective":
-        {B: fraction}, "upper": {B: points}, "lower": {B: points}, "optimal": {B: bool},
-        "exact": bool, "chunked": bool}}}``.
+        {B: fraction}, "attack": {B: fraction}, "upper": {B: points}, "lower": {B: points},
+        "chunk_upper": {B: points}, "optimal": {B: bool}, "window": {B: [collective, attack]},
+        "exact": bool, "chunked": bool}}}``. ``attack`` is the accuracy the best attack found
+        leaves (``(correct - lower) / N``); ``window`` lists only the budgets where it differs
+        from ``collective`` (the true collective figure lies in between).
     """
 
     out = {"budgets": [int(b) for b in budgets], "methods": {}}
@@ -56,17 +60,28 @@ def collective_summary(scores, labels, methods, budgets, *, d: int = 1, spread=N
         cc = certify_collective(scores, method, budgets, labels=labels, d=d, spread=spread, time_limit=time_limit,
                                 n_jobs=n_jobs, progress=hook)
         keyed = lambda values, cast: {int(b): cast(v) for b, v in zip(cc.budgets, values)}  # noqa: E731
+        attack = (cc.n_correct - cc.lower) / cc.n_points
+        chunk_upper = cc.upper if cc.chunk_upper is None else cc.chunk_upper
         out["methods"][method] = {
             "pointwise": keyed(cc.pointwise_accuracy(), float), "collective": keyed(cc.certified_accuracy(), float),
-            "upper": keyed(cc.upper, int), "lower": keyed(cc.lower, int), "optimal": keyed(cc.optimal, bool),
+            "attack": keyed(attack, float), "upper": keyed(cc.upper, int), "lower": keyed(cc.lower, int),
+            "chunk_upper": keyed(chunk_upper, int), "optimal": keyed(cc.optimal, bool),
+            "window": {int(b): [float(c), float(a)] for b, c, a, done in
+                       zip(cc.budgets, cc.certified_accuracy(), attack, cc.optimal) if not done},
             "exact": bool(cc.exact), "chunked": bool(cc.chunked.any()),
         }
     return out
 
 
 def _cell(row: dict, b: int) -> str:
-    star = "*" if row["optimal"][b] else ""
-    return f"{100 * row['pointwise'][b]:.2f}% / {100 * row['collective'][b]:.2f}%{star}"
+    """"pointwise / collective*" when proven optimal, else "pointwise / [collective, attack]"."""
+    pw, col = f"{100 * row['pointwise'][b]:.2f}%", f"{100 * row['collective'][b]:.2f}%"
+    if row["optimal"][b]:
+        return f"{pw} / {col}*"
+    attack = row.get("attack", {}).get(b)
+    if attack is None:  # a summary written before issue 26: the proven figure only
+        return f"{pw} / {col}"
+    return f"{pw} / [{col}, {100 * attack:.2f}%]"
 
 
 def collective_table(summary: dict):

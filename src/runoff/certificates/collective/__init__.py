@@ -15,7 +15,7 @@ The steps, one module each:
 
 - :mod:`.api`: :func:`certify_collective`, its checks, and the steps below put together;
 - :mod:`.terms`: per point, the linear conditions (terms) that changing its prediction needs
-  (exact for plurality and ROE's first round, a relaxation for the run-off);
+  (exact for plurality and for both rounds of ROE);
 - :mod:`.cuts`: the MILP of one chunk of points (variables, rows, valid cuts);
 - :mod:`.solve`: chunk planning, HiGHS, and reading a proven bound from its result;
 - :mod:`.replay`: the attacks the solver found, replayed through runoff's own aggregation;

@@ -4,6 +4,7 @@ budget (terms, chunked MILPs, replayed attacks) and gather a :class:`CollectiveC
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,9 @@ from ...plan.spread import models_of_buckets
 from .. import inputs
 from ..api import certify
 from ..methods import Method, get_method
-from .replay import _best_attacks
+from .dual import lagrangian_bound
+from .replay import _best_attacks, _replayed
+from .search import local_search
 from .results import EXACT_METHODS, CollectiveCertification
 from .solve import _bound_budgets, _native_stdout_silenced, _plan_chunks, _require_highs
 from .terms import _candidate_terms
@@ -21,10 +24,18 @@ from .terms import _candidate_terms
 #: Default number of candidate test points per MILP.
 DEFAULT_CHUNK = 40
 
+#: Default subgradient steps of the whole-set bound (:mod:`.dual`).
+DEFAULT_DUAL_STEPS = 8
+
+#: Default most improving moves of the attack search (:mod:`.search`).
+DEFAULT_SEARCH_ROUNDS = 20
+
 
 def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1, spread=None,
                        time_limit: float | None = None, n_jobs: int | None = None,
-                       chunk_size: int | None = None, progress=None) -> CollectiveCertification:
+                       chunk_size: int | None = None, progress=None,
+                       dual_steps: int = DEFAULT_DUAL_STEPS,
+                       search_rounds: int = DEFAULT_SEARCH_ROUNDS) -> CollectiveCertification:
     """Bound how many test points one poisoning attack with B poisons can change.
 
     Parameters
@@ -44,14 +55,26 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         FA only: the d shifts (default :func:`runoff.plan.spread.reference_spread`).
     time_limit : float, optional
         Seconds of solver time for the whole call (> 0), shared equally among the MILPs
-        (one per chunk and budget). A MILP stopped by it still gives a proven bound (its dual
-        bound), only a weaker one. None: no limit.
+        (one per chunk and budget); the whole-set steps (``dual_steps``) get what is left of
+        it. A MILP stopped by it still gives a proven bound (its dual bound), only a weaker
+        one. None: no limit.
     n_jobs : int, optional
         Threads over chunks, with scikit-learn's meaning (None: 1).
     chunk_size : int, optional
         Candidate points per MILP (default 40). The bounds of the chunks are summed: small
         MILPs are often solved to optimality, and the sum of their optima is usually a tighter
         bound than the dual bound of one large MILP stopped early.
+    dual_steps : int, default 8
+        Where a budget's points span several chunks: subgradient steps of the whole-set bound
+        (:mod:`.dual`, Lagrangian decomposition: the chunks must share one attack). Each step
+        solves every chunk again; the bound reported is the lower of it and the chunk sum
+        (both proven), and the steps stop early once the bound meets the best attack.
+        0: the chunk sum only.
+    search_rounds : int, default 20
+        Most improving moves of the attack search (:mod:`.search`: swaps of units from the
+        sets the solver chose, scored on every candidate point at once) for a budget whose
+        bound the attacks found do not meet; its sets are replayed like the solver's, so only
+        ``lower`` can change. 0: no search.
     progress : callable, optional
         Called as ``progress(budget, index, n_budgets)`` before the MILPs of each budget are
         solved (``index`` counts from 0, in the order of ``budgets``), so that a caller can
@@ -63,7 +86,7 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     CollectiveCertification
         Arrays of shape (B,): ``upper`` (proven bound), ``lower`` (achieved by
         ``attacks[j]``, replayed through the aggregation), ``optimal``, ``chunked``,
-        ``pointwise``.
+        ``pointwise``, ``chunk_upper`` (the chunk-sum bound, ``>= upper``).
 
     Raises
     ------
@@ -83,10 +106,12 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         time_limit = check_number(time_limit, "time_limit", low=0, strict=True, unit="seconds")
     jobs = check_n_jobs(n_jobs)
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
+    steps = check_int(dual_steps, "dual_steps", low=0)
+    rounds = check_int(search_rounds, "search_rounds", low=0)
     _require_highs()
     with _native_stdout_silenced():
         return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk,
-                        progress=progress)
+                        progress=progress, dual_steps=steps, search_rounds=rounds)
 
 
 def _units(method: Method, m, d, shifts):
@@ -115,8 +140,10 @@ class _Instance:
         return np.flatnonzero(self.counted & (self.pw_cert < budget))
 
 
-def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None):
+def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None, dual_steps=0,
+             search_rounds=0):
     n, m, _ = scores.shape
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
     pred, pw_cert = cert.predictions, cert.certificates
     inst = _Instance(scores=scores, roe=method.roe, fa=method.fa,
@@ -128,11 +155,20 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     n_solves = sum(len(c) for _, _, c in plans)
     # the time limit is shared equally among all the MILPs of the call
     per_solve = None if time_limit is None or n_solves == 0 else time_limit / n_solves
-    upper, chunked, fallback, pointwise, found = _bound_budgets(inst, terms, plans, time_limit=per_solve,
+    upper, chunked, fallback, pointwise, found, per_chunk = _bound_budgets(inst, terms, plans, time_limit=per_solve,
                                                                 n_jobs=n_jobs, progress=progress)
     attacks = _best_attacks(inst, budgets, found)
+    chunk_upper = upper.copy()
+    if dual_steps:
+        _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, steps=dual_steps, time_limit=per_solve,
+                   n_jobs=n_jobs, deadline=deadline)
+    if search_rounds:
+        _search_attacks(inst, terms, plans, upper, found, attacks, rounds=search_rounds, deadline=deadline)
+    if dual_steps or search_rounds:
+        attacks = _best_attacks(inst, budgets, found)
     lower = np.array([a.count for a in attacks], dtype=np.int64)
     _min_over_larger_budgets(upper, budgets)
+    _min_over_larger_budgets(chunk_upper, budgets)
     return CollectiveCertification(
         method=method.name,
         budgets=budgets,
@@ -150,7 +186,35 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
         certificates=pw_cert,
         d=d,
         spread=None if shifts is None else shifts.tolist(),
+        chunk_upper=chunk_upper,
     )
+
+
+def _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, *, steps, time_limit, n_jobs, deadline):
+    """In place: the whole-set bound (:mod:`.dual`) of each chunked budget not yet met by its
+    attack lowers ``upper[j]``; the unit sets it tries join ``found[j]``. With a deadline
+    (``time_limit`` of the call), the steps use the time the chunks left."""
+    for j, (budget, cand, chunks) in enumerate(plans):
+        if len(chunks) < 2 or upper[j] <= attacks[j].count:
+            continue
+        tried = {}
+
+        def replay(sets, cand=cand):
+            return max(o[1].size for o in _replayed(inst, cand, sets, tried))
+
+        run = lagrangian_bound(inst, terms, chunks, budget, per_chunk[j], steps=steps, target=attacks[j].count,
+                               time_limit=time_limit, n_jobs=n_jobs, replay=replay, deadline=deadline)
+        upper[j] = min(upper[j], run.upper)
+        found[j] = found[j] + run.unit_sets
+
+
+def _search_attacks(inst, terms, plans, upper, found, attacks, *, rounds, deadline):
+    """In place: each budget whose bound its attack does not meet gets the unit sets of a
+    local search (:mod:`.search`) from the sets found so far, to replay, in ``found[j]``."""
+    for j, (budget, cand, _) in enumerate(plans):
+        if terms is None or upper[j] <= attacks[j].count or not found[j]:
+            continue
+        found[j] = found[j] + local_search(terms, inst.units, budget, cand, found[j], rounds=rounds, deadline=deadline)
 
 
 def _min_over_larger_budgets(upper, budgets):

@@ -17,8 +17,9 @@ from ...param_checks import invalid
 __all__ = ["CollectiveAttack", "CollectiveCertification", "EXACT_METHODS"]
 
 
-#: Methods whose MILP is exact for the threat model (the others are sound relaxations).
-EXACT_METHODS = ("dpa", "fa")
+#: Methods whose MILP is exact for the threat model: all four (the run-off round is modelled
+#: exactly, see :mod:`.terms`).
+EXACT_METHODS = ("dpa", "dpa-roe", "fa", "fa-roe")
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ class CollectiveCertification:
         ``upper <= pointwise`` always.
     attacks : tuple of CollectiveAttack, length B
     exact : bool
-        The formulation is exact for the method (``dpa``, ``fa``); ROE methods use a sound
-        relaxation of the run-off round.
+        The formulation is exact for the method (every method since issue 26: the run-off
+        round of ROE is modelled exactly), so a MILP solved to optimality on one chunk is
+        the exact count for it.
     n_points : int
     n_correct : int or None
         Correctly predicted points, when labels were given.
@@ -86,6 +88,9 @@ class CollectiveCertification:
         Those of :func:`runoff.certify`.
     d : int
     spread : list of int or None
+    chunk_upper : ndarray of shape (B,), int64, or None
+        The chunk-sum bound (each chunk bounded with its own best attack); ``upper`` is the
+        lower of it and the whole-set bound of :mod:`.dual`, so ``upper <= chunk_upper``.
     """
 
     method: str
@@ -104,6 +109,7 @@ class CollectiveCertification:
     certificates: np.ndarray
     d: int = 1
     spread: list | None = field(default=None)
+    chunk_upper: np.ndarray | None = field(default=None)
 
     def _need_labels(self):
         if self.n_correct is None:

@@ -87,15 +87,16 @@ def _chunks(terms, pw_cert, budget, chunk):
 
 
 def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None):
-    """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found), where
-    ``found[j]`` lists the non-empty unit sets the solver chose for budget ``j``; ``progress``
-    (if any) hears of each budget before its MILPs."""
+    """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found, per_chunk),
+    where ``found[j]`` lists the non-empty unit sets the solver chose for budget ``j`` and
+    ``per_chunk[j]`` the results of its chunks (:func:`_solve_chunk`); ``progress`` (if any)
+    hears of each budget before its MILPs."""
     n_b = len(plans)
     upper = np.zeros(n_b, dtype=np.int64)
     pointwise = np.zeros(n_b, dtype=np.int64)
     chunked = np.zeros(n_b, dtype=bool)
     fallback = np.zeros(n_b, dtype=np.int64)
-    found = []
+    found, per_chunk = [], []
     for j, (budget, cand, chunks) in enumerate(plans):
         if progress is not None:
             progress(int(budget), j, n_b)
@@ -105,41 +106,53 @@ def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None):
         upper[j] = sum(r[0] for r in results)
         fallback[j] = sum(not r[2] for r in results)
         found.append([r[1] for r in results if r[1] is not None and r[1].size])
-    return upper, chunked, fallback, pointwise, found
+        per_chunk.append(results)
+    return upper, chunked, fallback, pointwise, found, per_chunk
 
 
-def _solve_chunks(inst, terms, chunks, budget, *, time_limit, n_jobs):
-    """:func:`_solve_chunk` of each chunk, in order (threads when ``n_jobs > 1``)."""
-    def run(t_sel):
-        return _solve_chunk(terms, t_sel, inst.units, budget, time_limit=time_limit, fa=inst.fa)
+def _solve_chunks(inst, terms, chunks, budget, *, time_limit, n_jobs, unit_costs=None):
+    """:func:`_solve_chunk` of each chunk, in order (threads when ``n_jobs > 1``).
+
+    ``unit_costs`` (len(chunks), units), optional: each chunk's multipliers (:mod:`.dual`).
+    """
+    def run(i):
+        lam = None if unit_costs is None else unit_costs[i]
+        return _solve_chunk(terms, chunks[i], inst.units, budget, time_limit=time_limit, fa=inst.fa, unit_cost=lam)
 
     if n_jobs > 1 and len(chunks) > 1:
         with ThreadPoolExecutor(min(n_jobs, len(chunks))) as pool:
-            return list(pool.map(run, chunks))
-    return [run(c) for c in chunks]
+            return list(pool.map(run, range(len(chunks))))
+    return [run(i) for i in range(len(chunks))]
 
 
-def _solve_chunk(terms, t_sel, units, budget, *, time_limit, fa):
-    """Bound on the points of one chunk: (upper, chosen units or None, solver ok).
+def _solve_chunk(terms, t_sel, units, budget, *, time_limit, fa, unit_cost=None):
+    """Bound on the points of one chunk: (upper, chosen units or None, solver ok, dual).
 
-    ``t_sel``: indices of the chunk's live terms.
+    ``t_sel``: indices of the chunk's live terms. ``unit_cost`` (units,), optional: adds
+    ``unit_cost . t`` to the objective (a Lagrangian subproblem, :mod:`.dual`); ``upper`` is
+    then meaningless and ``dual`` (float, proven upper bound on the subproblem's optimum,
+    ``inf`` when the solver failed) is what counts. Without it ``dual`` bounds the chunk's
+    count, unfloored.
     """
     require("scipy", "runoff.certify_collective")
     n_points = np.unique(terms.term_point[t_sel]).size
     cons, col_w = _chunk_constraints(terms, t_sel, units, budget, fa)
     a_mat = cons.matrix(col_w + t_sel.size)
-    res = _run_milp(a_mat, cons, n_units=units.shape[0], col_w=col_w, time_limit=time_limit)
+    res = _run_milp(a_mat, cons, n_units=units.shape[0], col_w=col_w, time_limit=time_limit, unit_cost=unit_cost)
     if res is None:
-        return n_points, None, False
+        return n_points, None, False, np.inf
     return _read_bound(res, units.shape[0], n_points)
 
 
-def _run_milp(a_mat, cons, *, n_units, col_w, time_limit):
-    """HiGHS's result for maximising the sum of w, or None when the solver raised."""
+def _run_milp(a_mat, cons, *, n_units, col_w, time_limit, unit_cost=None):
+    """HiGHS's result for maximising the sum of w (plus ``unit_cost . t``), or None when the
+    solver raised."""
     from scipy import optimize  # lazily: `import runoff` and `runoff certify` must not import SciPy
     n_var = a_mat.shape[1]
     cost = np.zeros(n_var)
     cost[col_w:] = -1.0  # maximise the sum of w
+    if unit_cost is not None:
+        cost[:n_units] = -np.asarray(unit_cost, dtype=float)
     integrality = np.ones(n_var)
     integrality[n_units:col_w] = 0  # FA: s continuous
     options = {"mip_rel_gap": 0.0}
@@ -154,17 +167,20 @@ def _run_milp(a_mat, cons, *, n_units, col_w, time_limit):
 
 
 def _read_bound(res, n_units, n_points):
-    """(upper, chosen units or None, solver ok) from a MILP result; only a proven bound counts."""
+    """(upper, chosen units or None, solver ok, dual) from a MILP result; only a proven bound
+    counts. ``dual``: the proven bound on the maximum as a float, with the slack added."""
     dual = getattr(res, "mip_dual_bound", None)
     if res.status not in (0, 1) or dual is None or not np.isfinite(dual):
         if res.status == 0 and res.fun is not None and np.isfinite(res.fun):
             dual = res.fun  # an LP without integer variables reports no dual bound; fun is proven
         else:
             x = res.x if res.x is not None else None
-            return n_points, (None if x is None else np.flatnonzero(x[:n_units] > 0.5)), False
-    upper = math.floor(-dual + _BOUND_SLACK * max(1.0, abs(dual)))
+            return n_points, (None if x is None else np.flatnonzero(x[:n_units] > 0.5)), False, np.inf
+    bound = -dual + _BOUND_SLACK * max(1.0, abs(dual))
+    upper = math.floor(bound)
     chosen = None
     if res.x is not None:
         chosen = np.flatnonzero(res.x[:n_units] > 0.5)
         upper = max(upper, int(round(-res.fun)))  # numerically, a found solution is never above the bound
-    return int(min(max(upper, 0), n_points)), chosen, True
+        bound = max(bound, -res.fun)
+    return int(min(max(upper, 0), n_points)), chosen, True, float(bound)

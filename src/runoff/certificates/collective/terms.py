@@ -13,13 +13,18 @@ with ``V_i`` model ``i``'s round-1 vote and ``gap`` as in :mod:`runoff.certifica
   ``(1 + 2[V=y] - [V=c1] - [V=c2], gap(y, c1) + gap(y, c2))``. Each corrupted model that
   votes ``c1`` or ``c2`` moves the two gaps by amounts whose sum does not depend on its
   choice, and moving one model from ``c1`` to ``c2`` trades exactly one unit of one gap for
-  the other, so both rivals can overtake ``y`` iff the three rows hold: **exact**.
+  the other, so both rivals can overtake ``y`` iff the three rows hold: **exact** (``y``
+  is then no finalist).
 * ROE, round 2 (``y`` finalist, beaten in the run-off by ``c``): rows
-  ``(1 + [V=sec] - [V=c], gap(sec, c))`` (``c`` must overtake the losing finalist ``sec``;
-  absent for ``c = sec``) and ``(2 [model prefers y to c], run-off gap(y, c))``. These are
-  necessary, not sufficient (a third class can take ``c``'s place in the final): a
-  **relaxation**, so for ``dpa-roe`` and ``fa-roe`` ``upper`` is a sound upper bound that
-  need not be attained.
+  ``(1 + [V=e] - [V=c], gap(e, c))`` for every class ``e`` other than ``y`` and ``c`` that
+  ranks above ``c`` now (``c`` must overtake it; none for the losing finalist ``c = sec``)
+  and ``(2 [model prefers y to c], run-off gap(y, c))``. **Exact**: with ``S`` fixed, the
+  corrupted models all ranking ``c`` first and ``y`` last is the best output for this term
+  (it raises ``c`` against every class and in the two-way vote); it makes ``c`` a finalist
+  iff every such ``e`` falls below ``c`` (only ``y`` may stay above it) and then ``c`` wins
+  the run-off iff the last row holds. When an attack changes ``x`` with ``y`` in the final,
+  the other finalist ``c`` meets these rows; when ``y`` leaves the final, a round-1 term
+  holds. So ``x`` can be changed iff some term holds (docs/certificates.md).
 
 Each row also records ``need``, the fewest units whose greedy power sum reaches its gap (as
 in Lemma E.3), so that a term out of a budget's reach can be dropped before any MILP.
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..fa import greedy_certificate
-from ..vote import class_major, gaps, roe_finalists, round1_votes, run_off_gaps, vote_counts
+from ..vote import gaps, round1_votes, run_off_gaps, vote_counts
 
 # Rows of unit powers computed at once (memory: rows x units).
 _ROW_BATCH = 1 << 14
@@ -127,30 +132,35 @@ def _plurality_terms(ballots, pts, units):
     return _Terms(np.arange(x.size), coef, gap, x, units)
 
 
-def _roe_terms(ballots, sec, pts, units):
-    """Run-off terms (every rival, a relaxation) then round-1 terms (rival pairs, exact).
-
-    ``sec``: (N,) the losing finalist of each point.
-    """
+def _roe_terms(ballots, pts, units):
+    """Run-off terms (every rival) then round-1 terms (rival pairs); both exact."""
     rows = _TermRows()
-    _add_run_off_terms(rows, ballots, sec, pts)
+    _add_run_off_terms(rows, ballots, pts)
     if ballots.counts.shape[1] >= 3:  # a pair of rivals needs three classes
         _add_round_one_terms(rows, ballots, pts)
     return rows.terms(ballots.votes.shape[1], units)
 
 
-def _add_run_off_terms(rows, ballots, sec, pts):
-    """Round 2: rival ``c`` beats ``y`` in the run-off (necessary conditions only)."""
+def _add_run_off_terms(rows, ballots, pts):
+    """Round 2: rival ``c`` reaches the final and beats ``y`` in the run-off (exact).
+
+    The round-1 rows ask ``c`` to overtake every class ``e`` other than ``y`` that ranks
+    above it now (the losing finalist among them): exactly "``c`` is a finalist" while ``y``
+    is one too.
+    """
     votes, counts, pred = ballots.votes, ballots.counts, ballots.pred
     n_classes, m = counts.shape[1], votes.shape[1]
     p_idx, c_idx = np.nonzero(np.arange(n_classes)[None, :] != pred[pts][:, None])
     x, c = pts[p_idx], c_idx
     t_ids = rows.new_terms(x)
-    # c must overtake the losing finalist sec in round 1; nothing to do when c is sec
-    not_sec = c != sec[x]
-    xs, cs = x[not_sec], c[not_sec]
-    rows.add_rows(t_ids[not_sec], 1 + _one_hot(votes[xs], sec[xs]) - _one_hot(votes[xs], cs),
-                  gaps(counts[xs], sec[xs])[np.arange(xs.size), cs])
+    # c must rank above every e not in {y, c} that ranks above it now: gap(e, c) = 1 - gap(c, e) > 0
+    g_ce = gaps(counts[x], c)  # (T, C): gap(c, e)
+    above = g_ce <= 0
+    above[np.arange(x.size), c] = False
+    above[np.arange(x.size), pred[x]] = False
+    t_idx, e = np.nonzero(above)
+    xe, ce = x[t_idx], c[t_idx]
+    rows.add_rows(t_ids[t_idx], 1 + _one_hot(votes[xe], e) - _one_hot(votes[xe], ce), 1 - g_ce[t_idx, e])
     # c must win the two-way vote against y; a corrupted model preferring y can swap sides
     sy = ballots.scores[x, :, pred[x]] if x.size else np.zeros((0, m))
     sc = ballots.scores[x, :, c] if x.size else np.zeros((0, m))
@@ -180,6 +190,5 @@ def _candidate_terms(inst, pts):
     counts = vote_counts(votes, inst.scores.shape[2])
     ballots = _Ballots(scores=inst.scores, votes=votes, counts=counts, pred=inst.pred)
     if inst.roe:
-        sec = roe_finalists(class_major(inst.scores), counts)[1]
-        return _roe_terms(ballots, sec, pts, inst.units)
+        return _roe_terms(ballots, pts, inst.units)
     return _plurality_terms(ballots, pts, inst.units)
