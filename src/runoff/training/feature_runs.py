@@ -45,14 +45,14 @@ from ..plan.hashing import content_order
 from ..plan.partition import make_plan
 from ..run.folder import RunFolder
 from .backends.base import ChunkLogits, TrainedChunks
-from .checkpoints import (checkpoint_matches, checkpoint_path, chunk_key, existing_ranges, load_checkpoint,
-                          peek_checkpoint, plan_key, save_checkpoint)
+from .checkpoints import (checkpoint_bytes, checkpoint_matches, checkpoint_path, chunk_key, existing_ranges,
+                          load_checkpoint, peek_checkpoint, plan_key, write_checkpoint_bytes)
 from .head_recipe import HeadRecipe, is_embeddings, is_heads_training
 from .heads import Heads, fit_heads
 from .logit_sources import kept_logits
 from .progress import ChunkWork, TrainingProgress
 
-__all__ = ["HeadsData", "load_embedded", "heads_plan", "heads_data", "train_heads",
+__all__ = ["HeadsData", "load_embedded", "heads_plan", "heads_data", "heads_chunk", "train_heads",
            "load_heads", "run_backbone", "update_data", "heads_logits", "input_features"]
 
 
@@ -250,25 +250,76 @@ def _fit_chunk(plan, data: HeadsData, ids, *, seed_version: int) -> Heads:
                      seed=seed_version, model_ids=ids)
 
 
-def _chunk_heads(job, ids, keys: dict):
-    """A chunk's heads, restored from its checkpoint or fitted (and saved); and whether restored (1) or not (0)."""
-    data = job.heads
-    path = None if job.checkpoint_dir is None else checkpoint_path(job.checkpoint_dir, ids)
+def _chunk_heads(plan, data: HeadsData, ids, keys: dict, *, seed_version: int, checkpoint_dir, on_nan: str,
+                 restart_stale: bool):
+    """A chunk's heads, restored from its checkpoint or fitted (and saved); whether restored (1)
+    or not (0); and the checkpoint file's bytes when fitted now (None: restored, or no folder)."""
+    path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, ids)
     if path is not None and path.exists():
         obj = load_checkpoint(path)
         if checkpoint_matches(obj, **keys):
-            return restore_heads(obj, path, ids, data.recipe, data.train_features.shape[1]), 1
-        if not job.restart_stale:
+            return restore_heads(obj, path, ids, data.recipe, data.train_features.shape[1]), 1, None
+        if not restart_stale:
             raise CheckpointError(f"checkpoint {path}: it belongs to another plan or recipe, or its models' "
                                   "training data changed")
-    heads = _fit_chunk(job.plan, data, ids, seed_version=job.seed_version)
+    heads = _fit_chunk(plan, data, ids, seed_version=seed_version)
     bad = [int(j) for j, loss in zip(ids, heads.loss) if not np.isfinite(loss)]
-    if bad and job.on_nan == "stop":
+    if bad and on_nan == "stop":
         raise TrainingDivergedError(f"heads {', '.join(map(str, bad))}: training loss not finite; raise l2, or "
                                     "fit on and flag them with --on-nan skip")
-    if path is not None:
-        save_checkpoint(path, heads_state(heads, **keys))
-    return heads, 0
+    if path is None:
+        return heads, 0, None
+    final = checkpoint_bytes(heads_state(heads, **keys))
+    # a Ray task on a node without the driver's file system makes the folder for itself
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_checkpoint_bytes(path, final)
+    return heads, 0, final
+
+
+def heads_chunk(plan, data: HeadsData, ids, *, pkey: str, fingerprints, seed_version: int, checkpoint_dir=None,
+                on_nan: str = "stop", restart_stale: bool = False, earlier=None):
+    """Fit (or restore) one chunk of heads and take its test logits: what every backend runs per chunk.
+
+    The local backend calls it chunk after chunk (:func:`train_heads`), the Ray backend once per
+    task, so both are the same computation and give the same logits bit for bit.
+
+    Parameters
+    ----------
+    plan : PartitionPlan
+    data : HeadsData
+    ids : list of int
+        The chunk's model ids.
+    pkey : str
+        The plan's :func:`~runoff.training.checkpoints.plan_key` (computed once per run).
+    fingerprints : list of str
+        The plan's subset fingerprints.
+    seed_version : int
+    checkpoint_dir : path-like, optional
+        Where the chunk's checkpoint is read and written (None: neither).
+    on_nan : {"stop", "skip"}, default "stop"
+    restart_stale : bool, default False
+        Fit again a chunk whose checkpoint holds other data instead of refusing it.
+    earlier : tuple or None
+        :meth:`~runoff.training.backends.TrainingJob.earlier` of the chunk.
+
+    Returns
+    -------
+    chunk : ChunkLogits
+        ``start_epoch`` 1 for a chunk restored from its checkpoint, 0 for one fitted now.
+    checkpoint : bytes or None
+        The checkpoint file written for a chunk fitted now (the Ray backend's driver writes it
+        into a run folder that lacks it); None otherwise.
+    """
+    keys = {"plan_key": pkey, "chunk_key": chunk_key(plan, ids, fingerprints)}
+    with _torch_threads(data.threads):
+        heads, start, final = _chunk_heads(plan, data, ids, keys, seed_version=seed_version,
+                                           checkpoint_dir=checkpoint_dir, on_nan=on_nan, restart_stale=restart_stale)
+        logits = kept_logits(earlier, checkpoint_dir, ids, start_epoch=start, epochs=1)
+        kept = logits is not None
+        if not kept:
+            logits = heads.logits(data.test_features)
+    return ChunkLogits(ids=list(ids), logits=logits, start_epoch=start,
+                       health=heads_health(heads, plan, data.train_labels), kept_logits=kept), final
 
 
 def heads_health(heads: Heads, plan, labels) -> dict:
@@ -283,47 +334,44 @@ def heads_health(heads: Heads, plan, labels) -> dict:
             "converged": [bool(c) for c in heads.converged]}
 
 
-def _work(job, fingerprints) -> list:
-    """Each chunk's :class:`ChunkWork` for the progress display: one step per head."""
-    pkey = plan_key(job.plan)
-    work = []
-    for ids in job.chunks:
+def heads_progress(job, fingerprints) -> TrainingProgress:
+    """The progress display of fitting ``job``'s heads, whichever backend fits them: one step per
+    head, a chunk whose checkpoint is finished counted as kept."""
+    pkey, work = plan_key(job.plan), []
+    for ids in job.chunks if job.progress else []:
         obj = None if job.checkpoint_dir is None else peek_checkpoint(checkpoint_path(job.checkpoint_dir, ids))
         done = obj is not None and obj.get("epoch") == 1 and checkpoint_matches(
             obj, plan_key=pkey, chunk_key=chunk_key(job.plan, ids, fingerprints))
         work.append(ChunkWork(ids=list(ids), steps=len(ids), done=len(ids) if done else 0,
                               samples=sum(len(job.plan.subsets[j]) for j in ids), finished=done))
-    return work
+    recipe = job.heads.recipe
+    what = f"{recipe.kind} heads, l2={recipe.l2:g}" + (f": {job.recipe_origin}" if job.recipe_origin else "")
+    return TrainingProgress(work, recipe=what, enabled=job.progress, label=job.label,
+                            interval=job.progress_interval)
 
 
 def train_heads(job) -> TrainedChunks:
     """Fit (or restore) every chunk of heads of ``job`` (a :class:`~runoff.training.backends.TrainingJob`
-    with ``heads``) in this process, and take each chunk's test logits.
+    with ``heads``) in this process, and take each chunk's test logits (:func:`heads_chunk`).
 
     Returns
     -------
     TrainedChunks
         ``start_epoch`` 1 for a chunk restored from its checkpoint, 0 for one fitted now.
     """
-    plan, data = job.plan, job.heads
+    plan = job.plan
     fingerprints = job.fingerprints or plan.subset_fingerprints(job.train, check=False)
     if job.checkpoint_dir is not None:
         Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     pkey, out = plan_key(plan), TrainedChunks(workers=1)
-    what = f"{data.recipe.kind} heads, l2={data.recipe.l2:g}" + (f": {job.recipe_origin}" if job.recipe_origin else "")
-    bar = TrainingProgress(_work(job, fingerprints) if job.progress else [], recipe=what, enabled=job.progress,
-                           label=job.label, interval=job.progress_interval)
-    with _torch_threads(data.threads), bar:
+    with heads_progress(job, fingerprints) as bar:
         done = bar.restored
         for i, ids in enumerate(job.chunks):
-            heads, start = _chunk_heads(job, ids, {"plan_key": pkey, "chunk_key": chunk_key(plan, ids, fingerprints)})
-            logits = kept_logits(job.earlier(ids), job.checkpoint_dir, ids, start_epoch=start, epochs=1)
-            kept = logits is not None
-            if not kept:
-                logits = heads.logits(data.test_features)
-            out.chunks.append(ChunkLogits(ids=list(ids), logits=logits, start_epoch=start,
-                                          health=heads_health(heads, plan, data.train_labels), kept_logits=kept))
-            if not start:
+            chunk, _ = heads_chunk(plan, job.heads, ids, pkey=pkey, fingerprints=fingerprints,
+                                   seed_version=job.seed_version, checkpoint_dir=job.checkpoint_dir,
+                                   on_nan=job.on_nan, restart_stale=job.restart_stale, earlier=job.earlier(ids))
+            out.chunks.append(chunk)
+            if not chunk.start_epoch:
                 done += len(ids)
                 bar.update(done)
             bar.chunk_finished(i)

@@ -106,7 +106,7 @@ def is_embeddings(dataset) -> bool:
 
 
 def heads_options(dataset, *, features=None, head=None, l2=None, hidden=None, model=None, recipe=None, epochs=None,
-                  backend="local", names=None) -> HeadRecipe | None:
+                  names=None) -> HeadRecipe | None:
     """The :class:`HeadRecipe` of a training call, or None when it trains networks (the rule of
     ``train_run`` and ``runoff train``, checked before anything is read or written).
 
@@ -118,7 +118,7 @@ def heads_options(dataset, *, features=None, head=None, l2=None, hidden=None, mo
     Raises
     ------
     InvalidParameterError
-        An option that does not apply, an unknown spec or head, the Ray backend.
+        An option that does not apply, an unknown spec or head.
     """
     names = names or {}
     if features is None and not is_embeddings(dataset):
@@ -133,9 +133,6 @@ def heads_options(dataset, *, features=None, head=None, l2=None, hidden=None, mo
             raise InvalidParameterError(f"{names.get(name, name)} does not apply to heads on embeddings (each base "
                                         f"model is a head fitted to convergence); set {names.get('head', 'head')}, "
                                         f"{names.get('l2', 'l2')}, {names.get('hidden', 'hidden')} instead")
-    if getattr(backend, "name", backend) == "ray":
-        raise InvalidParameterError("heads on embeddings are fitted on the local backend only (all heads of a run fit "
-                                    f"in seconds to minutes on one core): drop {names.get('backend', 'backend')} ray")
     if isinstance(features, str):
         parse_features_spec(features)
     return head_recipe("linear" if head is None else head, l2=l2, hidden=hidden, names=names)

@@ -176,7 +176,8 @@ def train_run(
         fitted by :func:`runoff.training.heads.fit_heads` (:mod:`runoff.training.feature_runs`).
         The plan is the images' own, as without it. Data that are embeddings already
         (``npz:FILE`` with float ``x_train``, ``x_test`` ``(N, D)``) train heads without it.
-        ``model``, ``recipe`` and ``epochs`` do not apply to heads; the Ray backend is refused.
+        ``model``, ``recipe`` and ``epochs`` do not apply to heads. Either backend fits them (the
+        Ray backend one task per chunk, on the embeddings computed once here).
     head : {"linear", "mlp"}, optional
         The head (default ``"linear"``: multinomial logistic regression to convergence).
     l2 : float, optional
@@ -221,7 +222,7 @@ def train_run(
                        checkpoint_min_interval=checkpoint_min_interval, on_nan=on_nan,
                        progress_interval=progress_interval)
     heads = heads_options(dataset, features=features, head=head, l2=l2, hidden=hidden, model=model, recipe=recipe,
-                          epochs=epochs, backend=backend, names=names)
+                          epochs=epochs, names=names)
     origin = (f"on the embeddings of {features or dataset}" if heads is not None
               else recipe_origin or _recipe_origin(dataset, recipe=recipe, epochs=epochs, model=model))
     folder = RunFolder(run_dir)
@@ -530,7 +531,7 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
                        progress_interval=train_kwargs.get("progress_interval", 30.0))
     with backend.session():
         backend.check(train_kwargs.get("device", "cpu"))
-        top = _dpa_star_plan(dataset, k, versions, train_kwargs, backend=backend)
+        top = _dpa_star_plan(dataset, k, versions, train_kwargs)
         with folder.writing("runoff train"):
             _check_dpa_star_folder(folder, top, versions)
             whole = folder.is_finished()
@@ -550,11 +551,11 @@ def train_dpa_star(run_dir, *, versions: int, dataset: str = "digits", k: int, p
     return RunResult(run_dir=folder.path, plan=top, scores=scores, labels=labels, summary=summary)
 
 
-def _dpa_star_plan(dataset, k, versions: int, train_kwargs, *, backend="local"):
+def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
     """The top folder's plan of DPA*: the versions' partitions, with every version listed."""
     kw = train_kwargs
     heads = heads_options(dataset, **{n: kw.get(n) for n in ("features", "head", "l2", "hidden", "model", "recipe",
-                                                             "epochs", "names")}, backend=backend)
+                                                             "epochs", "names")})
     if heads is not None and heads.kind == "linear" and versions > 1:
         # a linear head is the unique optimum of a strictly convex problem: every version would be the same
         raise InvalidParameterError(f"{kw.get('names', {}).get('versions', 'versions')} needs base models that differ "

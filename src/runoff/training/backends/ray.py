@@ -17,6 +17,10 @@ chunk's checkpoints).
   complete run folder (partial checkpoints of a chunk then live on the node that trains it).
 * Chunks whose checkpoints are finished are not trained again: their task only computes
   test logits.
+* A run of heads on embeddings (``job.heads``) is the same with another task: the driver
+  computes the embeddings once and puts them in the object store, and each task fits (or
+  restores) one chunk of heads with :func:`runoff.training.feature_runs.heads_chunk`, the
+  function the local backend runs per chunk. Heads fit on CPUs: their tasks declare no GPU.
 
 The chunks come from the job (:func:`runoff.training.layout.run_chunks`: plan, recipe and
 device type, never the number of workers), so a Ray run is the same computation as a local
@@ -36,7 +40,7 @@ from pathlib import Path
 from ...allocator import tune_allocator
 from ...errors import BackendError, InvalidParameterError, MissingDependencyError
 from ...param_checks import check_int, check_number
-from ..checkpoints import checkpoint_path, write_checkpoint_bytes
+from ..checkpoints import checkpoint_path, plan_key, write_checkpoint_bytes
 from ..logit_sources import chunk_test_logits
 from .base import ChunkLogits, TrainedChunks, TrainingJob
 
@@ -117,7 +121,10 @@ class RayBackend:
             Too few resources, or chunks that failed (the others are saved; rerunning
             resumes).
         """
-        cpus, gpus = _task_resources(job.device, self.cpus_per_task, self.gpus_per_task)
+        if job.heads is not None:  # heads fit on the CPU whatever the device (which embedded the data)
+            cpus, gpus = float(self.cpus_per_task), 0.0
+        else:
+            cpus, gpus = _task_resources(job.device, self.cpus_per_task, self.gpus_per_task)
         Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         with self.session():
             ray = import_ray()
@@ -236,6 +243,7 @@ class _TaskSpec:
     on_nan: str = "stop"
     restart_stale: bool = False
     earlier: tuple | None = None  # (checkpoint digest, logits) computed before: TrainingJob.earlier_logits
+    plan_key: str | None = None  # heads: the plan's checkpoint key, computed once by the driver
 
 
 def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker):
@@ -265,6 +273,20 @@ def _run_chunk(plan, train, test_images, fingerprints, spec: _TaskSpec, tracker)
             "health": res.health, "kept_logits": kept, "allocator": allocator}
 
 
+def _run_heads_chunk(plan, data, fingerprints, spec: _TaskSpec, tracker):
+    """Ray task: fit (or restore) one chunk of heads on the shared embeddings (``data``, a
+    :class:`~runoff.training.feature_runs.HeadsData`) and return its test logits."""
+    from ..feature_runs import heads_chunk  # (lazy: imports torch)
+
+    tracker.start.remote(spec.index)
+    chunk, final = heads_chunk(plan, data, spec.ids, pkey=spec.plan_key, fingerprints=fingerprints,
+                               seed_version=spec.seed_version, checkpoint_dir=spec.checkpoint_dir,
+                               on_nan=spec.on_nan, restart_stale=spec.restart_stale, earlier=spec.earlier)
+    tracker.progress.remote(spec.index, len(spec.ids))
+    return {"ids": spec.ids, "start_epoch": chunk.start_epoch, "logits": chunk.logits, "checkpoint": final,
+            "health": chunk.health, "kept_logits": chunk.kept_logits}
+
+
 def _task_setup(threads: int) -> str:
     """A task's process: ``threads`` torch threads, freed tensor memory kept for reuse
     (:func:`runoff.tune_allocator`, as the CLI does; off where the worker's environment
@@ -292,16 +314,20 @@ class _RayRun:
         from ..work import chunk_steps  # (lazy: imports torch)
 
         self.ray, self.job, self.options, self.slots = ray, job, options, slots
-        self.steps = [chunk_steps(job.plan, ids, job.recipe) for ids in job.chunks]
+        # heads: one progress step per head; networks: their training steps
+        self.steps = [len(ids) if job.heads is not None else chunk_steps(job.plan, ids, job.recipe)
+                      for ids in job.chunks]
+        self.fingerprints = job.fingerprints
+        if job.heads is not None and self.fingerprints is None:
+            self.fingerprints = job.plan.subset_fingerprints(job.train, check=False)
+        self.plan_key = None if job.heads is None else plan_key(job.plan)
         self.results: dict[int, dict] = {}
         self.failures: dict[int, tuple[str, bool]] = {}  # chunk -> (message, worker died)
         self.attempts: dict[int, int] = {}
 
     def execute(self) -> list[ChunkLogits]:
         self.tracker = _start_tracker(self.ray)
-        task = self.ray.remote(_run_chunk)
-        shared = [self.ray.put(self.job.plan), self.ray.put(self.job.train), self.ray.put(self.job.test.images),
-                  self.ray.put(self.job.fingerprints)]
+        task, shared = self._task()
         todo = list(range(len(self.job.chunks)))[::-1]  # submitted from the end of the list
         running: dict = {}
         try:
@@ -328,10 +354,23 @@ class _RayRun:
                             kept_logits=bool(out.get("kept_logits")))
                 for i, out in sorted(self.results.items())]
 
+    def _task(self):
+        """The remote function and the objects every task shares, put in the object store once:
+        the plan, the training set and test images, or for heads the embeddings."""
+        job, put = self.job, self.ray.put
+        if job.heads is not None:
+            return self.ray.remote(_run_heads_chunk), [put(job.plan), put(job.heads), put(self.fingerprints)]
+        return self.ray.remote(_run_chunk), [put(job.plan), put(job.train), put(job.test.images),
+                                             put(job.fingerprints)]
+
     def _progress(self):
         from ..work import chunks_progress  # (lazy: imports torch)
 
         job = self.job
+        if job.heads is not None:
+            from ..feature_runs import heads_progress  # (lazy: imports torch)
+
+            return heads_progress(job, self.fingerprints)
         return chunks_progress(job.plan, job.chunks, job.recipe, enabled=job.progress, label=job.label,
                                interval=job.progress_interval, checkpoint_dir=job.checkpoint_dir,
                                fingerprints=job.fingerprints, restart_stale=job.restart_stale,
@@ -343,7 +382,7 @@ class _RayRun:
                          device=str(job.device), checkpoint_dir=str(job.checkpoint_dir),
                          checkpoint_every=job.checkpoint_every, checkpoint_min_interval=job.checkpoint_min_interval,
                          threads=max(1, int(self.options.cpus)), on_nan=job.on_nan,
-                         restart_stale=job.restart_stale, earlier=job.earlier(ids))
+                         restart_stale=job.restart_stale, earlier=job.earlier(ids), plan_key=self.plan_key)
         return task.options(
             name=f"runoff-chunk-{ids[0]:05d}-{ids[-1]:05d}", num_cpus=self.options.cpus,
             num_gpus=self.options.gpus, max_retries=self.options.max_retries, retry_exceptions=False,
