@@ -63,6 +63,10 @@ def test_certify_prints_the_pointwise_table_first_then_progress(logits):
     lines = [out.index(f"collective {m}: budget {b} ({j}/3), elapsed ")
              for m in ("dpa", "dpa-roe") for j, b in enumerate((1, 2, 3), 1)]
     assert pointwise < lines[0] and lines == sorted(lines) and lines[-1] < out.index("pointwise / collective")
+    # the caption is printed as written: rich must not take its "[a, b]" for a style
+    from runoff.reporting.collective_table import COLLECTIVE_CAPTION
+
+    assert COLLECTIVE_CAPTION in " ".join(out.split())
 
 
 def test_certify_collective_calls_progress_before_each_budget(logits):

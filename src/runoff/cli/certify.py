@@ -182,11 +182,11 @@ def _print_comparison(report: dict) -> None:
 
     console = Console()
     console.print(comparison_table(report))
-    console.print(" ".join(comparison_legend(report)), soft_wrap=True)
+    console.print(" ".join(comparison_legend(report)), soft_wrap=True, markup=False)
     collective = collective_comparison_table(report)
     if collective is not None:
         console.print(collective)
-        console.print(f"collective: {COLLECTIVE_LEGEND}", soft_wrap=True)
+        console.print(f"collective: {COLLECTIVE_LEGEND}", soft_wrap=True, markup=False)
     health = health_lines(report)
     if health:
-        console.print("Base models:\n" + "\n".join(health), soft_wrap=True, highlight=False)
+        console.print("Base models:\n" + "\n".join(health), soft_wrap=True, highlight=False, markup=False)

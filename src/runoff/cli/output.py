@@ -30,7 +30,7 @@ def _print_collective(summary: dict) -> None:
 
     console = Console()
     console.print(collective_table(summary))
-    console.print(COLLECTIVE_CAPTION, soft_wrap=True)
+    console.print(COLLECTIVE_CAPTION, soft_wrap=True, markup=False)  # its "[a, b]" is text, not a style
 
 
 def _print_evaluation(summary: dict, title: str) -> None:
@@ -38,9 +38,9 @@ def _print_evaluation(summary: dict, title: str) -> None:
 
 
     console = Console()
-    console.print(title, soft_wrap=True)
+    console.print(title, soft_wrap=True, markup=False)  # (a path is text, not a style)
     console.print(accuracy_table(summary))
-    console.print(table_caption(summary), soft_wrap=True)
+    console.print(table_caption(summary), soft_wrap=True, markup=False)
 
 
 def _error(message: str) -> None:
