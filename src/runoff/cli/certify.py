@@ -179,7 +179,6 @@ def _print_comparison(report: dict) -> None:
     """The report as rich tables (its Markdown goes to report.md), with a legend of what is shown."""
     from rich.console import Console
 
-
     console = Console()
     console.print(comparison_table(report))
     console.print(" ".join(comparison_legend(report)), soft_wrap=True, markup=False)

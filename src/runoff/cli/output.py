@@ -27,7 +27,6 @@ def _collective(ev, args, *, n_jobs=None) -> None:
 def _print_collective(summary: dict) -> None:
     from rich.console import Console
 
-
     console = Console()
     console.print(collective_table(summary))
     console.print(COLLECTIVE_CAPTION, soft_wrap=True, markup=False)  # its "[a, b]" is text, not a style
@@ -35,7 +34,6 @@ def _print_collective(summary: dict) -> None:
 
 def _print_evaluation(summary: dict, title: str) -> None:
     from rich.console import Console
-
 
     console = Console()
     console.print(title, soft_wrap=True, markup=False)  # (a path is text, not a style)

@@ -176,7 +176,6 @@ def _add_update(sub) -> None:
 def _cmd_update(args) -> int:
     import time
 
-
     _at_least(args.k, "--k", 1)
     _at_least(args.d, "--d", 1)
     _at_least(args.epochs, "--epochs", 1)

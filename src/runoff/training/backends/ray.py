@@ -293,7 +293,6 @@ def _task_setup(threads: int) -> str:
     sets ``RUNOFF_NO_ALLOCATOR_TUNING=1``). Returns the tuning's reason ("tuned", ...)."""
     import torch
 
-
     torch.set_num_threads(max(1, threads))
     return tune_allocator().reason
 
