@@ -196,6 +196,9 @@ def main(argv=None) -> int:
             print(f"embedding: {e}")
         return 0
 
+    import runoff
+
+    runoff.tune_allocator()  # as `runoff train` does: freed tensor memory is kept (CPU page faults)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(KINDS)
     if unknown:
