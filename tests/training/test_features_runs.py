@@ -65,6 +65,16 @@ def _npz(path, x_train, y_train, x_test, y_test):
     return f"npz:{path}"
 
 
+def _blobs(rng, *, n, n_test, dim, n_classes=3):
+    """Float embeddings of three well-separated classes: (x, y, x_test, y_test), drawn in the
+    same order as before so that each test's data stay as they were."""
+    centres = rng.normal(size=(n_classes, dim)) * 3
+    y, yt = rng.integers(0, n_classes, n), rng.integers(0, n_classes, n_test)
+    x = (centres[y] + rng.normal(size=(n, dim))).astype(np.float32)
+    xt = (centres[yt] + rng.normal(size=(n_test, dim))).astype(np.float32)
+    return x, y, xt, yt
+
+
 def _train(tmp_path, dataset, out, *extra, k="10"):
     args = ["train", "--dataset", dataset, "--k", k, "--out", str(out), "--no-progress",
             "--features-cache", str(tmp_path / "cache"), *extra]
@@ -184,11 +194,7 @@ def test_evaluate_dpa_star_and_fa_work_on_heads_runs(tmp_path, data, capsys):
 
 # ---------------------------------------------------------------------------- npz embeddings
 def test_npz_embeddings_train_end_to_end(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 12)) * 3
-    y, yt = rng.integers(0, 3, 240), rng.integers(0, 3, 40)
-    x = (centres[y] + rng.normal(size=(240, 12))).astype(np.float32)
-    xt = (centres[yt] + rng.normal(size=(40, 12))).astype(np.float32)
+    x, y, xt, yt = _blobs(np.random.default_rng(0), n=240, n_test=40, dim=12)
     dataset = _npz(tmp_path / "emb.npz", x, y, xt, yt)
     scores = _train(tmp_path, dataset, tmp_path / "run", k="6")
     plan = RunFolder(tmp_path / "run").read_plan()
@@ -208,11 +214,7 @@ def test_heads_on_ray_equal_the_local_backend_bit_for_bit(tmp_path, capsys):
     # The driver embeds once, each Ray task fits one chunk with the local backend's per-chunk
     # function: the same chunks give the same logits and checkpoint files, on any worker count.
     pytest.importorskip("ray")
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(3, 8)) * 3
-    y, yt = rng.integers(0, 3, 200), rng.integers(0, 3, 30)
-    x = (centres[y] + rng.normal(size=(200, 8))).astype(np.float32)
-    xt = (centres[yt] + rng.normal(size=(30, 8))).astype(np.float32)
+    x, y, xt, yt = _blobs(np.random.default_rng(1), n=200, n_test=30, dim=8)
     dataset = _npz(tmp_path / "emb.npz", x, y, xt, yt)
     local = _train(tmp_path, dataset, tmp_path / "local", "--head", "mlp", "--chunk-size", "4")
     capsys.readouterr()
@@ -313,3 +315,14 @@ def test_a_preset_without_torchvision_is_one_line_and_writes_nothing(tmp_path, c
     assert main(["train", "--k", "5", "--out", str(out), "--features", "torchvision:resnet18"]) == 1
     assert "--features torchvision:resnet18 needs torchvision" in one_error_line(capsys)
     assert not out.exists()
+
+
+def test_dpa_star_of_linear_heads_is_refused_in_the_library_too(tmp_path):
+    from runoff.errors import InvalidParameterError
+    from runoff.training.train import train_dpa_star
+
+    x, y, xt, yt = _blobs(np.random.default_rng(2), n=60, n_test=10, dim=4)
+    dataset = _npz(tmp_path / "emb.npz", x, y, xt, yt)
+    with pytest.raises(InvalidParameterError, match="^versions needs base models that differ by seed"):
+        train_dpa_star(tmp_path / "star", versions=2, dataset=dataset, k=3, progress=False)
+    assert not (tmp_path / "star").exists()

@@ -15,7 +15,6 @@ from ..errors import InvalidParameterError, require
 from ..param_checks import check_choice, check_int, check_number
 from ..training.backends import BACKENDS
 from ..training.backends.ray import RayBackend, import_ray
-from ..training.train import require_training
 from ..writable import check_output_file, check_output_folder
 
 _METHOD_HELP = "comma-separated: dpa, dpa-roe, fa, fa-roe (e.g. dpa,dpa-roe)"
@@ -344,10 +343,6 @@ def _train_settings(args) -> dict:
 
 def _check_data_options(args, dataset: str) -> None:
     check_data_options(dataset, download=args.download, image_size=args.image_size, names=_OPTION_NAMES)
-
-
-def _require_training(command: str, dataset: str | None) -> None:
-    require_training(dataset, command)
 
 
 #: runoff train's options that change a recipe field

@@ -12,7 +12,7 @@ from ..reporting.tables import require_matplotlib
 from ..run.folder import RunFolder
 from ..errors import InvalidParameterError
 from ..training.head_recipe import HeadRecipe
-from ..training.train import train_dpa_star, train_run
+from ..training.train import require_training, train_dpa_star, train_run
 from ..training.update import run_recipe, update_run
 from .options import (
     _RECIPE_OPTIONS,
@@ -32,7 +32,6 @@ from .options import (
     _number,
     _one_of,
     _recipe_from_options,
-    _require_training,
     _train_settings,
 )
 from .output import _print_evaluation
@@ -84,7 +83,7 @@ def _cmd_train(args) -> int:
 
     _check_train_options(args)
     cfg = _train_settings(args)
-    _require_training("runoff train", cfg["dataset"])
+    require_training(cfg["dataset"], "runoff train")
     recipe = _train_recipe(args, cfg["dataset"])
     _check_out_folder(args.out)
     backend = _backend(args)
@@ -183,7 +182,7 @@ def _cmd_update(args) -> int:
     RunFolder(args.run).require_plan()
     dataset = args.dataset or RunFolder(args.run).read_plan().dataset
     _check_data_options(args, dataset)
-    _require_training("runoff update", dataset)
+    require_training(dataset, "runoff update")
     recipe = _update_recipe(args)
     backend = _backend(args)
     t0 = time.perf_counter()
@@ -247,7 +246,7 @@ def _cmd_demo(args) -> int:
     _at_least(args.epochs, "--epochs", 1)
     _at_least(args.progress_interval, "--progress-interval", 0, "seconds", integer=False)
     _check_device(args.device)
-    _require_training("runoff demo", "digits")
+    require_training("digits", "runoff demo")
     require_matplotlib("runoff demo (its plot)")
     _check_out_folder(args.out)
 

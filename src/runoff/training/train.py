@@ -558,9 +558,10 @@ def _dpa_star_plan(dataset, k, versions: int, train_kwargs):
                                                              "epochs", "names")})
     if heads is not None and heads.kind == "linear" and versions > 1:
         # a linear head is the unique optimum of a strictly convex problem: every version would be the same
-        raise InvalidParameterError(f"{kw.get('names', {}).get('versions', 'versions')} needs base models that differ "
-                                    "by seed; linear heads are the one optimum of their subset and never do: use "
-                                    f"{kw.get('names', {}).get('head', 'head')} mlp, or train one version")
+        names = kw.get("names") or {}
+        raise InvalidParameterError(f"{names.get('versions', 'versions')} needs base models that differ by seed; "
+                                    "linear heads are the one optimum of their subset and never do: use "
+                                    f"{names.get('head', 'head')} mlp, or train one version")
     if heads is not None:
         plan = _prepare_heads(dataset, heads, k=k, d=1, seed_version=1, download=kw.pop("download", False),
                               device=kw.get("device", "cpu"), head_threads=kw.get("head_threads", 1), progress=False,
