@@ -113,26 +113,33 @@ def _check_attack(res, scores, method, d, spread, labels=None):
 # ---------------------------------------------------------------------------------------
 
 
+# Both ways to the bound: the chunk MILPs (exhaustive_limit=0) and scoring every unit set.
+PATHS = pytest.mark.parametrize("limit", [0, 10**6], ids=["milp", "exhaustive"])
+
+
+@PATHS
 @pytest.mark.parametrize("method", ["dpa", "fa"])
 @pytest.mark.parametrize("seed", range(4))
-def test_exact_methods_equal_the_brute_force(method, seed):
+def test_exact_methods_equal_the_brute_force(method, seed, limit):
     rng = np.random.default_rng(1000 * seed + len(method))
     budgets = [0, 1, 2, 3]
     for case in range(12):
         scores, d, spread, labels = random_case(rng, method)
         use_labels = case % 2 == 0
         lab = labels if use_labels else None
-        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread)
+        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, exhaustive_limit=limit)
         expect = [brute_force(scores, method, b, labels=lab, d=d, spread=spread) for b in budgets]
         assert res.exact
         assert res.upper.tolist() == expect, (scores.tolist(), d, spread, lab)
         assert res.lower.tolist() == expect  # the replayed attack attains it
         assert res.optimal.all() and not res.chunked.any()
+        assert res.enumerated.any() == (limit > 0 and bool((res.pointwise > 0).any()))
         assert (res.upper <= res.pointwise).all()
         _check_attack(res, scores, method, d, spread, lab)
 
 
-def test_two_classes_and_all_ties():
+@PATHS
+def test_two_classes_and_all_ties(limit):
     # two classes; every logit tied (all models vote 0); one model
     cases = [
         (np.array([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [0.0, 1.0]]]), "dpa", 1, None),
@@ -143,7 +150,7 @@ def test_two_classes_and_all_ties():
     ]
     for scores, method, d, spread in cases:
         for b in range(4):
-            res = certify_collective(scores, method, b, d=d, spread=spread)
+            res = certify_collective(scores, method, b, d=d, spread=spread, exhaustive_limit=limit)
             assert res.upper[0] == brute_force(scores, method, b, d=d, spread=spread) == res.lower[0]
 
 
@@ -152,15 +159,16 @@ def test_two_classes_and_all_ties():
 # ---------------------------------------------------------------------------------------
 
 
+@PATHS
 @pytest.mark.parametrize("method", ["dpa-roe", "fa-roe"])
 @pytest.mark.parametrize("seed", range(4))
-def test_roe_equals_the_brute_force(method, seed):
+def test_roe_equals_the_brute_force(method, seed, limit):
     rng = np.random.default_rng(2000 + 7 * seed + len(method))
     budgets = [0, 1, 2, 3] if method == "dpa-roe" else [0, 1, 2]
     for case in range(10):
         scores, d, spread, labels = random_case(rng, method, n_max=4)
         lab = labels if case % 2 else None
-        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread)
+        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, exhaustive_limit=limit)
         expect = [brute_force(scores, method, b, labels=lab, d=d, spread=spread) for b in budgets]
         assert res.exact
         assert res.upper.tolist() == expect, (scores.tolist(), d, spread, lab)
@@ -169,7 +177,8 @@ def test_roe_equals_the_brute_force(method, seed):
         _check_attack(res, scores, method, d, spread, lab)
 
 
-def test_roe_third_class_blocks_the_final():
+@PATHS
+def test_roe_third_class_blocks_the_final(limit):
     # Votes 0 x8, 1 x4, 2 x4, 3 x1: y = 0, the losing finalist is 1 (tie with 2, smaller
     # index). Every non-0 voter prefers 3 to 0, so 3 would win a run-off against 0 (9-8),
     # but 3 must first overtake both 1 and 2. Two poisons lift 3 past 1 (the relaxed run-off
@@ -178,12 +187,13 @@ def test_roe_third_class_blocks_the_final():
     votes = [0] * 8 + [1] * 4 + [2] * 4 + [3]
     scores = np.tile(np.array([2.0, 1.0, 1.0, 3.0]), (1, len(votes), 1))
     scores[0, np.arange(len(votes)), votes] += 10.0
-    res = certify_collective(scores, "dpa-roe", [0, 1, 2, 3])
+    res = certify_collective(scores, "dpa-roe", [0, 1, 2, 3], exhaustive_limit=limit)
     assert res.upper.tolist() == res.lower.tolist() == [0, 0, 0, 1]
     assert [brute_force(scores, "dpa-roe", b) for b in (2, 3)] == [0, 1]
 
 
-def test_roe_round_one_elimination_is_exact():
+@PATHS
+def test_roe_round_one_elimination_is_exact(limit):
     # y = 0 wins; two poisoned models suffice only if they split between classes 1 and 2:
     # votes 0,0,0,0,1,1,2,2 (+ run-off preferences strongly for 0 so round 2 cannot flip)
     scores = np.zeros((1, 8, 3))
@@ -192,7 +202,7 @@ def test_roe_round_one_elimination_is_exact():
     scores[0, 6:, 2] = 3
     scores[0, 4:, 0] = 2  # everybody prefers 0 to the other finalist
     for b in range(4):
-        res = certify_collective(scores, "dpa-roe", b)
+        res = certify_collective(scores, "dpa-roe", b, exhaustive_limit=limit)
         assert res.upper[0] == brute_force(scores, "dpa-roe", b) == res.lower[0]
 
 
@@ -231,24 +241,26 @@ def one_point_cases(draw):
 @example((np.zeros((1, 6, 2)), "fa", 3, [0, 2, 4], 1))
 def test_one_point_matches_the_pointwise_certificate(case):
     scores, method, d, spread, budget = case
-    res = certify_collective(scores, method, budget, d=d, spread=spread)
     cert = certify(scores, method, d=d, spread=spread).certificates[0]
     truth = brute_force(scores, method, budget, d=d, spread=spread)
-    assert res.upper[0] == truth == res.lower[0]
+    for limit in (0, 10**6):
+        res = certify_collective(scores, method, budget, d=d, spread=spread, exhaustive_limit=limit)
+        assert res.upper[0] == truth == res.lower[0]
     if method == "dpa":
         assert res.upper[0] == int(cert < budget)
     else:  # FA's greedy certificate is sound, so the exact count can only be lower
         assert res.upper[0] <= int(cert < budget)
 
 
+@PATHS
 @pytest.mark.parametrize("method", ["dpa-roe", "fa-roe"])
-def test_one_point_roe_equals_brute_force(method):
+def test_one_point_roe_equals_brute_force(method, limit):
     rng = np.random.default_rng(77)
     for _ in range(15):
         scores, d, spread, _ = random_case(rng, method, n_max=1)
         cert = certify(scores, method, d=d, spread=spread).certificates[0]
         for b in (1, 2):
-            res = certify_collective(scores, method, b, d=d, spread=spread)
+            res = certify_collective(scores, method, b, d=d, spread=spread, exhaustive_limit=limit)
             assert brute_force(scores, method, b, d=d, spread=spread) == res.upper[0] <= int(cert < b)
 
 
@@ -270,8 +282,8 @@ def _medium(seed, n=60, m=12, c=4, method="dpa"):
 def test_chunks_sum_to_a_sound_bound(method, d):
     scores, labels = _medium(5, method=method)
     budgets = [1, 2, 4]
-    whole = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000)
-    parts = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=7)
+    whole = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, exhaustive_limit=0)
+    parts = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=7, exhaustive_limit=0)
     assert parts.chunked[parts.pointwise > 7].all()
     assert not whole.chunked.any()
     assert (parts.upper >= whole.lower).all() and (whole.upper >= parts.lower).all()
@@ -289,7 +301,7 @@ def test_chunks_sum_to_a_sound_bound(method, d):
 
 def test_attack_replay_is_independent_of_the_solver():
     scores, labels = _medium(9, n=40)
-    res = certify_collective(scores, "dpa", [2, 3], labels=labels)
+    res = certify_collective(scores, "dpa", [2, 3], labels=labels, exhaustive_limit=0)
     for att in res.attacks:
         # apply the attack: every corrupted model votes the new class, point by point
         for p, new in zip(att.points, att.new_predictions):
@@ -302,8 +314,9 @@ def test_attack_replay_is_independent_of_the_solver():
 
 def test_time_limit_keeps_the_bound_sound():
     scores, labels = _medium(11, n=80, m=16)
-    exact = certify_collective(scores, "dpa", [3], labels=labels)
-    rushed = certify_collective(scores, "dpa", [3], labels=labels, time_limit=0.01, n_jobs=2, chunk_size=20)
+    exact = certify_collective(scores, "dpa", [3], labels=labels, exhaustive_limit=0)
+    rushed = certify_collective(scores, "dpa", [3], labels=labels, time_limit=0.01, n_jobs=2, chunk_size=20,
+                                exhaustive_limit=0)
     assert exact.optimal[0]
     assert rushed.lower[0] <= exact.upper[0] <= rushed.upper[0] <= rushed.pointwise[0]
 

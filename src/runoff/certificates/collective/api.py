@@ -15,6 +15,7 @@ from .. import inputs
 from ..api import certify
 from ..methods import Method, get_method
 from .dual import lagrangian_bound
+from .exhaustive import DEFAULT_LIMIT, best_set, n_sets
 from .replay import _best_attacks, _replayed
 from .search import local_search
 from .results import EXACT_METHODS, CollectiveCertification
@@ -30,12 +31,18 @@ DEFAULT_DUAL_STEPS = 8
 #: Default most improving moves of the attack search (:mod:`.search`).
 DEFAULT_SEARCH_ROUNDS = 20
 
+# Shares of ``time_limit`` kept from the chunk MILPs for the attack search and for the
+# whole-set steps (without them, MILPs stopped by the limit would leave them no time at all).
+_SEARCH_SHARE = 0.1
+_DUAL_SHARE = 0.2
+
 
 def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1, spread=None,
                        time_limit: float | None = None, n_jobs: int | None = None,
                        chunk_size: int | None = None, progress=None,
                        dual_steps: int = DEFAULT_DUAL_STEPS,
-                       search_rounds: int = DEFAULT_SEARCH_ROUNDS) -> CollectiveCertification:
+                       search_rounds: int = DEFAULT_SEARCH_ROUNDS,
+                       exhaustive_limit: int = DEFAULT_LIMIT) -> CollectiveCertification:
     """Bound how many test points one poisoning attack with B poisons can change.
 
     Parameters
@@ -54,10 +61,12 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     spread : sequence of int, optional
         FA only: the d shifts (default :func:`runoff.plan.spread.reference_spread`).
     time_limit : float, optional
-        Seconds of solver time for the whole call (> 0), shared equally among the MILPs
-        (one per chunk and budget); the whole-set steps (``dual_steps``) get what is left of
-        it. A MILP stopped by it still gives a proven bound (its dual bound), only a weaker
-        one. None: no limit.
+        Seconds of solver time for the whole call (> 0). The MILPs (one per chunk and
+        budget) share 70% of it equally, the attack search gets 10% and the whole-set steps
+        (``dual_steps``) the rest (a step that is off leaves its share to the MILPs). A budget
+        scored exhaustively (``exhaustive_limit``) takes its MILPs' share. A MILP stopped by
+        the limit still gives a proven bound (its dual bound), only a weaker one. None: no
+        limit.
     n_jobs : int, optional
         Threads over chunks, with scikit-learn's meaning (None: 1).
     chunk_size : int, optional
@@ -75,6 +84,12 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         sets the solver chose, scored on every candidate point at once) for a budget whose
         bound the attacks found do not meet; its sets are replayed like the solver's, so only
         ``lower`` can change. 0: no search.
+    exhaustive_limit : int, default 1,000,000
+        A budget that allows at most this many unit sets (sets of ``min(B, units)`` units:
+        ``comb(50, 4) = 230,300`` for DPA with k = 50 at B = 4) has every one of them scored
+        instead of its MILPs (:mod:`.exhaustive`): its bound is then the exact optimum.
+        Under ``time_limit`` the search is only run when it takes no longer than the
+        budget's MILPs may. 0: always the MILPs.
     progress : callable, optional
         Called as ``progress(budget, index, n_budgets)`` before the MILPs of each budget are
         solved (``index`` counts from 0, in the order of ``budgets``), so that a caller can
@@ -86,7 +101,8 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     CollectiveCertification
         Arrays of shape (B,): ``upper`` (proven bound), ``lower`` (achieved by
         ``attacks[j]``, replayed through the aggregation), ``optimal``, ``chunked``,
-        ``pointwise``, ``chunk_upper`` (the chunk-sum bound, ``>= upper``).
+        ``pointwise``, ``chunk_upper`` (the chunk-sum bound, ``>= upper``), ``enumerated``
+        (the bound is the optimum over every unit set).
 
     Raises
     ------
@@ -108,10 +124,11 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int(chunk_size, "chunk_size", low=1)
     steps = check_int(dual_steps, "dual_steps", low=0)
     rounds = check_int(search_rounds, "search_rounds", low=0)
+    limit = check_int(exhaustive_limit, "exhaustive_limit", low=0)
     _require_highs()
     with _native_stdout_silenced():
         return _compute(arr, method, b_arr, lab, d=d, shifts=shifts, time_limit=time_limit, n_jobs=jobs, chunk=chunk,
-                        progress=progress, dual_steps=steps, search_rounds=rounds)
+                        progress=progress, dual_steps=steps, search_rounds=rounds, exhaustive_limit=limit)
 
 
 def _units(method: Method, m, d, shifts):
@@ -141,7 +158,7 @@ class _Instance:
 
 
 def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, chunk, progress=None, dual_steps=0,
-             search_rounds=0):
+             search_rounds=0, exhaustive_limit=0):
     n, m, _ = scores.shape
     deadline = None if time_limit is None else time.monotonic() + time_limit
     cert = certify(scores, method, d=d, spread=None if shifts is None else shifts.tolist())
@@ -153,18 +170,23 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     terms = _candidate_terms(inst, pts) if pts.size else None
     plans = _plan_chunks(inst, terms, budgets, chunk)
     n_solves = sum(len(c) for _, _, c in plans)
-    # the time limit is shared equally among all the MILPs of the call
-    per_solve = None if time_limit is None or n_solves == 0 else time_limit / n_solves
-    upper, chunked, fallback, pointwise, found, per_chunk = _bound_budgets(inst, terms, plans, time_limit=per_solve,
-                                                                n_jobs=n_jobs, progress=progress)
+    # the chunk MILPs share the time limit equally, less the shares kept for the later steps
+    kept = _SEARCH_SHARE * bool(search_rounds) + _DUAL_SHARE * bool(dual_steps)
+    per_solve = None if time_limit is None or n_solves == 0 else time_limit * (1 - kept) / n_solves
+    # a budget scored exhaustively needs no later step: it may take all its share of the time
+    exhaustive = _exhaustive_search(inst, terms, exhaustive_limit, None if per_solve is None else time_limit / n_solves)
+    upper, chunked, fallback, pointwise, found, per_chunk, enumerated = _bound_budgets(
+        inst, terms, plans, time_limit=per_solve, n_jobs=n_jobs, progress=progress, exhaustive=exhaustive)
     attacks = _best_attacks(inst, budgets, found)
     chunk_upper = upper.copy()
+    if search_rounds:  # first: the better its attacks, the sooner the whole-set steps stop
+        search_end = None if deadline is None else time.monotonic() + _SEARCH_SHARE * time_limit
+        _search_attacks(inst, terms, plans, upper, found, attacks, rounds=search_rounds,
+                        deadline=_earliest(search_end, deadline))
+        attacks = _best_attacks(inst, budgets, found)
     if dual_steps:
         _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, steps=dual_steps, time_limit=per_solve,
                    n_jobs=n_jobs, deadline=deadline)
-    if search_rounds:
-        _search_attacks(inst, terms, plans, upper, found, attacks, rounds=search_rounds, deadline=deadline)
-    if dual_steps or search_rounds:
         attacks = _best_attacks(inst, budgets, found)
     lower = np.array([a.count for a in attacks], dtype=np.int64)
     _min_over_larger_budgets(upper, budgets)
@@ -187,7 +209,28 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
         d=d,
         spread=None if shifts is None else shifts.tolist(),
         chunk_upper=chunk_upper,
+        enumerated=enumerated,
     )
+
+
+def _earliest(a, b):
+    """The earlier of two deadlines (None: no deadline)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _exhaustive_search(inst, terms, limit, per_solve):
+    """The ``exhaustive`` hook of :func:`.solve._bound_budgets`: score every unit set of a
+    budget that allows at most ``limit`` of them, in no more than ``per_solve`` seconds per
+    chunk of its MILPs (None: no limit)."""
+    n_units = inst.units.shape[0]
+
+    def run(j, budget, cand, chunks):
+        if terms is None or n_sets(n_units, budget) > limit:
+            return None
+        allowance = None if per_solve is None else per_solve * len(chunks)
+        return best_set(terms, inst.units, budget, cand, allowance=allowance)
+
+    return run if limit else None
 
 
 def _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, *, steps, time_limit, n_jobs, deadline):
@@ -195,8 +238,8 @@ def _whole_set(inst, terms, plans, per_chunk, upper, found, attacks, *, steps, t
     attack lowers ``upper[j]``; the unit sets it tries join ``found[j]``. With a deadline
     (``time_limit`` of the call), the steps use the time the chunks left."""
     for j, (budget, cand, chunks) in enumerate(plans):
-        if len(chunks) < 2 or upper[j] <= attacks[j].count:
-            continue
+        if len(chunks) < 2 or not per_chunk[j] or upper[j] <= attacks[j].count:
+            continue  # one chunk (its MILP is the whole set), enumerated, or met
         tried = {}
 
         def replay(sets, cand=cand):

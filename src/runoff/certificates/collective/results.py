@@ -91,6 +91,9 @@ class CollectiveCertification:
     chunk_upper : ndarray of shape (B,), int64, or None
         The chunk-sum bound (each chunk bounded with its own best attack); ``upper`` is the
         lower of it and the whole-set bound of :mod:`.dual`, so ``upper <= chunk_upper``.
+    enumerated : ndarray of shape (B,), bool, or None
+        The bound is the optimum over every unit set of the budget (:mod:`.exhaustive`), so
+        it is exact and met by ``attacks[j]``.
     """
 
     method: str
@@ -110,6 +113,7 @@ class CollectiveCertification:
     d: int = 1
     spread: list | None = field(default=None)
     chunk_upper: np.ndarray | None = field(default=None)
+    enumerated: np.ndarray | None = field(default=None)
 
     def _need_labels(self):
         if self.n_correct is None:

@@ -4,11 +4,12 @@
 The terms of :mod:`.terms` are exact for every method: with the corrupted models fixed, a
 point can be changed iff all rows of one of its terms hold. So a unit set is scored for all
 candidate points at once by a matrix product (the rows' sums over the models it reaches),
-and many neighbours in one product. From the best seed, the search swaps one unit of the set
+and many neighbours in one product. From the best seeds, the search swaps one unit of the set
 for one from a pool (or adds one while the set is below the budget) and keeps the best
-neighbour while it changes more points. The sets it ends on are only proposals: they are
-replayed through runoff's own aggregation (:mod:`.replay`) like the solver's, and only the
-replayed count is reported.
+neighbour while it changes more points; then it climbs again from random kicks of the best
+set (an iterated local search). The sets it ends on are only proposals: they are replayed
+through runoff's own aggregation (:mod:`.replay`) like the solver's, and only the replayed
+count is reported.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import numpy as np
 _ROW_BLOCK = 1 << 14
 _BATCH = 64
 # Units the swaps draw from when there are more (the most frequent in the seeds first).
-_POOL = 48
+_POOL = 64
+# Climbs from distinct seeds (the best first), climbs in all, units swapped by a kick.
+_SEED_STARTS = 4
+_RESTARTS = 12
+_KICK = 2
 
 
 class _Scorer:
@@ -82,8 +87,37 @@ def _neighbours(cur: np.ndarray, pool: np.ndarray, budget: int, n_units: int) ->
     return np.concatenate(rows) if rows else np.zeros((0, n_units), dtype=np.int8)
 
 
-def local_search(terms, units, budget, cand, seeds, *, rounds=20, deadline=None):
-    """Unit sets found by a best-improvement local search from the best of ``seeds``.
+def _climb(scorer, cur, score, pool, budget, n_units, rounds, deadline):
+    """Best-improvement moves from ``cur``: (final set, its score)."""
+    for _ in range(rounds):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        nb = _neighbours(cur, pool, budget, n_units)
+        if nb.shape[0] == 0:
+            break
+        got = np.concatenate([scorer.score(nb[lo: lo + _BATCH]) for lo in range(0, nb.shape[0], _BATCH)])
+        k = int(np.argmax(got))
+        if got[k] <= score:
+            break
+        cur, score = np.flatnonzero(nb[k]), int(got[k])
+    return cur, score
+
+
+def _kick(best, pool, rng):
+    """``best`` with up to two of its units swapped for random pool units outside it."""
+    outside = pool[~np.isin(pool, best)]
+    n_swap = min(_KICK, best.size, outside.size)
+    if n_swap == 0:
+        return best
+    keep = rng.choice(best, size=best.size - n_swap, replace=False)
+    return np.sort(np.concatenate([keep, rng.choice(outside, size=n_swap, replace=False)]))
+
+
+def local_search(terms, units, budget, cand, seeds, *, rounds=20, deadline=None, restarts=_RESTARTS):
+    """Unit sets found by an iterated best-improvement local search from ``seeds``.
+
+    Climbs from the best few distinct seeds, then from kicks of the best set found (two of
+    its units swapped at random, a fixed seed: the result does not vary between calls).
 
     Parameters
     ----------
@@ -95,36 +129,46 @@ def local_search(terms, units, budget, cand, seeds, *, rounds=20, deadline=None)
     seeds : list of ndarray
         Unit sets to start from (the solver's choices), each of at most ``budget`` units.
     rounds : int
-        Most improving moves.
+        Most improving moves of one climb.
     deadline : float, optional
-        ``time.monotonic()`` after which no round starts.
+        ``time.monotonic()`` after which no move starts.
+    restarts : int
+        Climbs after the first: from the next best seeds, then from kicks.
 
     Returns
     -------
     list of ndarray
-        The sets the search moved through, best last (to replay).
+        The end of each climb that beat the best so far, in order, best last (to replay).
     """
     seeds = [np.asarray(s, dtype=np.int64) for s in seeds if 0 < len(s) <= budget]
-    if not seeds or budget <= 0:
+    if not seeds or budget <= 0 or rounds <= 0:
         return []
     n_units = units.shape[0]
     scorer = _Scorer(terms, units, budget, cand)
-    start = np.zeros((len(seeds), n_units), dtype=np.int8)
-    for k, s in enumerate(seeds):
-        start[k, s] = 1
+    start, first_idx = np.unique(_rows(seeds, n_units), axis=0, return_index=True)
     first = scorer.score(start)
-    cur, best = seeds[int(np.argmax(first))], int(first.max())
-    pool, path = _pool(seeds, n_units, _POOL), []
-    for _ in range(rounds):
+    order = np.argsort(-first, kind="stable")
+    pool = _pool(seeds, n_units, _POOL)
+    rng = np.random.default_rng(0)
+    best, best_score, path = None, -1, []
+    for r in range(restarts + 1):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        nb = _neighbours(cur, pool, budget, n_units)
-        if nb.shape[0] == 0:
-            break
-        got = np.concatenate([scorer.score(nb[lo: lo + _BATCH]) for lo in range(0, nb.shape[0], _BATCH)])
-        k = int(np.argmax(got))
-        if got[k] <= best:
-            break
-        cur, best = np.flatnonzero(nb[k]), int(got[k])
-        path.append(cur)
+        if r < min(len(order), _SEED_STARTS):
+            cur, score = np.flatnonzero(start[order[r]]), int(first[order[r]])
+        else:
+            cur = _kick(best, pool, rng)
+            score = int(scorer.score(_rows([cur], n_units))[0])
+        cur, score = _climb(scorer, cur, score, pool, budget, n_units, rounds, deadline)
+        if score > best_score:
+            best, best_score = cur, score
+            path.append(cur)
     return path
+
+
+def _rows(sets, n_units):
+    """(K, units) 0/1 rows of unit sets."""
+    rows = np.zeros((len(sets), n_units), dtype=np.int8)
+    for k, s in enumerate(sets):
+        rows[k, s] = 1
+    return rows

@@ -86,28 +86,41 @@ def _chunks(terms, pw_cert, budget, chunk):
     return [live[bounds[i]: bounds[min(i + chunk, live_pts.size)]] for i in range(0, live_pts.size, chunk)]
 
 
-def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None):
-    """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found, per_chunk),
-    where ``found[j]`` lists the non-empty unit sets the solver chose for budget ``j`` and
-    ``per_chunk[j]`` the results of its chunks (:func:`_solve_chunk`); ``progress`` (if any)
-    hears of each budget before its MILPs."""
+def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None, exhaustive=None):
+    """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found, per_chunk,
+    enumerated), where ``found[j]`` lists the non-empty unit sets the solver chose for budget
+    ``j``, ``per_chunk[j]`` the results of its chunks (:func:`_solve_chunk`) and
+    ``enumerated[j]`` says that its bound is the exact optimum over every unit set;
+    ``progress`` (if any) hears of each budget before its MILPs.
+
+    ``exhaustive``, optional: ``exhaustive(j, budget, cand, chunks)`` returns the exact
+    optimum of the budget and a unit set attaining it (:mod:`.exhaustive`), or None to solve
+    the chunks instead.
+    """
     n_b = len(plans)
     upper = np.zeros(n_b, dtype=np.int64)
     pointwise = np.zeros(n_b, dtype=np.int64)
     chunked = np.zeros(n_b, dtype=bool)
     fallback = np.zeros(n_b, dtype=np.int64)
+    enumerated = np.zeros(n_b, dtype=bool)
     found, per_chunk = [], []
     for j, (budget, cand, chunks) in enumerate(plans):
         if progress is not None:
             progress(int(budget), j, n_b)
         pointwise[j] = cand.size
+        exact = None if exhaustive is None or not chunks else exhaustive(j, budget, cand, chunks)
+        if exact is not None:
+            upper[j], enumerated[j] = exact[0], True
+            found.append([exact[1]] if exact[1].size else [])
+            per_chunk.append([])
+            continue
         chunked[j] = len(chunks) > 1
         results = _solve_chunks(inst, terms, chunks, budget, time_limit=time_limit, n_jobs=n_jobs)
         upper[j] = sum(r[0] for r in results)
         fallback[j] = sum(not r[2] for r in results)
         found.append([r[1] for r in results if r[1] is not None and r[1].size])
         per_chunk.append(results)
-    return upper, chunked, fallback, pointwise, found, per_chunk
+    return upper, chunked, fallback, pointwise, found, per_chunk, enumerated
 
 
 def _solve_chunks(inst, terms, chunks, budget, *, time_limit, n_jobs, unit_costs=None):
