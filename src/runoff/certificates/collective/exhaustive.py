@@ -51,6 +51,11 @@ def _batches(n_units: int, size: int):
         yield rows
 
 
+def _projected(start, total, done):
+    """Seconds that ``total`` sets take at the rate of the ``done`` scored since ``start``."""
+    return (time.monotonic() - start) * total / done
+
+
 def best_set(terms, units, budget, cand, *, allowance=None):
     """The most points one set of at most ``budget`` units changes, over every such set.
 
@@ -87,7 +92,6 @@ def best_set(terms, units, budget, cand, *, allowance=None):
         done += rows.shape[0]
         if i == 0:  # the rate is taken after the first batch, which warms up the kernels
             start, first = time.monotonic(), done
-        elif i == _CHECKED and allowance is not None:
-            if (time.monotonic() - start) * total / (done - first) > allowance:
-                return None
+        elif i == _CHECKED and allowance is not None and _projected(start, total, done - first) > allowance:
+            return None
     return best, np.flatnonzero(best_row)

@@ -145,7 +145,7 @@ def local_search(terms, units, budget, cand, seeds, *, rounds=20, deadline=None,
         return []
     n_units = units.shape[0]
     scorer = _Scorer(terms, units, budget, cand)
-    start, first_idx = np.unique(_rows(seeds, n_units), axis=0, return_index=True)
+    start = np.unique(_rows(seeds, n_units), axis=0)
     first = scorer.score(start)
     order = np.argsort(-first, kind="stable")
     pool = _pool(seeds, n_units, _POOL)
