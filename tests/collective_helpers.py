@@ -10,6 +10,9 @@ from runoff.certificates.collective.terms import _candidate_terms
 from runoff.certificates.methods import get_method
 from runoff.plan.spread import reference_spread
 
+# certify_collective keywords that leave only the chunk MILPs (no exact attempt before them)
+MILP_ONLY = {"exhaustive_limit": 0, "branch_nodes": 0}
+
 
 def build(scores, method, max_budget, *, d=1, spread=None, labels=None):
     """(inst, terms) as :func:`runoff.certificates.collective.api._compute` makes them; terms is

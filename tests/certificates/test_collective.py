@@ -13,6 +13,7 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from collective_helpers import MILP_ONLY
 from adversary import _assignments, behaviour_ids, behaviours, elect, poison_units
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -113,8 +114,9 @@ def _check_attack(res, scores, method, d, spread, labels=None):
 # ---------------------------------------------------------------------------------------
 
 
-# Both ways to the bound: the chunk MILPs (exhaustive_limit=0) and scoring every unit set.
-PATHS = pytest.mark.parametrize("limit", [0, 10**6], ids=["milp", "exhaustive"])
+# Three ways to the bound: the chunk MILPs, scoring every unit set, branch and bound.
+PATHS = pytest.mark.parametrize("limit", [MILP_ONLY, {"branch_nodes": 0}, {"exhaustive_limit": 0}],
+                                ids=["milp", "exhaustive", "branch"])
 
 
 @PATHS
@@ -127,13 +129,13 @@ def test_exact_methods_equal_the_brute_force(method, seed, limit):
         scores, d, spread, labels = random_case(rng, method)
         use_labels = case % 2 == 0
         lab = labels if use_labels else None
-        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, exhaustive_limit=limit)
+        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, **limit)
         expect = [brute_force(scores, method, b, labels=lab, d=d, spread=spread) for b in budgets]
         assert res.exact
         assert res.upper.tolist() == expect, (scores.tolist(), d, spread, lab)
         assert res.lower.tolist() == expect  # the replayed attack attains it
         assert res.optimal.all() and not res.chunked.any()
-        assert res.enumerated.any() == (limit > 0 and bool((res.pointwise > 0).any()))
+        assert res.enumerated.any() == (limit != MILP_ONLY and bool((res.pointwise > 0).any()))
         assert (res.upper <= res.pointwise).all()
         _check_attack(res, scores, method, d, spread, lab)
 
@@ -150,7 +152,7 @@ def test_two_classes_and_all_ties(limit):
     ]
     for scores, method, d, spread in cases:
         for b in range(4):
-            res = certify_collective(scores, method, b, d=d, spread=spread, exhaustive_limit=limit)
+            res = certify_collective(scores, method, b, d=d, spread=spread, **limit)
             assert res.upper[0] == brute_force(scores, method, b, d=d, spread=spread) == res.lower[0]
 
 
@@ -168,7 +170,7 @@ def test_roe_equals_the_brute_force(method, seed, limit):
     for case in range(10):
         scores, d, spread, labels = random_case(rng, method, n_max=4)
         lab = labels if case % 2 else None
-        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, exhaustive_limit=limit)
+        res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, **limit)
         expect = [brute_force(scores, method, b, labels=lab, d=d, spread=spread) for b in budgets]
         assert res.exact
         assert res.upper.tolist() == expect, (scores.tolist(), d, spread, lab)
@@ -187,7 +189,7 @@ def test_roe_third_class_blocks_the_final(limit):
     votes = [0] * 8 + [1] * 4 + [2] * 4 + [3]
     scores = np.tile(np.array([2.0, 1.0, 1.0, 3.0]), (1, len(votes), 1))
     scores[0, np.arange(len(votes)), votes] += 10.0
-    res = certify_collective(scores, "dpa-roe", [0, 1, 2, 3], exhaustive_limit=limit)
+    res = certify_collective(scores, "dpa-roe", [0, 1, 2, 3], **limit)
     assert res.upper.tolist() == res.lower.tolist() == [0, 0, 0, 1]
     assert [brute_force(scores, "dpa-roe", b) for b in (2, 3)] == [0, 1]
 
@@ -202,7 +204,7 @@ def test_roe_round_one_elimination_is_exact(limit):
     scores[0, 6:, 2] = 3
     scores[0, 4:, 0] = 2  # everybody prefers 0 to the other finalist
     for b in range(4):
-        res = certify_collective(scores, "dpa-roe", b, exhaustive_limit=limit)
+        res = certify_collective(scores, "dpa-roe", b, **limit)
         assert res.upper[0] == brute_force(scores, "dpa-roe", b) == res.lower[0]
 
 
@@ -243,8 +245,8 @@ def test_one_point_matches_the_pointwise_certificate(case):
     scores, method, d, spread, budget = case
     cert = certify(scores, method, d=d, spread=spread).certificates[0]
     truth = brute_force(scores, method, budget, d=d, spread=spread)
-    for limit in (0, 10**6):
-        res = certify_collective(scores, method, budget, d=d, spread=spread, exhaustive_limit=limit)
+    for limit in (MILP_ONLY, {"branch_nodes": 0}, {"exhaustive_limit": 0}):
+        res = certify_collective(scores, method, budget, d=d, spread=spread, **limit)
         assert res.upper[0] == truth == res.lower[0]
     if method == "dpa":
         assert res.upper[0] == int(cert < budget)
@@ -260,7 +262,7 @@ def test_one_point_roe_equals_brute_force(method, limit):
         scores, d, spread, _ = random_case(rng, method, n_max=1)
         cert = certify(scores, method, d=d, spread=spread).certificates[0]
         for b in (1, 2):
-            res = certify_collective(scores, method, b, d=d, spread=spread, exhaustive_limit=limit)
+            res = certify_collective(scores, method, b, d=d, spread=spread, **limit)
             assert brute_force(scores, method, b, d=d, spread=spread) == res.upper[0] <= int(cert < b)
 
 
@@ -282,8 +284,8 @@ def _medium(seed, n=60, m=12, c=4, method="dpa"):
 def test_chunks_sum_to_a_sound_bound(method, d):
     scores, labels = _medium(5, method=method)
     budgets = [1, 2, 4]
-    whole = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, exhaustive_limit=0)
-    parts = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=7, exhaustive_limit=0)
+    whole = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, **MILP_ONLY)
+    parts = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=7, **MILP_ONLY)
     assert parts.chunked[parts.pointwise > 7].all()
     assert not whole.chunked.any()
     assert (parts.upper >= whole.lower).all() and (whole.upper >= parts.lower).all()
@@ -301,7 +303,7 @@ def test_chunks_sum_to_a_sound_bound(method, d):
 
 def test_attack_replay_is_independent_of_the_solver():
     scores, labels = _medium(9, n=40)
-    res = certify_collective(scores, "dpa", [2, 3], labels=labels, exhaustive_limit=0)
+    res = certify_collective(scores, "dpa", [2, 3], labels=labels, **MILP_ONLY)
     for att in res.attacks:
         # apply the attack: every corrupted model votes the new class, point by point
         for p, new in zip(att.points, att.new_predictions):
@@ -314,9 +316,9 @@ def test_attack_replay_is_independent_of_the_solver():
 
 def test_time_limit_keeps_the_bound_sound():
     scores, labels = _medium(11, n=80, m=16)
-    exact = certify_collective(scores, "dpa", [3], labels=labels, exhaustive_limit=0)
+    exact = certify_collective(scores, "dpa", [3], labels=labels, **MILP_ONLY)
     rushed = certify_collective(scores, "dpa", [3], labels=labels, time_limit=0.01, n_jobs=2, chunk_size=20,
-                                exhaustive_limit=0)
+                                **MILP_ONLY)
     assert exact.optimal[0]
     assert rushed.lower[0] <= exact.upper[0] <= rushed.upper[0] <= rushed.pointwise[0]
 

@@ -14,7 +14,7 @@ import runoff.certificates.collective.api as api
 from runoff import certify_collective
 from runoff.certificates.collective.dual import lagrangian_bound
 
-from collective_helpers import build
+from collective_helpers import MILP_ONLY, build
 from test_collective import _check_attack, _medium, brute_force, random_case
 
 pytest.importorskip("scipy")
@@ -51,7 +51,7 @@ def test_every_iterate_bounds_the_brute_force(method, seed, runs):
         lab = labels if case % 2 else None
         runs.clear()
         res = certify_collective(scores, method, budgets, labels=lab, d=d, spread=spread, chunk_size=1, dual_steps=6,
-                                 exhaustive_limit=0)
+                                 **MILP_ONLY)
         _check_window(res)
         _check_attack(res, scores, method, d, spread, lab)
         truth = {b: brute_force(scores, method, b, labels=lab, d=d, spread=spread) for b in budgets}
@@ -97,11 +97,11 @@ def test_iterates_from_target_zero_bound_the_brute_force(method):
 def test_every_iterate_bounds_the_single_milp(method, d, runs):
     scores, labels = _medium(5, n=50, method=method)
     budgets = [1, 2, 3]
-    whole = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, exhaustive_limit=0)
+    whole = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, **MILP_ONLY)
     assert whole.optimal.all() and not whole.chunked.any()  # the exact optimum of the whole set
     runs.clear()
     parts = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=6, dual_steps=6,
-                               exhaustive_limit=0)
+                               **MILP_ONLY)
     _check_window(parts)
     optimum = dict(zip(budgets, whole.upper.tolist()))
     assert runs  # the decomposition ran
@@ -120,8 +120,8 @@ def test_window_on_random_and_tie_heavy_sets(kind):
         scores = rng.normal(size=(n, m, c))
         scores[:, :, 0] += 1.5 * (rng.random((n, m)) < 0.6)
     for method in ("dpa", "dpa-roe"):
-        zero = certify_collective(scores, method, [1, 2, 3], chunk_size=5, dual_steps=0, exhaustive_limit=0)
-        res = certify_collective(scores, method, [1, 2, 3], chunk_size=5, dual_steps=5, exhaustive_limit=0)
+        zero = certify_collective(scores, method, [1, 2, 3], chunk_size=5, dual_steps=0, **MILP_ONLY)
+        res = certify_collective(scores, method, [1, 2, 3], chunk_size=5, dual_steps=5, **MILP_ONLY)
         _check_window(res)
         assert np.array_equal(zero.upper, zero.chunk_upper)  # no steps: the chunk sum
         assert np.array_equal(res.chunk_upper, zero.chunk_upper)

@@ -19,7 +19,7 @@ from runoff.certificates.collective import exhaustive
 from runoff.certificates.collective.replay import _replay
 from runoff.errors import InvalidParameterError
 
-from collective_helpers import build
+from collective_helpers import MILP_ONLY, build
 from test_collective import _check_attack, _medium
 
 pytest.importorskip("scipy")
@@ -31,7 +31,7 @@ METHODS = [("dpa", 1), ("dpa-roe", 1), ("fa", 2), ("fa-roe", 2)]
 def test_equals_the_whole_set_milp(method, d):
     scores, labels = _medium(21, n=60, m=12, method=method)
     budgets = [1, 2, 3]
-    milp = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, exhaustive_limit=0,
+    milp = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=1000, **MILP_ONLY,
                               dual_steps=0, search_rounds=0)
     assert milp.optimal.all() and not milp.chunked.any()  # one MILP over the whole set, solved
     res = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=5, dual_steps=0,
@@ -64,10 +64,10 @@ def test_equals_every_set_replayed(method, d):
 def test_limit_chooses_the_budgets():
     scores, labels = _medium(23, n=60, m=12)
     # comb(12, 2) = 66 sets at B = 2, comb(12, 3) = 220 at B = 3
-    res = certify_collective(scores, "dpa", [1, 2, 3], labels=labels, exhaustive_limit=66, chunk_size=5)
+    res = certify_collective(scores, "dpa", [1, 2, 3], labels=labels, exhaustive_limit=66, branch_nodes=0, chunk_size=5)
     assert res.enumerated.tolist() == [True, True, False]
     assert exhaustive.n_sets(12, 2) == 66 and exhaustive.n_sets(12, 30) == 1  # all units at once
-    off = certify_collective(scores, "dpa", [1, 2, 3], labels=labels, exhaustive_limit=0, chunk_size=5)
+    off = certify_collective(scores, "dpa", [1, 2, 3], labels=labels, chunk_size=5, **MILP_ONLY)
     assert not off.enumerated.any()
     assert (res.upper <= off.upper).all() and (off.lower <= res.upper).all()
 

@@ -17,7 +17,7 @@ from runoff import certify_collective
 from runoff.certificates.collective.replay import _replay
 from runoff.certificates.collective.search import _Scorer, local_search
 
-from collective_helpers import build
+from collective_helpers import MILP_ONLY, build
 from test_collective import _check_attack, _flippable, _medium, brute_force, random_case
 
 pytest.importorskip("scipy")
@@ -77,9 +77,9 @@ def test_search_climbs_and_lower_stays_replayed(method, d):
     scores, labels = _medium(5, n=120, method=method)
     budgets = [2, 3, 4]
     plain = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=8, dual_steps=0,
-                               search_rounds=0, exhaustive_limit=0)
+                               search_rounds=0, **MILP_ONLY)
     res = certify_collective(scores, method, budgets, labels=labels, d=d, chunk_size=8, dual_steps=0,
-                             exhaustive_limit=0)
+                             **MILP_ONLY)
     assert (res.lower >= plain.lower).all() and (res.lower <= res.upper).all()
     assert np.array_equal(res.upper, plain.upper)  # the search never touches the bound
     if method != "fa-roe":  # up to 8 corrupted models ranking 4 classes: too many outputs to enumerate
@@ -104,6 +104,6 @@ def test_lower_never_above_the_brute_force(method):
     rng = np.random.default_rng(5 + len(method))
     for _ in range(6):
         scores, d, spread, labels = random_case(rng, method, n_max=4)
-        res = certify_collective(scores, method, [1, 2], d=d, spread=spread, chunk_size=1, exhaustive_limit=0)
+        res = certify_collective(scores, method, [1, 2], d=d, spread=spread, chunk_size=1, **MILP_ONLY)
         for j, b in enumerate((1, 2)):
             assert res.lower[j] <= brute_force(scores, method, b, d=d, spread=spread) <= res.upper[j]

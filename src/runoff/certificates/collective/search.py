@@ -48,18 +48,32 @@ class _Scorer:
         order = np.argsort(pts, kind="stable")
         self.t_order = order
         self.p_ids, self.t_start = np.unique(pts[order], return_index=True)
+        rows_per_term = np.diff(np.append(self.row_start, rows.size))
+        self.one_row_terms = bool((rows_per_term == 1).all())
+        self.fail_dtype = np.uint8 if rows_per_term.size == 0 or rows_per_term.max() < 255 else np.int32
 
     def score(self, sets: np.ndarray) -> np.ndarray:
         if self.t_ids.size == 0:
             return np.zeros(sets.shape[0], dtype=np.int64)
         s = np.minimum(sets.astype(np.float32) @ self.units, 1.0).T  # (M, K): models reached
-        fail = np.empty((self.coef.shape[0], sets.shape[0]), dtype=np.int32)
+        met = np.empty((self.coef.shape[0], sets.shape[0]), dtype=bool)
         for lo in range(0, self.coef.shape[0], _ROW_BLOCK):
             blk = slice(lo, lo + _ROW_BLOCK)
-            fail[blk] = (self.coef[blk].astype(np.float32) @ s) < self.gap[blk, None] - 0.5
-        term_ok = np.add.reduceat(fail, self.row_start, axis=0) == 0  # (T, K)
-        point_ok = np.maximum.reduceat(term_ok[self.t_order], self.t_start, axis=0)
-        return point_ok.sum(axis=0, dtype=np.int64)
+            met[blk] = (self.coef[blk].astype(np.float32) @ s) >= self.gap[blk, None] - 0.5
+        return self.count_met(met)
+
+    def count_met(self, met: np.ndarray) -> np.ndarray:
+        """(K,) candidate points with a term whose every row is met, from ``met`` (rows, K) bool."""
+        if self.t_ids.size == 0:
+            return np.zeros(met.shape[1], dtype=np.int64)
+        # reduced along contiguous rows of the transpose: several times faster than axis 0
+        met_t = np.ascontiguousarray(met.T)  # (K, R)
+        if self.one_row_terms:
+            term_ok = met_t
+        else:
+            term_ok = np.add.reduceat((~met_t).astype(self.fail_dtype), self.row_start, axis=1) == 0  # (K, T)
+        point_ok = np.logical_or.reduceat(term_ok[:, self.t_order], self.t_start, axis=1)
+        return point_ok.sum(axis=1, dtype=np.int64)
 
 
 def _pool(seeds, n_units, size):

@@ -86,16 +86,15 @@ def _chunks(terms, pw_cert, budget, chunk):
     return [live[bounds[i]: bounds[min(i + chunk, live_pts.size)]] for i in range(0, live_pts.size, chunk)]
 
 
-def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None, exhaustive=None):
+def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None, exact=None):
     """Solve every chunk of every budget: (upper, chunked, fallback, pointwise, found, per_chunk,
     enumerated), where ``found[j]`` lists the non-empty unit sets the solver chose for budget
     ``j``, ``per_chunk[j]`` the results of its chunks (:func:`_solve_chunk`) and
     ``enumerated[j]`` says that its bound is the exact optimum over every unit set;
     ``progress`` (if any) hears of each budget before its MILPs.
 
-    ``exhaustive``, optional: ``exhaustive(j, budget, cand, chunks)`` returns the exact
-    optimum of the budget and a unit set attaining it (:mod:`.exhaustive`), or None to solve
-    the chunks instead.
+    ``exact``, optional: ``exact(j, budget, cand, chunks)`` returns the exact optimum of the
+    budget and a unit set attaining it (:mod:`.exact`), or None to solve the chunks instead.
     """
     n_b = len(plans)
     upper = np.zeros(n_b, dtype=np.int64)
@@ -108,10 +107,10 @@ def _bound_budgets(inst, terms, plans, *, time_limit, n_jobs, progress=None, exh
         if progress is not None:
             progress(int(budget), j, n_b)
         pointwise[j] = cand.size
-        exact = None if exhaustive is None or not chunks else exhaustive(j, budget, cand, chunks)
-        if exact is not None:
-            upper[j], enumerated[j] = exact[0], True
-            found.append([exact[1]] if exact[1].size else [])
+        done = None if exact is None or not chunks else exact(j, budget, cand, chunks)
+        if done is not None:
+            upper[j], enumerated[j] = done[0], True
+            found.append([done[1]] if done[1].size else [])
             per_chunk.append([])
             continue
         chunked[j] = len(chunks) > 1
