@@ -96,3 +96,14 @@ def test_bad_branch_nodes(bad):
 
     with pytest.raises(InvalidParameterError, match="branch_nodes"):
         certify_collective(np.zeros((2, 3, 2)), "dpa", 1, branch_nodes=bad)
+
+
+def test_time_limit_keeps_the_bound_sound_with_exact_attempts():
+    scores, labels = _medium(44, n=120, m=16)
+    budgets = [2, 4]
+    exact = certify_collective(scores, "dpa", budgets, labels=labels, chunk_size=8)
+    assert exact.enumerated.all()
+    for limit, kwargs in ((0.02, {}), (0.02, {"exhaustive_limit": 0}), (5.0, {"exhaustive_limit": 0})):
+        rushed = certify_collective(scores, "dpa", budgets, labels=labels, chunk_size=8, time_limit=limit, **kwargs)
+        assert (rushed.lower <= exact.upper).all() and (exact.upper <= rushed.upper).all()
+        assert not rushed.enumerated.any() or (rushed.upper[rushed.enumerated] == exact.upper[rushed.enumerated]).all()

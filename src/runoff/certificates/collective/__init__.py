@@ -17,7 +17,10 @@ The steps, one module each:
 - :mod:`.terms`: per point, the linear conditions (terms) that changing its prediction needs
   (exact for plurality and for both rounds of ROE);
 - :mod:`.cuts`: the MILP of one chunk of points (variables, rows, valid cuts);
+- :mod:`.exact`: the exact attempt at a budget before its MILPs, by :mod:`.exhaustive`
+  (every unit set scored) or :mod:`.branch` (branch and bound over unit sets);
 - :mod:`.solve`: chunk planning, HiGHS, and reading a proven bound from its result;
+- :mod:`.search`, :mod:`.dual`: the attack search and the whole-set bound;
 - :mod:`.replay`: the attacks the solver found, replayed through runoff's own aggregation;
 - :mod:`.results`: :class:`CollectiveCertification` and :class:`CollectiveAttack`.
 

@@ -68,12 +68,12 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
     spread : sequence of int, optional
         FA only: the d shifts (default :func:`runoff.plan.spread.reference_spread`).
     time_limit : float, optional
-        Seconds of solver time for the whole call (> 0). The MILPs (one per chunk and
-        budget) share 70% of it equally, the attack search gets 10% and the whole-set steps
-        (``dual_steps``) the rest (a step that is off leaves its share to the MILPs). A budget
-        scored exhaustively (``exhaustive_limit``) takes its MILPs' share. A MILP stopped by
-        the limit still gives a proven bound (its dual bound), only a weaker one. None: no
-        limit.
+        Seconds of solver time for the whole call (> 0). The budgets' exact attempts
+        (``exhaustive_limit``, ``branch_nodes``) share 40% of it, each an equal part of what
+        the earlier ones left; the MILPs (one per chunk and budget) share 40% equally, the
+        attack search gets 10% and the whole-set steps (``dual_steps``) 10% (a step that is
+        off leaves its share to the MILPs). A MILP stopped by the limit still gives a proven
+        bound (its dual bound), only a weaker one. None: no limit.
     n_jobs : int, optional
         Threads over chunks, with scikit-learn's meaning (None: 1).
     chunk_size : int, optional
@@ -95,15 +95,14 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         A budget that allows at most this many unit sets (sets of ``min(B, units)`` units:
         ``comb(50, 4) = 230,300`` for DPA with k = 50 at B = 4) has every one of them scored
         instead of its MILPs (:mod:`.exhaustive`): its bound is then the exact optimum.
-        Under ``time_limit`` the search is only run when it takes no longer than the
-        budget's MILPs may. 0: always the MILPs.
+        Under ``time_limit`` it gives up at once when its first batches show that it would
+        take longer than its share. 0: never.
     branch_nodes : int, default 500,000
-        Most nodes of the branch and bound over unit sets (:mod:`.branch`) for a budget whose
-        bound the attacks found do not meet, after the MILPs and the attack search: searched
-        to the end, it proves the best attack optimal (or finds a better one); stopped early,
-        it still gives a bound, kept where it is lower. With ``time_limit``, its 30% share of
-        the time limits it instead. About 10,000 nodes a second for a few hundred candidate
-        points on 2 cores. 0: no branch and bound.
+        Most nodes of the branch and bound over unit sets (:mod:`.branch`) that a budget
+        tries before its MILPs when there are too many sets to score: searched to the end, it
+        proves the best attack optimal (the budget needs no MILP); stopped, the MILPs run.
+        With ``time_limit``, its share of the time limits it instead. About 10,000 nodes a
+        second for a few hundred candidate points on 2 cores. 0: no branch and bound.
     progress : callable, optional
         Called as ``progress(budget, index, n_budgets)`` before the MILPs of each budget are
         solved (``index`` counts from 0, in the order of ``budgets``), so that a caller can
@@ -191,7 +190,7 @@ def _compute(scores, method, budgets, labels, *, d, shifts, time_limit, n_jobs, 
     kept = exact_share + _SEARCH_SHARE * bool(search_rounds) + _DUAL_SHARE * bool(dual_steps)
     per_solve = None if time_limit is None or n_solves == 0 else time_limit * (1 - kept) / n_solves
     exact = _exact_attempt(inst, terms, exhaustive_limit, branch_nodes,
-                           None if per_solve is None else time_limit * exact_share / n_solves)
+                           None if per_solve is None else time_limit * exact_share, sum(bool(c) for *_, c in plans))
     upper, chunked, fallback, pointwise, found, per_chunk, enumerated = _bound_budgets(
         inst, terms, plans, time_limit=per_solve, n_jobs=n_jobs, progress=progress, exact=exact)
     attacks = _best_attacks(inst, budgets, found)
@@ -235,13 +234,22 @@ def _earliest(a, b):
     return b if a is None else a if b is None else min(a, b)
 
 
-def _exact_attempt(inst, terms, limit, nodes, share):
-    """The ``exact`` hook of :func:`.solve._bound_budgets` (:mod:`.exact`), in no more than
-    ``share`` seconds per chunk of the budget's MILPs (None: no limit)."""
+def _exact_attempt(inst, terms, limit, nodes, pool, n_budgets):
+    """The ``exact`` hook of :func:`.solve._bound_budgets` (:mod:`.exact`). With a time limit,
+    the attempts share ``pool`` seconds: each may take an equal part of what the earlier ones
+    left (small budgets, tried first when budgets are given in increasing order, often finish
+    early and leave their time to the larger). ``pool`` None: no limit."""
+    left = {"seconds": pool, "budgets": n_budgets}
+
     def run(j, budget, cand, chunks):
-        allowance = None if share is None else share * len(chunks)
-        return exact_optimum(terms, inst.units, budget, cand, exhaustive_limit=limit, branch_nodes=nodes,
+        allowance = None if pool is None else max(left["seconds"], 0.0) / max(left["budgets"], 1)
+        start = time.monotonic()
+        done = exact_optimum(terms, inst.units, budget, cand, exhaustive_limit=limit, branch_nodes=nodes,
                              allowance=allowance)
+        if pool is not None:
+            left["seconds"] -= time.monotonic() - start
+            left["budgets"] -= 1
+        return done
 
     return run if limit or nodes else None
 

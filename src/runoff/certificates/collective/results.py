@@ -92,8 +92,9 @@ class CollectiveCertification:
         The chunk-sum bound (each chunk bounded with its own best attack); ``upper`` is the
         lower of it and the whole-set bound of :mod:`.dual`, so ``upper <= chunk_upper``.
     enumerated : ndarray of shape (B,), bool, or None
-        The bound is the optimum over every unit set of the budget (:mod:`.exhaustive`), so
-        it is exact and met by ``attacks[j]``.
+        The bound is the exact optimum of the budget on the whole set, found by scoring every
+        unit set (:mod:`.exhaustive`) or by a finished branch and bound over them
+        (:mod:`.branch`), so it is met by ``attacks[j]``.
     """
 
     method: str
