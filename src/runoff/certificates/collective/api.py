@@ -33,7 +33,7 @@ DEFAULT_DUAL_STEPS = 8
 DEFAULT_SEARCH_ROUNDS = 20
 
 #: Default most nodes of the branch and bound of one budget (:mod:`.branch`).
-DEFAULT_BRANCH_NODES = 500_000
+DEFAULT_BRANCH_NODES = 1_000_000
 
 # Shares of ``time_limit``: the exact attempts (exhaustive or branch and bound, per budget
 # before its MILPs), the attack search and the whole-set steps; the chunk MILPs get the rest
@@ -97,7 +97,7 @@ def certify_collective(scores, method: str, budgets, *, labels=None, d: int = 1,
         instead of its MILPs (:mod:`.exhaustive`): its bound is then the exact optimum.
         Under ``time_limit`` it gives up at once when its first batches show that it would
         take longer than its share. 0: never.
-    branch_nodes : int, default 500,000
+    branch_nodes : int, default 1,000,000
         Most nodes of the branch and bound over unit sets (:mod:`.branch`) that a budget
         tries before its MILPs when there are too many sets to score: searched to the end, it
         proves the best attack optimal (the budget needs no MILP); stopped, the MILPs run.
