@@ -71,25 +71,24 @@ class _Tree:
         self.top = _suffix_top(self.power, budget)  # (R, U + 1, budget + 1)
 
     def children(self, nodes, budget):
-        """Bounds (K,) and row sums (R, K) of every child of ``nodes`` [(sums, reach, j, chosen)],
-        with (node position, unit added) of each."""
+        """Every child of ``nodes`` [(sums, reach, j, chosen)]: bounds (K,), row sums (R, K),
+        models reached (M, K) or None (additive), and per child the node's position, the unit
+        added and the units still to add after it (0: a leaf, whose bound is its count)."""
         n_units = self.power.shape[1]
-        owner, added = [], []
-        for i, (_, _, j, chosen) in enumerate(nodes):
-            last = n_units - (budget - len(chosen))  # leave room for the units still to add
-            us = np.arange(j, last + 1)
-            owner.append(np.full(us.size, i))
-            added.append(us)
-        owner, added = np.concatenate(owner), np.concatenate(added)
-        left = np.array([budget - len(nodes[i][3]) - 1 for i in owner.tolist()])
+        node_left = np.array([budget - len(chosen) for *_, chosen in nodes])
+        # a child adds a unit from j on, leaving room for the units still to add
+        added = [np.arange(j, n_units - r + 1) for (_, _, j, _), r in zip(nodes, node_left.tolist())]
+        owner = np.repeat(np.arange(len(nodes)), [a.size for a in added])
+        added = np.concatenate(added)
+        left = node_left[owner] - 1
         if self.additive:
-            sums = np.stack([nodes[i][0] for i in owner.tolist()], 1) + self.power[:, added]
+            sums = np.stack([n[0] for n in nodes], 1)[:, owner] + self.power[:, added]
             reach = None
         else:
-            reach = np.minimum(np.stack([nodes[i][1] for i in owner.tolist()], 1) + self.units[added].T, 1.0)
+            reach = np.minimum(np.stack([n[1] for n in nodes], 1)[:, owner] + self.units[added].T, 1.0)
             sums = self.coef @ reach  # (R, K): exact, the models reached counted once
         bound = self.scorer.count_met(sums + self.top[:, added + 1, left] >= self.gap)
-        return bound, sums, reach, owner, added
+        return bound, sums, reach, owner, added, left
 
 
 def _suffix_top(power: np.ndarray, budget: int) -> np.ndarray:
@@ -112,7 +111,8 @@ def branch_and_bound(terms, units, budget, cand, incumbent, *, deadline=None, no
     terms : the terms of the candidate points (:mod:`.terms`)
     units : ndarray of shape (units, M), 0/1
     budget : int
-        At least 1 and below the number of units (else :mod:`.exhaustive` has one set).
+        Sets of ``min(budget, units)`` units are searched (supersets change at least as
+        many points); 0 or no candidate: nothing to search.
     cand : ndarray of shape (P,)
         Candidate points of the budget.
     incumbent : int
@@ -141,8 +141,8 @@ def branch_and_bound(terms, units, budget, cand, incumbent, *, deadline=None, no
         if not batch:
             continue  # cut by a leaf found since they were opened
         nodes += len(batch)
-        bound, sums, reach, owner, added = tree.children(batch, budget)
-        leaf = np.array([len(batch[i][3]) + 1 == budget for i in owner.tolist()])
+        bound, sums, reach, owner, added, left = tree.children(batch, budget)
+        leaf = left == 0
         if leaf.any():  # a leaf's bound is its exact count
             k = np.flatnonzero(leaf)[int(np.argmax(bound[leaf]))]
             if bound[k] > best:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .branch import branch_and_bound
 from .exhaustive import best_set, n_sets
-from .search import _Scorer, local_search
+from .search import _rows, _Scorer, local_search
 
 # Random seed sets of the quick search (a fixed seed: results do not vary between calls).
 _SEEDS = 8
@@ -33,10 +33,7 @@ def searched_attack(terms, units, budget, cand, *, deadline=None):
     seeds = _seeds(scorer, units.shape[0], budget)
     path = local_search(terms, units, budget, cand, seeds, rounds=4 * budget + 10, deadline=deadline)
     sets = seeds + path
-    rows = np.zeros((len(sets), units.shape[0]), dtype=np.int8)
-    for k, s in enumerate(sets):
-        rows[k, s] = 1
-    got = scorer.score(rows)
+    got = scorer.score(_rows(sets, units.shape[0]))
     k = int(np.argmax(got))
     return int(got[k]), sets[k]
 
