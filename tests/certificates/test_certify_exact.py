@@ -125,19 +125,21 @@ LARGE_FA_SKEW = _skewed_large(11, 300, 5, 2)
 # --------------------------------------------------------------------------------------
 
 
+def _pinned(*cases):
+    """Pin the cases both engines share, then ``cases``, as hypothesis examples."""
+    def apply(test):
+        for case in reversed((ALL_ZERO, MANY_TIES, TWO_CLASSES, TWO_CLASSES_CONT, CLASSES_43_INT, CLASSES_43_CONT,
+                              K1_D1, K1_D3) + cases):
+            test = example(case=case)(test)
+        return test
+
+    return apply
+
+
 @pytest.mark.parametrize("method", DPA_METHODS)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=dpa_cases())
-@example(case=ALL_ZERO)
-@example(case=MANY_TIES)
-@example(case=TWO_CLASSES)
-@example(case=TWO_CLASSES_CONT)
-@example(case=CLASSES_43_INT)
-@example(case=CLASSES_43_CONT)
-@example(case=K1_D1)
-@example(case=K1_D3)
-@example(case=LARGE_DPA)
-@example(case=LARGE_DPA_SKEW)
+@_pinned(LARGE_DPA, LARGE_DPA_SKEW)
 def test_dpa_matches_reference(method, case):
     scores, _, _ = case
     assert_matches(scores, method)
@@ -146,16 +148,7 @@ def test_dpa_matches_reference(method, case):
 @pytest.mark.parametrize("method", FA_METHODS)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=fa_cases())
-@example(case=ALL_ZERO)
-@example(case=MANY_TIES)
-@example(case=TWO_CLASSES)
-@example(case=TWO_CLASSES_CONT)
-@example(case=CLASSES_43_INT)
-@example(case=CLASSES_43_CONT)
-@example(case=K1_D1)
-@example(case=K1_D3)
-@example(case=LARGE_FA)
-@example(case=LARGE_FA_SKEW)
+@_pinned(LARGE_FA, LARGE_FA_SKEW)
 def test_fa_matches_reference(method, case):
     scores, d, spread = case
     assert_matches(scores, method, d=d, spread=spread)
